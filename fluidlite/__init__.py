@@ -1,0 +1,41 @@
+"""fluidlite: a static computation-graph compiler in the style of PaddlePaddle Fluid,
+built around controlling gradients (error clipping and gradient clipping)."""
+import importlib.util as _util
+import os as _os
+
+if _util.find_spec("fluidlite.kernels") is None:
+    # a non-editable install imported from inside a source checkout: kernels/ sits beside this package
+    __path__.append(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
+
+from . import ops  # noqa: E402,F401  (registers every op)
+from . import initializer, layers, unique_name  # noqa: E402,F401
+from .executor import CPUPlace, Executor  # noqa: E402
+from .framework import (  # noqa: E402
+    Block, Operator, Parameter, Program, Variable, default_main_program, default_startup_program, program_guard,
+)
+from .param_attr import ParamAttr  # noqa: E402
+from .registry import grad_var_name  # noqa: E402
+from .scope import Scope, fetch_var, global_scope, scope_guard  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Block", "CPUPlace", "Executor", "Operator", "ParamAttr", "Parameter", "Program", "Scope", "Variable",
+    "default_main_program", "default_startup_program", "fetch_var", "global_scope", "grad_var_name",
+    "initializer", "layers", "program_guard", "scope_guard", "unique_name",
+]
+
+_SUBMODULES = {"backward", "clip", "data", "graph", "graphviz", "io", "optimizer", "regularizer", "registry", "shapes"}
+
+
+def __getattr__(name):
+    # submodules load on first use, so `import fluidlite` stays quick and modules stay independent
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in ("append_backward", "gradients", "BackwardContext"):
+        from . import backward
+
+        return getattr(backward, name)
+    raise AttributeError(f"module 'fluidlite' has no attribute {name!r}")

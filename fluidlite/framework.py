@@ -1,0 +1,478 @@
+"""The IR: Program -> Blocks -> Variables and Operators."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+
+import numpy as np
+
+from . import unique_name
+from .registry import Meta, get_op_def
+from .shapes import dims_match
+
+ROLE_FORWARD = "forward"
+ROLE_BACKWARD = "backward"
+ROLE_ERROR_CLIP = "error_clip"
+ROLE_GRAD_CLIP = "grad_clip"
+ROLE_OPTIMIZE = "optimize"
+ROLES = (ROLE_FORWARD, ROLE_BACKWARD, ROLE_ERROR_CLIP, ROLE_GRAD_CLIP, ROLE_OPTIMIZE)
+
+_SHORT_DTYPE = {"float32": "f32", "float64": "f64", "int64": "i64", "int32": "i32", "bool": "bool", "float16": "f16"}
+
+
+def _fmt_type(shape, dtype) -> str:
+    dt = _SHORT_DTYPE.get(np.dtype(dtype).name, np.dtype(dtype).name) if dtype is not None else "?"
+    dims = ",".join(str(d) for d in shape) if shape is not None else "?"
+    return f"{dt}[{dims}]"
+
+
+def _as_shape(shape) -> tuple:
+    if isinstance(shape, (int, np.integer)):
+        shape = (shape,)
+    shape = tuple(int(d) for d in shape)
+    if any(d < -1 for d in shape):
+        raise ValueError(f"bad shape {list(shape)}: dimensions must be >= 0 or -1")
+    return shape
+
+
+class Variable:
+    """A typed value in a Block; `shape` is a tuple where -1 marks the batch dimension."""
+
+    def __init__(self, block, name, shape=None, dtype=None, persistable=False, stop_gradient=False,
+                 error_clip=None, is_data=False):
+        self.block = block
+        self.name = name
+        self.shape = None if shape is None else _as_shape(shape)
+        self.dtype = None if dtype is None else np.dtype(dtype)
+        self._persistable = bool(persistable)
+        self.stop_gradient = bool(stop_gradient)
+        self.error_clip = error_clip
+        self.is_data = is_data
+        self.op = None  # the op that first writes this variable
+
+    @property
+    def persistable(self) -> bool:
+        return self._persistable
+
+    @persistable.setter
+    def persistable(self, value):
+        self._persistable = bool(value)
+        self.block._changed()
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def _meta(self) -> Meta:
+        return Meta(self.name, self.shape, self.dtype)
+
+    def _flags(self) -> list:
+        flags = []
+        if self.is_data:
+            flags.append("data")
+        if self.persistable:
+            flags.append("persistable")
+        if self.stop_gradient and not self.is_data:
+            flags.append("stop_gradient")
+        if self.error_clip is not None:
+            flags.append(f"error_clip={self.error_clip!r}")
+        return flags
+
+    def to_string(self) -> str:
+        kind = "param" if isinstance(self, Parameter) else "var"
+        flags = self._flags()
+        return f"{kind} {self.name} : {_fmt_type(self.shape, self.dtype)}" + (f"  ({', '.join(flags)})" if flags else "")
+
+    __str__ = to_string
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.name} {_fmt_type(self.shape, self.dtype)}>"
+
+
+class Parameter(Variable):
+    """A persistable, trainable Variable living in the global block."""
+
+    def __init__(self, block, name, shape, dtype, trainable=True, optimize_attr=None, regularizer=None,
+                 gradient_clip_attr=None, need_clip=True, initializer=None):
+        super().__init__(block, name, shape, dtype, persistable=True, stop_gradient=not trainable)
+        self.trainable = trainable
+        self.optimize_attr = optimize_attr if optimize_attr is not None else {"learning_rate": 1.0}
+        self.regularizer = regularizer
+        self.gradient_clip_attr = gradient_clip_attr
+        self.need_clip = need_clip
+        self.initializer = initializer
+
+    def _flags(self):
+        flags = super()._flags()
+        if not self.trainable:
+            flags.append("not trainable")
+        return flags
+
+
+class Operator:
+    """One op: `inputs`/`outputs` map slot names to lists of variable names."""
+
+    def __init__(self, block, type, inputs, outputs, attrs, role=ROLE_FORWARD):
+        self.block = block
+        self.type = type
+        self.inputs = inputs
+        self.outputs = outputs
+        self.attrs = attrs
+        self.role = role
+
+    @property
+    def opdef(self):
+        return get_op_def(self.type)
+
+    def input(self, slot: str) -> list:
+        return self.inputs.get(slot, [])
+
+    def output(self, slot: str) -> list:
+        return self.outputs.get(slot, [])
+
+    @property
+    def input_names(self) -> list:
+        return [n for names in self.inputs.values() for n in names]
+
+    @property
+    def output_names(self) -> list:
+        return [n for names in self.outputs.values() for n in names]
+
+    def attr(self, name):
+        return self.attrs[name]
+
+    def to_string(self) -> str:
+        outs = ", ".join(
+            f"{n} : {_fmt_type(v.shape, v.dtype)}" if (v := self.block._find_var(n)) is not None else n
+            for n in self.output_names
+        )
+        attrs = ", ".join(f"{k}={v!r}" for k, v in self.attrs.items())
+        ins = ", ".join(f"{slot}={names[0] if len(names) == 1 else '[' + ', '.join(names) + ']'}"
+                        for slot, names in self.inputs.items())
+        return f"{outs} = {self.type}{'[' + attrs + ']' if attrs else ''}({ins}) {{{self.role}}}"
+
+    __str__ = to_string
+
+    def __repr__(self):
+        return f"<Operator {self.type} {self.role}>"
+
+
+def _names(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [v.name if isinstance(v, Variable) else v for v in value]
+    return [value.name if isinstance(value, Variable) else value]
+
+
+class Block:
+    """An ordered list of ops and a dict of variables; `parent_idx` links a sub-block to its parent."""
+
+    def __init__(self, program, idx, parent_idx=-1):
+        self.program = program
+        self.idx = idx
+        self.parent_idx = parent_idx
+        self.vars: dict[str, Variable] = {}
+        self.ops: list[Operator] = []
+
+    @property
+    def parent(self):
+        return self.program.blocks[self.parent_idx] if self.parent_idx >= 0 else None
+
+    def _changed(self):
+        self.program._version += 1
+
+    def var(self, name: str) -> Variable:
+        v = self._find_var(name)
+        if v is None:
+            raise ValueError(f"block {self.idx} has no variable named {name!r}")
+        return v
+
+    def has_var(self, name: str) -> bool:
+        return self._find_var(name) is not None
+
+    def _find_var(self, name: str):
+        block = self
+        while block is not None:
+            if name in block.vars:
+                return block.vars[name]
+            block = block.parent
+        return None
+
+    def all_parameters(self) -> list:
+        return [v for v in self.vars.values() if isinstance(v, Parameter)]
+
+    def create_var(self, name=None, shape=None, dtype="float32", persistable=False, stop_gradient=False,
+                   error_clip=None, is_data=False, **_ignored) -> Variable:
+        """A new variable (or the existing one of that name, if shape and dtype agree)."""
+        name = name or unique_name.generate("_generated_var")
+        old = self.vars.get(name)
+        if old is not None:
+            if shape is not None and old.shape is not None and _as_shape(shape) != old.shape:
+                raise ValueError(f"variable {name!r} exists with shape {list(old.shape)}, asked for {list(shape)}")
+            return old
+        var = Variable(self, name, shape, dtype, persistable, stop_gradient, error_clip, is_data)
+        self.vars[name] = var
+        self._changed()
+        return var
+
+    def create_parameter(self, shape, dtype="float32", name=None, attr=None, default_initializer=None,
+                         startup_program=None) -> Parameter:
+        """A Parameter in the global block, initialised by an op in the startup program."""
+        from .param_attr import ParamAttr
+        from .initializer import Xavier
+
+        attr = ParamAttr._to_attr(attr)
+        shape = _as_shape(shape)
+        if any(d < 1 for d in shape):
+            raise ValueError(f"parameter {name or attr.name!r}: shape {list(shape)} must be fully known and positive")
+        name = name or attr.name or unique_name.generate("param")
+        gblock = self.program.global_block()
+        old = gblock.vars.get(name)
+        if old is not None:
+            if not isinstance(old, Parameter) or old.shape != shape or old.dtype != np.dtype(dtype):
+                raise ValueError(f"parameter {name!r} exists with shape {list(old.shape)} {old.dtype}, "
+                                 f"asked for {list(shape)} {np.dtype(dtype)}")
+            return old  # sharing by name
+        init = attr.initializer or default_initializer or Xavier()
+        param = Parameter(gblock, name, shape, dtype, trainable=attr.trainable,
+                          optimize_attr={"learning_rate": attr.learning_rate}, regularizer=attr.regularizer,
+                          gradient_clip_attr=attr.gradient_clip, need_clip=attr.need_clip, initializer=init)
+        startup = startup_program or default_startup_program()
+        init(param, startup.global_block())  # may raise: nothing is added to this program before it
+        gblock.vars[name] = param
+        gblock._changed()
+        return param
+
+    def append_op(self, type, inputs=None, outputs=None, attrs=None, role=None) -> Operator:
+        """Append an op; output shapes and dtypes are inferred now, and a mismatch raises ValueError."""
+        op = self._make_op(type, inputs, outputs, attrs, role)
+        self.ops.append(op)
+        self._commit(op)
+        return op
+
+    def insert_op(self, index, type, inputs=None, outputs=None, attrs=None, role=None) -> Operator:
+        op = self._make_op(type, inputs, outputs, attrs, role)
+        self.ops.insert(index, op)
+        self._commit(op)
+        return op
+
+    def _remove_op(self, index):
+        del self.ops[index]
+        self._changed()
+
+    def _make_op(self, type, inputs, outputs, attrs, role):
+        opdef = get_op_def(type)
+        ins = self._slots(opdef, opdef.inputs, inputs or {}, "input")
+        outs = self._slots(opdef, opdef.outputs, outputs or {}, "output")
+        attrs = opdef.normalize_attrs(attrs)
+        metas = {}
+        for slot, names in ins.items():
+            metas[slot] = []
+            for n in names:
+                v = self._find_var(n)
+                if v is None:
+                    raise ValueError(f"op '{type}': input {slot} names variable {n!r}, which does not exist in block {self.idx}")
+                if v.shape is None or v.dtype is None:
+                    raise ValueError(f"op '{type}': input {slot} variable {n!r} has no shape/dtype yet (nothing has written it)")
+                metas[slot].append(v._meta())
+        inferred = opdef.run_infer(metas, attrs)
+        self._pending_new = []
+        for slot, names in outs.items():
+            types = inferred.get(slot, [])
+            if len(types) != len(names):
+                raise ValueError(f"op '{type}': output {slot} has {len(names)} variable(s), inference gives {len(types)}")
+            for n, (shape, dtype) in zip(names, types):
+                v = self._find_var(n)
+                if v is None:
+                    continue
+                if v.shape is not None and (len(v.shape) != len(shape) or not all(map(dims_match, v.shape, shape))):
+                    raise ValueError(f"op '{type}': output {slot} variable {n!r} is declared with shape {list(v.shape)}, "
+                                     f"but the op gives shape {list(shape)}")
+                if v.dtype is not None and v.dtype != dtype:
+                    raise ValueError(f"op '{type}': output {slot} variable {n!r} is declared {v.dtype}, but the op gives {dtype}")
+        op = Operator(self, type, ins, outs, attrs, role or self.program._current_role)
+        op._inferred = inferred
+        return op
+
+    def _slots(self, opdef, declared, given, what) -> dict:
+        unknown = set(given) - set(declared)
+        if unknown:
+            raise ValueError(f"op '{opdef.type}': unknown {what} slot(s) {sorted(unknown)}; it has {list(declared)}")
+        out = {}
+        for slot in declared:
+            names = _names(given.get(slot))
+            if not names and slot not in opdef.optional:
+                if what == "output":
+                    raise ValueError(f"op '{opdef.type}': output slot {slot} is missing")
+                raise ValueError(f"op '{opdef.type}': input slot {slot} is missing")
+            if len(names) > 1 and slot not in opdef.duplicable:
+                raise ValueError(f"op '{opdef.type}': {what} slot {slot} takes one variable, got {len(names)}: {names}")
+            if names:
+                out[slot] = names
+        return out
+
+    def _commit(self, op):
+        for slot, names in op.outputs.items():
+            for n, (shape, dtype) in zip(names, op._inferred[slot]):
+                v = self._find_var(n)
+                if v is None:
+                    v = self.vars[n] = Variable(self, n, shape, dtype)
+                if v.shape is None or (-1 in v.shape and -1 not in shape):
+                    v.shape = shape
+                if v.dtype is None:
+                    v.dtype = dtype
+                if v.op is None:
+                    v.op = op
+        del op._inferred
+        self._changed()
+
+    def to_string(self) -> str:
+        lines = [f"block {self.idx} (parent {self.parent_idx}) {{"]
+        lines += ["  " + v.to_string() for v in self.vars.values()]
+        lines += ["  " + op.to_string() for op in self.ops]
+        lines.append("}")
+        return "\n".join(lines)
+
+    __str__ = to_string
+
+    def __repr__(self):
+        return f"<Block {self.idx}: {len(self.vars)} vars, {len(self.ops)} ops>"
+
+
+_program_ids = itertools.count()
+
+
+class Program:
+    """Blocks of ops; block 0 is the global block."""
+
+    def __init__(self):
+        self.blocks = [Block(self, 0)]
+        self._current_block_idx = 0
+        self._current_role = ROLE_FORWARD
+        self._version = 0
+        self._uid = next(_program_ids)
+        self.random_seed = 0
+
+    def global_block(self) -> Block:
+        return self.blocks[0]
+
+    def block(self, index: int) -> Block:
+        return self.blocks[index]
+
+    def current_block(self) -> Block:
+        return self.blocks[self._current_block_idx]
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def _create_block(self, parent_idx=None) -> Block:
+        parent = self._current_block_idx if parent_idx is None else parent_idx
+        block = Block(self, len(self.blocks), parent)
+        self.blocks.append(block)
+        self._current_block_idx = block.idx
+        self._version += 1
+        return block
+
+    def _rollback(self):
+        self._current_block_idx = self.current_block().parent_idx
+
+    @contextlib.contextmanager
+    def _role_guard(self, role: str):
+        """Ops appended inside get this role."""
+        if role not in ROLES:
+            raise ValueError(f"unknown op role {role!r}; roles are {ROLES}")
+        old, self._current_role = self._current_role, role
+        try:
+            yield
+        finally:
+            self._current_role = old
+
+    def all_parameters(self) -> list:
+        return self.global_block().all_parameters()
+
+    def list_vars(self):
+        for block in self.blocks:
+            yield from block.vars.values()
+
+    def clone(self, for_test: bool = False) -> "Program":
+        """A copy; with `for_test`, ops with an `is_test` attribute switch to inference."""
+        new = Program()
+        new.random_seed = self.random_seed
+        new.blocks = []
+        for block in self.blocks:
+            nb = Block(new, block.idx, block.parent_idx)
+            for name, v in block.vars.items():
+                nv = copy.copy(v)
+                nv.block = nb
+                nb.vars[name] = nv
+            new.blocks.append(nb)
+        for block, nb in zip(self.blocks, new.blocks):
+            for op in block.ops:
+                attrs = dict(op.attrs)
+                if for_test and "is_test" in attrs:
+                    attrs["is_test"] = True
+                nop = Operator(nb, op.type, {k: list(v) for k, v in op.inputs.items()},
+                               {k: list(v) for k, v in op.outputs.items()}, attrs, op.role)
+                nb.ops.append(nop)
+        for nb in new.blocks:
+            for v in nb.vars.values():
+                v.op = None
+        for nb in new.blocks:  # each var's producer is the first op of the copy that writes it
+            for op in nb.ops:
+                for n in op.output_names:
+                    v = nb._find_var(n)
+                    if v is not None and v.op is None:
+                        v.op = op
+        return new
+
+    def to_string(self) -> str:
+        return "\n".join(b.to_string() for b in self.blocks)
+
+    __str__ = to_string
+
+    def __repr__(self):
+        return f"<Program {len(self.blocks)} block(s), {sum(len(b.ops) for b in self.blocks)} ops>"
+
+
+_main_program = Program()
+_startup_program = Program()
+
+
+def default_main_program() -> Program:
+    return _main_program
+
+
+def default_startup_program() -> Program:
+    return _startup_program
+
+
+def switch_main_program(program: Program) -> Program:
+    global _main_program
+    old, _main_program = _main_program, program
+    return old
+
+
+def switch_startup_program(program: Program) -> Program:
+    global _startup_program
+    old, _startup_program = _startup_program, program
+    return old
+
+
+@contextlib.contextmanager
+def program_guard(main_program: Program, startup_program: Program | None = None):
+    """Layers called inside append to `main_program` (and initialise parameters in `startup_program`)."""
+    if not isinstance(main_program, Program):
+        raise TypeError(f"program_guard: main_program must be a Program, got {type(main_program).__name__}")
+    if startup_program is not None and not isinstance(startup_program, Program):
+        raise TypeError(f"program_guard: startup_program must be a Program, got {type(startup_program).__name__}")
+    old_main = switch_main_program(main_program)
+    old_startup = switch_startup_program(startup_program) if startup_program is not None else None
+    try:
+        yield
+    finally:
+        switch_main_program(old_main)
+        if startup_program is not None:
+            switch_startup_program(old_startup)

@@ -1,0 +1,114 @@
+"""scale, tanh, mul, mean and sum: the ops the backward builder and `fc` rely on."""
+from ..kernels import basic as K
+from ..registry import Attr, defop
+from ..shapes import dims_match, numel
+from .common import float_same_as, grad_op, is_large
+
+
+def _lower_scale(ctx):
+    kernel = K.scale_parallel if is_large(ctx.meta("X")) else K.scale
+    s, b = ctx.attrs["scale"], ctx.attrs["bias"]
+    if not ctx.attrs["bias_after_scale"]:
+        b = b * s
+    return lambda x: kernel(x, s, b)
+
+
+defop("scale", inputs=("X",),
+      attrs={"scale": Attr(float, 1.0), "bias": Attr(float, 0.0), "bias_after_scale": Attr(bool, True)},
+      infer=float_same_as("X"), lower=_lower_scale,
+      grad=lambda g: [grad_op("scale", g, {"X": g.og("Out")}, {"Out": g.ig("X")},
+                              {"scale": g.attrs["scale"], "bias": 0.0, "bias_after_scale": True})],
+      doc="Out = scale * X + bias (or scale * (X + bias) when bias_after_scale is false).")
+
+defop("tanh", inputs=("X",), infer=float_same_as("X"), kernel=K.tanh,
+      grad=lambda g: [grad_op("tanh_grad", g, {"Out": g.o("Out"), "Out@GRAD": g.og("Out")}, {"X@GRAD": g.ig("X")})])
+defop("tanh_grad", inputs=("Out", "Out@GRAD"), outputs=("X@GRAD",), infer=float_same_as("Out", "X@GRAD"),
+      kernel=K.tanh_grad)
+
+
+def _mul_infer(ctx):
+    xs, ys = ctx.shape("X"), ctx.shape("Y")
+    xd, yd = ctx.attrs["x_num_col_dims"], ctx.attrs["y_num_col_dims"]
+    if not 0 < xd < len(xs) or not 0 < yd < len(ys):
+        raise ctx.error(f"x_num_col_dims={xd}, y_num_col_dims={yd} do not fit the ranks", "X", "Y")
+    ctx.expect_dtype("X", "Y")
+    k_x, k_y = numel(xs[xd:]), numel(ys[:yd])
+    if not dims_match(k_x, k_y):
+        raise ctx.error(f"inner dimensions differ: X flattens to [*, {k_x}], Y to [{k_y}, *]", "X", "Y")
+    return {"Out": (xs[:xd] + ys[yd:], ctx.dtype("X"))}
+
+
+def _as2d(shape, ndims):
+    return (numel(shape[:ndims]), numel(shape[ndims:]))
+
+
+def _lower_mul(ctx):
+    xs, ys = ctx.shape("X"), ctx.shape("Y")
+    xd, yd = ctx.attrs["x_num_col_dims"], ctx.attrs["y_num_col_dims"]
+    x2, y2 = _as2d(xs, xd), _as2d(ys, yd)
+    out_shape = xs[:xd] + ys[yd:]
+    return lambda x, y: K.matmul2d(x.reshape(x2), y.reshape(y2)).reshape(out_shape)
+
+
+def _mul_grad_infer(ctx):
+    out = {}
+    for slot in ("X", "Y"):
+        out[slot + "@GRAD"] = (ctx.shape(slot), ctx.dtype(slot))
+    return out
+
+
+def _lower_mul_grad(ctx):
+    xs, ys = ctx.shape("X"), ctx.shape("Y")
+    xd, yd = ctx.attrs["x_num_col_dims"], ctx.attrs["y_num_col_dims"]
+    x2, y2 = _as2d(xs, xd), _as2d(ys, yd)
+    o2 = (x2[0], y2[1])
+    want_x, want_y = ctx.has_output("X@GRAD"), ctx.has_output("Y@GRAD")
+
+    def dx(dout, y):
+        return K.matmul2d_nt(dout.reshape(o2), y.reshape(y2)).reshape(xs)
+
+    def dy(x, dout):
+        return K.matmul2d_tn(x.reshape(x2), dout.reshape(o2)).reshape(ys)
+
+    if want_x and want_y:
+        return lambda x, y, dout: (dx(dout, y), dy(x, dout))
+    if want_x:
+        return lambda x, y, dout: dx(dout, y)
+    return lambda x, y, dout: dy(x, dout)
+
+
+_MUL_ATTRS = {"x_num_col_dims": Attr(int, 1), "y_num_col_dims": Attr(int, 1)}
+defop("mul", inputs=("X", "Y"), attrs=_MUL_ATTRS, infer=_mul_infer, lower=_lower_mul,
+      grad=lambda g: [grad_op("mul_grad", g, {"X": g.i("X"), "Y": g.i("Y"), "Out@GRAD": g.og("Out")},
+                              {"X@GRAD": g.ig("X"), "Y@GRAD": g.ig("Y")})],
+      doc="Out = flatten(X, x_num_col_dims) @ flatten(Y, y_num_col_dims), reshaped back (fc's product).")
+defop("mul_grad", inputs=("X", "Y", "Out@GRAD"), outputs=("X@GRAD", "Y@GRAD"), attrs=_MUL_ATTRS,
+      optional=("X@GRAD", "Y@GRAD"), infer=_mul_grad_infer, lower=_lower_mul_grad)
+
+
+def _mean_infer(ctx):
+    ctx.expect_dtype("X")
+    return {"Out": ((1,), ctx.dtype("X"))}
+
+
+defop("mean", inputs=("X",), infer=_mean_infer, kernel=K.mean,
+      grad=lambda g: [grad_op("mean_grad", g, {"X": g.i("X"), "Out@GRAD": g.og("Out")}, {"X@GRAD": g.ig("X")})],
+      doc="Out = [mean of all elements of X], shape [1].")
+defop("mean_grad", inputs=("X", "Out@GRAD"), outputs=("X@GRAD",), infer=float_same_as("X", "X@GRAD"),
+      kernel=K.mean_grad)
+
+
+def _sum_infer(ctx):
+    first = ctx.meta("X")
+    ctx.expect_dtype("X")
+    for m in ctx.metas("X")[1:]:
+        if len(m.shape) != len(first.shape) or not all(map(dims_match, m.shape, first.shape)):
+            raise ctx.error(f"all inputs need one shape; {m.name!r} is {list(m.shape)}, {first.name!r} is {list(first.shape)}", "X")
+    shape = tuple(max(ds) for ds in zip(*(m.shape for m in ctx.metas("X"))))
+    return {"Out": (shape, first.dtype)}
+
+
+defop("sum", inputs=("X",), duplicable=("X",), infer=_sum_infer, kernel=K.add_n,
+      grad=lambda g: [grad_op("scale", g, {"X": g.og("Out")}, {"Out": [n]}, {"scale": 1.0})
+                      for n in g.ig("X") if n is not None],
+      doc="Out = X[0] + X[1] + ... (same shapes); also accumulates a gradient's contributions.")

@@ -1,0 +1,40 @@
+"""Small pieces shared by op declarations."""
+from __future__ import annotations
+
+from ..registry import GradOpSpec
+from ..shapes import numel
+
+# arrays of at least this many elements use the prange kernels
+PARALLEL_MIN = 1 << 16
+
+
+def same_as(slot="X", out="Out"):
+    """infer: one output with the shape and dtype of input `slot`."""
+
+    def infer(ctx):
+        return {out: (ctx.shape(slot), ctx.dtype(slot))}
+
+    return infer
+
+
+def float_same_as(slot="X", out="Out"):
+    """infer: like `same_as`, requiring a float input."""
+
+    def infer(ctx):
+        ctx.expect_dtype(slot)
+        return {out: (ctx.shape(slot), ctx.dtype(slot))}
+
+    return infer
+
+
+def is_large(meta) -> bool:
+    return numel(meta.shape) >= PARALLEL_MIN
+
+
+def grad_op(type, g, inputs, outputs, attrs=None) -> GradOpSpec:
+    """A gradient op spec; `attrs` defaults to the forward op's attributes."""
+    return GradOpSpec(type, inputs, outputs, dict(g.attrs) if attrs is None else attrs)
+
+
+def positive(v):
+    return None if v > 0 else "must be > 0"

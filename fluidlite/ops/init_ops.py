@@ -1,0 +1,46 @@
+"""Ops that create values: fill_constant, uniform_random, gaussian_random, fill_zeros_like."""
+import numpy as np
+
+from ..kernels import init as K
+from ..registry import NO_GRAD, REQUIRED, Attr, defop
+from .common import same_as
+
+
+def _check_shape(shape):
+    return None if all(d >= 0 or d == -1 for d in shape) else "dimensions must be >= 0 (or -1 for the batch)"
+
+
+def _filled_shape(ctx):
+    return {"Out": (ctx.attrs["shape"], np.dtype(ctx.attrs["dtype"]))}
+
+
+def _lower_fill(kernel, *attr_names):
+    def lower(ctx):
+        shape, dtype = ctx.attrs["shape"], np.dtype(ctx.attrs["dtype"])
+        if -1 in shape:
+            raise ValueError(f"op '{ctx.opdef.type}': shape {list(shape)} has an unknown dimension at run time")
+        args = tuple(ctx.attrs[a] for a in attr_names)
+        return lambda: kernel(np.empty(shape, dtype), *args)
+
+    return lower
+
+
+_SHAPE = Attr("shape", REQUIRED, _check_shape)
+_DTYPE = Attr("dtype", "float32")
+
+defop("fill_constant", inputs=(), attrs={"shape": _SHAPE, "dtype": _DTYPE, "value": Attr(float, 0.0)},
+      infer=_filled_shape, lower=_lower_fill(K.fill, "value"), grad=NO_GRAD,
+      doc="Out = a tensor of `shape` filled with `value`.")
+
+defop("uniform_random", inputs=(),
+      attrs={"shape": _SHAPE, "dtype": _DTYPE, "min": Attr(float, -1.0), "max": Attr(float, 1.0), "seed": Attr(int, 0)},
+      infer=_filled_shape, lower=_lower_fill(K.uniform, "min", "max", "seed"), grad=NO_GRAD,
+      doc="Out ~ U[min, max), reproducible for a given seed.")
+
+defop("gaussian_random", inputs=(),
+      attrs={"shape": _SHAPE, "dtype": _DTYPE, "mean": Attr(float, 0.0), "std": Attr(float, 1.0), "seed": Attr(int, 0)},
+      infer=_filled_shape, lower=_lower_fill(K.gaussian, "mean", "std", "seed"), grad=NO_GRAD,
+      doc="Out ~ N(mean, std^2), reproducible for a given seed.")
+
+defop("fill_zeros_like", inputs=("X",), infer=same_as("X"), kernel=K.zeros_like, grad=NO_GRAD,
+      doc="Out = zeros shaped like X (stands for a gradient that does not flow).")

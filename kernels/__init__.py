@@ -1,0 +1,1 @@
+"""Numba kernels: pure functions over arrays and scalars, no graph logic. Installed as `fluidlite.kernels`."""

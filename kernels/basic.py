@@ -1,0 +1,88 @@
+"""Kernels for scale, tanh, mul (flattened matmul), mean and sum."""
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True)
+def scale(x, scale, bias):
+    out = np.empty_like(x)
+    xf, of = x.reshape(-1), out.reshape(-1)
+    for i in range(xf.size):
+        of[i] = xf[i] * scale + bias
+    return out
+
+
+@njit(cache=True, parallel=True)
+def scale_parallel(x, scale, bias):
+    out = np.empty_like(x)
+    xf, of = x.reshape(-1), out.reshape(-1)
+    for i in prange(xf.size):
+        of[i] = xf[i] * scale + bias
+    return out
+
+
+@njit(cache=True)
+def tanh(x):
+    out = np.empty_like(x)
+    xf, of = x.reshape(-1), out.reshape(-1)
+    for i in range(xf.size):
+        of[i] = np.tanh(xf[i])
+    return out
+
+
+@njit(cache=True)
+def tanh_grad(out, dout):
+    dx = np.empty_like(out)
+    of, gf, df = out.reshape(-1), dout.reshape(-1), dx.reshape(-1)
+    for i in range(of.size):
+        df[i] = gf[i] * (1 - of[i] * of[i])
+    return dx
+
+
+@njit(cache=True)
+def matmul2d(a, b):
+    return np.dot(a, b)
+
+
+@njit(cache=True)
+def matmul2d_tn(a, b):
+    """a.T @ b"""
+    return np.dot(a.T.copy(), b)
+
+
+@njit(cache=True)
+def matmul2d_nt(a, b):
+    """a @ b.T"""
+    return np.dot(a, b.T.copy())
+
+
+@njit(cache=True)
+def mean(x):
+    acc = 0.0
+    xf = x.reshape(-1)
+    for i in range(xf.size):
+        acc += xf[i]
+    out = np.empty(1, x.dtype)
+    out[0] = acc / xf.size
+    return out
+
+
+@njit(cache=True)
+def mean_grad(x, dout):
+    dx = np.empty_like(x)
+    df = dx.reshape(-1)
+    g = dout.reshape(-1)[0] / df.size
+    for i in range(df.size):
+        df[i] = g
+    return dx
+
+
+@njit(cache=True)
+def add_n(*xs):
+    out = xs[0].copy()
+    of = out.reshape(-1)
+    for k in range(1, len(xs)):
+        xf = xs[k].reshape(-1)
+        for i in range(of.size):
+            of[i] += xf[i]
+    return out

@@ -1,0 +1,34 @@
+"""Filling kernels for initializers (write into a given output array)."""
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def fill(out, value):
+    flat = out.reshape(-1)
+    for i in range(flat.size):
+        flat[i] = value
+    return out
+
+
+@njit(cache=True)
+def uniform(out, low, high, seed):
+    np.random.seed(seed)
+    flat = out.reshape(-1)
+    for i in range(flat.size):
+        flat[i] = np.random.uniform(low, high)
+    return out
+
+
+@njit(cache=True)
+def gaussian(out, mean, std, seed):
+    np.random.seed(seed)
+    flat = out.reshape(-1)
+    for i in range(flat.size):
+        flat[i] = np.random.normal(mean, std)
+    return out
+
+
+@njit(cache=True)
+def zeros_like(x):
+    return np.zeros_like(x)

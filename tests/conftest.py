@@ -1,0 +1,17 @@
+import numpy as np
+import pytest
+
+import fluidlite as fl
+
+
+@pytest.fixture(autouse=True)
+def fresh_state():
+    """Each test gets fresh default programs, names and global scope."""
+    main, startup = fl.Program(), fl.Program()
+    with fl.unique_name.guard(), fl.scope_guard(fl.Scope()), fl.program_guard(main, startup):
+        yield
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
