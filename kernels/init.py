@@ -32,3 +32,8 @@ def gaussian(out, mean, std, seed):
 @njit(cache=True)
 def zeros_like(x):
     return np.zeros_like(x)
+
+
+@njit(cache=True)
+def full_like(x, value):
+    return np.full_like(x, value)

@@ -44,3 +44,7 @@ defop("gaussian_random", inputs=(),
 
 defop("fill_zeros_like", inputs=("X",), infer=same_as("X"), kernel=K.zeros_like, grad=NO_GRAD,
       doc="Out = zeros shaped like X (stands for a gradient that does not flow).")
+
+defop("fill_any_like", inputs=("X",), attrs={"value": Attr(float, 0.0)}, infer=same_as("X"),
+      kernel=K.full_like, kernel_attrs=("value",), grad=NO_GRAD,
+      doc="Out = a tensor shaped like X filled with `value` (seeds a target's gradient).")

@@ -1,0 +1,82 @@
+"""The ops the core relies on (scale, tanh, mul, mean, sum, fills) through the OpTest harness."""
+import numpy as np
+import pytest
+
+import fluidlite as fl
+from op_test import check_forward, check_op, run_op
+
+rng = np.random.default_rng(0)
+
+
+def test_tanh():
+    check_op("tanh", lambda dt: {"X": rng.standard_normal((3, 4)).astype(dt)}, lambda X: np.tanh(X))
+
+
+@pytest.mark.parametrize("xd", [1, 2])
+def test_mul(xd):
+    x = rng.standard_normal((2, 3, 4))
+    y = rng.standard_normal((4, 5)) if xd == 2 else rng.standard_normal((12, 5))
+    check_op("mul", lambda dt: {"X": x.astype(dt), "Y": y.astype(dt)},
+             lambda X, Y: X.reshape(X.shape[:xd] + (-1,)).reshape(-1, Y.shape[0]).dot(Y).reshape(X.shape[:xd] + (5,)),
+             attrs={"x_num_col_dims": xd}, wrt=("X", "Y"))
+
+
+def test_sum_of_three():
+    xs = [rng.standard_normal((3, 2)) for _ in range(3)]
+    check_op("sum", lambda dt: {"X": [a.astype(dt) for a in xs]}, lambda X: X[0] + X[1] + X[2])
+
+
+def test_mean():
+    check_op("mean", lambda dt: {"X": rng.standard_normal((3, 2)).astype(dt)}, lambda X: np.array([X.mean()], X.dtype))
+
+
+@pytest.mark.parametrize("after", [True, False])
+def test_scale(after):
+    attrs = {"scale": 2.5, "bias": 1.0, "bias_after_scale": after}
+    check_op("scale", lambda dt: {"X": rng.standard_normal((3, 2)).astype(dt)},
+             lambda X: (2.5 * X + 1.0 if after else 2.5 * (X + 1.0)).astype(X.dtype), attrs=attrs)
+
+
+def test_scale_large_uses_parallel_kernel_and_agrees():
+    x = rng.standard_normal(1 << 17).astype(np.float32)
+    check_forward("scale", {"X": x}, lambda X: (X * np.float32(3.0)).astype(X.dtype), {"scale": 3.0})
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fill_and_random_ops(dtype):
+    out = run_op("fill_constant", {}, {"shape": [2, 3], "dtype": dtype, "value": 1.5})["Out"]
+    np.testing.assert_array_equal(out, np.full((2, 3), 1.5, dtype))
+    u1 = run_op("uniform_random", {}, {"shape": [1000], "dtype": dtype, "min": -2, "max": 3, "seed": 7})["Out"]
+    u2 = run_op("uniform_random", {}, {"shape": [1000], "dtype": dtype, "min": -2, "max": 3, "seed": 7})["Out"]
+    assert u1.dtype == dtype and (u1 >= -2).all() and (u1 < 3).all() and abs(u1.mean() - 0.5) < 0.15
+    np.testing.assert_array_equal(u1, u2)  # same seed, same numbers
+    g = run_op("gaussian_random", {}, {"shape": [4000], "dtype": dtype, "mean": 1, "std": 2, "seed": 3})["Out"]
+    assert abs(g.mean() - 1) < 0.15 and abs(g.std() - 2) < 0.15
+
+
+def test_mul_shape_mismatch_names_op_slots_and_shapes():
+    block = fl.default_main_program().global_block()
+    x = block.create_var(name="x", shape=[-1, 3], dtype="float32")
+    y = block.create_var(name="y", shape=[4, 2], dtype="float32")
+    n_ops = len(block.ops)
+    with pytest.raises(ValueError, match=r"mul.*'x'.*\[-1, 3\].*'y'.*\[4, 2\]"):
+        block.append_op("mul", {"X": x, "Y": y}, {"Out": "z"})
+    assert len(block.ops) == n_ops and "z" not in block.vars  # nothing half-changed
+
+
+def test_bad_attribute_type_and_unknown_attribute():
+    block = fl.default_main_program().global_block()
+    x = block.create_var(name="x", shape=[3], dtype="float32")
+    with pytest.raises(TypeError, match="scale.*'scale'"):
+        block.append_op("scale", {"X": x}, {"Out": "o"}, {"scale": "big"})
+    with pytest.raises(ValueError, match="unknown attribute"):
+        block.append_op("scale", {"X": x}, {"Out": "o"}, {"sclae": 2.0})
+    with pytest.raises(ValueError, match="unknown op type"):
+        block.append_op("no_such_op", {"X": x}, {"Out": "o"})
+
+
+def test_int_input_to_float_op_is_rejected():
+    block = fl.default_main_program().global_block()
+    x = block.create_var(name="x", shape=[3], dtype="int64")
+    with pytest.raises(ValueError, match="tanh.*float"):
+        block.append_op("tanh", {"X": x}, {"Out": "o"})
