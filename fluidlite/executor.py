@@ -72,8 +72,11 @@ class Plan:
                 for n, (shape, dtype) in zip(names, inferred[slot]):
                     metas[n] = Meta(n, shape, dtype)
                     produced.add(n)
-            kernel = opdef.bind(InferContext(opdef, ins, op.attrs, op.outputs))
-            steps.append((op, kernel, [n for names in op.inputs.values() for n in names], op.output_names))
+            steps.append((op, opdef, ins))
+        overwritable = self._overwritable(block, [s[0] for s in steps], set(fed), fetch_names)
+        steps = [(op, opdef.bind(InferContext(opdef, ins, op.attrs, op.outputs, overwritable[i])),
+                  [n for names in op.inputs.values() for n in names], op.output_names)
+                 for i, (op, opdef, ins) in enumerate(steps)]
         for n in fetch_names:
             if n not in metas:
                 var = block._find_var(n)
@@ -90,6 +93,53 @@ class Plan:
         self.ops = [s[0] for s in steps]
         self._step, self._line_to_op = self._generate(list(fed), steps)
         self._checked_scopes = set()
+
+    @staticmethod
+    def _overwritable(block, ops, fed, fetch_names) -> list:
+        """For each op, the input slots whose buffers its kernel may reuse.
+
+        A persistable may be updated in place by an op writing the same name (optimizer state).
+        Any other buffer only if an op of this plan made it, it is not fetched, and neither it nor
+        anything sharing memory with it (through a view-returning op) is read after this op."""
+        group = {}  # name -> alias group id
+
+        def find(n):
+            while group.get(n, n) != n:
+                n = group[n]
+            return n
+
+        made_here = set()
+        for op in ops:
+            made_here.update(op.output_names)
+            if get_op_def(op.type).returns_view:
+                for o in op.output_names:
+                    for n in op.input_names:
+                        group[find(o)] = find(n)
+        aliased = {find(n) for n in group}
+        last_read = {}
+        for i, op in enumerate(ops):
+            for n in op.input_names:
+                last_read[find(n)] = i
+        fetched = {find(n) for n in fetch_names}
+        result = []
+        for i, op in enumerate(ops):
+            outs = set(op.output_names)
+            slots = set()
+            for slot, names in op.inputs.items():
+                ok = True
+                for n in names:
+                    var = block._find_var(n)
+                    if var is not None and var.persistable:
+                        ok &= n in outs
+                    else:
+                        g = find(n)
+                        ok &= (n in made_here and n not in fed and g not in fetched
+                               and (last_read[g] == i or (n in outs and g not in aliased)) and names.count(n) == 1
+                               and sum(n in ns for ns in op.inputs.values()) == 1)
+                if ok and names:
+                    slots.add(slot)
+            result.append(frozenset(slots))
+        return result
 
     @staticmethod
     def _needed_ops(block, fed, fetch_names) -> list:

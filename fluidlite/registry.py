@@ -96,11 +96,14 @@ class Meta:
 class InferContext:
     """Read-only view of an op's inputs and attributes for `OpDef.infer` and `OpDef.lower`."""
 
-    def __init__(self, opdef: "OpDef", inputs: dict, attrs: dict, outputs: dict | None = None):
+    def __init__(self, opdef: "OpDef", inputs: dict, attrs: dict, outputs: dict | None = None,
+                 overwritable: frozenset = frozenset()):
         self.opdef = opdef
         self.inputs = inputs  # slot -> list[Meta]
         self.attrs = attrs
         self.outputs = outputs or {}  # slot -> list[name]; lowering uses it to skip absent outputs
+        # input slots whose buffers the kernel may overwrite (dead after this op, not aliased, not fed)
+        self.overwritable = overwritable
 
     def has(self, slot: str) -> bool:
         return bool(self.inputs.get(slot))
@@ -191,7 +194,9 @@ class OpDef:
       Inputs arrive flattened in slot order; the callable returns one array, or a tuple when the
       op has several outputs.
     - `grad(GradContext) -> [GradOpSpec]`, or `NO_GRAD`, or None (no rule: backward raises).
-    - `inplace`: output slot -> input slot whose variable the output may overwrite (same name).
+    - `returns_view`: the kernel may return its input or a view of it (reshape); the executor then
+      never lets a later kernel overwrite either buffer while the other is alive.
+    Lowering sees `ctx.overwritable`: input slots whose buffers the kernel may reuse for its output.
     """
 
     type: str
@@ -205,7 +210,7 @@ class OpDef:
     grad: Any = None
     duplicable: frozenset = frozenset()  # slots holding any number of variables
     optional: frozenset = frozenset()  # slots that may be empty
-    inplace: dict = field(default_factory=dict)
+    returns_view: bool = False  # the kernel may return a view of (or the same array as) an input
     doc: str = ""
 
     def bind(self, ctx: InferContext) -> Callable:
