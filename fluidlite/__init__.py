@@ -38,4 +38,8 @@ def __getattr__(name):
         from . import backward
 
         return getattr(backward, name)
+    if name == "verify":
+        from .verifier import verify
+
+        return verify
     raise AttributeError(f"module 'fluidlite' has no attribute {name!r}")

@@ -203,7 +203,7 @@ class Block:
     def all_parameters(self) -> list:
         return [v for v in self.vars.values() if isinstance(v, Parameter)]
 
-    def create_var(self, name=None, shape=None, dtype="float32", persistable=False, stop_gradient=False,
+    def create_var(self, name=None, shape=None, dtype=None, persistable=False, stop_gradient=False,
                    error_clip=None, is_data=False, **_ignored) -> Variable:
         """A new variable (or the existing one of that name, if shape and dtype agree)."""
         name = name or unique_name.generate("_generated_var")
@@ -212,6 +212,8 @@ class Block:
             if shape is not None and old.shape is not None and _as_shape(shape) != old.shape:
                 raise ValueError(f"variable {name!r} exists with shape {list(old.shape)}, asked for {list(shape)}")
             return old
+        if dtype is None and shape is not None:
+            dtype = "float32"  # Paddle's default; a var with neither is typed by the op that writes it
         var = Variable(self, name, shape, dtype, persistable, stop_gradient, error_clip, is_data)
         self.vars[name] = var
         self._changed()
