@@ -129,11 +129,11 @@ class _Builder:
         path, reads = self.path(ops, set(sources), targets)
         on_path = set(path)
         count = defaultdict(int)  # contributions each variable will receive
-        wanted = {}  # (op index, slot, k) -> var name that needs a gradient from that read
+        wanted = defaultdict(list)  # op index -> [(slot, k, var name)] reads that need a gradient
         for i in path:
             for slot, k, n, w in reads[i]:
                 if w in on_path or (w is None and n in sources):
-                    wanted[(i, slot, k)] = n
+                    wanted[i].append((slot, k, n))
                     count[n] += 1
         grad_of = {}
         parts = defaultdict(list)
@@ -165,10 +165,9 @@ class _Builder:
                 output_grads[slot] = [grad_of.get(n) or self.zero_grad(n) for n in names]
             input_grads = {slot: [None] * len(names) for slot, names in op.inputs.items()}
             touched = []
-            for (j, slot, k), n in wanted.items():
-                if j == i:
-                    input_grads[slot][k] = contribute(n)
-                    touched.append(n)
+            for slot, k, n in wanted[i]:
+                input_grads[slot][k] = contribute(n)
+                touched.append(n)
             rule = get_op_def(op.type).grad
             if rule is None:
                 raise ValueError(f"op '{op.type}' has no gradient rule, but a gradient must flow through it "
