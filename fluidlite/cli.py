@@ -1,0 +1,117 @@
+"""The `fluidlite` command (also `python -m fluidlite`).
+
+Subcommands: `dot` (draw a saved program), `show` (print it), and `demo` / `bench`, which hand
+the rest of the command line to `fluidlite.demo.main` / `fluidlite.bench.main`.
+Errors print one line on stderr and exit non-zero; set FLUIDLITE_DEBUG=1 for the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# subcommands implemented by other modules: name -> (module, help)
+PASSTHROUGH = {
+    "demo": ("fluidlite.demo", "train a small model with gradient clipping (arguments go to the demo)"),
+    "bench": ("fluidlite.bench", "run the benchmarks (arguments go to the benchmark)"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _UsageError(f"{self.prog}: error: {message}")
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="fluidlite", description="fluidlite: a static computation-graph compiler (Fluid style).")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    d = sub.add_parser("dot", help="draw a program saved with fluidlite.io.save_program",
+                       description="Draw a saved program as .dot, .svg, .png or .pdf (rendering needs Graphviz).")
+    d.add_argument("program", metavar="PROGRAM.json")
+    d.add_argument("-o", "--output", metavar="OUT", help="OUT.dot/.svg/.png/.pdf; without it the DOT text is printed")
+    d.add_argument("--block", type=int, default=None, help="draw only this block (default: all blocks)")
+    d.add_argument("--collapse", action="store_true", help="fold the ops of each name scope into one node")
+    d.add_argument("--around", action="append", metavar="VAR", help="draw only the graph near VAR (repeatable)")
+    d.add_argument("--hops", type=int, default=2, help="with --around: how many edges away to draw (default 2)")
+    d.add_argument("--highlight", action="append", metavar="NAME", help="emphasise a variable or op type (repeatable)")
+    d.add_argument("--rankdir", choices=("TB", "LR", "BT", "RL"), default="TB")
+    d.add_argument("--no-legend", action="store_true")
+    s = sub.add_parser("show", help="print a saved program as text")
+    s.add_argument("program", metavar="PROGRAM.json")
+    for name, (_, help_text) in PASSTHROUGH.items():
+        sp = sub.add_parser(name, help=help_text, add_help=False)
+        sp.add_argument("args", nargs=argparse.REMAINDER)
+    return p
+
+
+def _cmd_dot(args) -> int:
+    from . import graphviz, io
+
+    program = io.load_program(args.program)
+    target = program
+    if args.block is not None:
+        if not 0 <= args.block < program.num_blocks:
+            raise ValueError(f"--block {args.block}: the program has blocks 0..{program.num_blocks - 1}")
+        target = program.block(args.block)
+    options = dict(highlights=args.highlight, collapse=args.collapse or None, around=args.around,
+                   hops=args.hops, rankdir=args.rankdir, legend=not args.no_legend)
+    if args.output in (None, "-"):
+        sys.stdout.write(graphviz.to_dot(target, **options))
+    else:
+        graphviz.draw(target, args.output, **options)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _cmd_show(args) -> int:
+    from . import io
+
+    print(io.load_program(args.program))
+    return 0
+
+
+def _passthrough(name: str, rest: list) -> int:
+    module_name = PASSTHROUGH[name][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:  # the module exists but something it imports is missing
+            raise
+        print(f"fluidlite: {name} is not available yet", file=sys.stderr)
+        return 2
+    entry = getattr(module, "main", None)
+    if entry is None:
+        print(f"fluidlite: {module_name} has no main(); {name} is not available yet", file=sys.stderr)
+        return 2
+    code = entry(rest)
+    return 0 if code is None else int(code)
+
+
+def main(argv=None) -> int:
+    """Run the command line; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in PASSTHROUGH:  # everything after the name belongs to that command
+            return _passthrough(argv[0], argv[1:])
+        args = _parser().parse_args(argv)
+        return {"dot": _cmd_dot, "show": _cmd_show}[args.command](args)
+    except SystemExit as exc:  # --help, or a subcommand that calls sys.exit
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except _UsageError as exc:
+        print(str(exc).splitlines()[0], file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fluidlite: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("FLUIDLITE_DEBUG"):
+            raise
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"fluidlite: error: {msg}", file=sys.stderr)
+        return 1

@@ -1,0 +1,457 @@
+"""Saving work: programs as JSON, persistable values as checksummed .npy checkpoints.
+
+Programs (`save_program`/`load_program`): a JSON document with `format_version`, the
+program's `random_seed` and every block's variables and ops. Nothing is pickled. Loading
+checks the structure, op types, references and attribute types, then rebuilds the program
+with `Block.append_op`, so shapes are inferred and checked again. Objects hanging off
+variables (`error_clip`, a parameter's `regularizer`, `gradient_clip_attr`, `initializer`)
+are stored as `{"class", "fields"}` when they are plain objects of a fluidlite module whose
+fields are JSON scalars, and rebuilt from that allow-list only; anything else is stored as
+`{"repr"}` and loads as None with a warning.
+
+Checkpoints (`save_persistables`/`load_persistables`): a directory holding one `NNNNN.npy`
+per persistable variable (indexed names, so any variable name is safe) and `manifest.json`
+(name, file, shape, dtype, sha256 of the file). A save is atomic; with one writer at a time:
+
+1. write everything into the sibling `D.tmp-T` (T a fresh token): each file fsynced, the
+   manifest written last (as `manifest.json.part`, fsynced, renamed), then the directory fsynced;
+2. rename the live `D` to `D.old-T` (skipped on a first save);
+3. rename `D.tmp-T` to `D` and fsync the parent directory;
+4. rename `D.old-T` to `D.trash-T` and delete it.
+
+A crash before 2 leaves `D` untouched (the old checkpoint); after 3, `D` is the new one. Only a
+crash between 2 and 3 leaves no `D`: then `D.old-T` and a complete `D.tmp-T` (it has
+`manifest.json`) exist side by side, and loading uses `D.tmp-T` (the new checkpoint, which was
+complete before `D` was moved). Without any `D.old-*`, a complete `D.tmp-*` is a first save that
+crashed before its rename. `.trash-*` and incomplete `.tmp-*` siblings are never read. The next
+save first finishes an interrupted one (renames the chosen sibling to `D`), then removes stale
+siblings. Loading reads every file and checks checksums, shapes and dtypes before the scope
+is changed at all.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io as _stdio
+import json
+import os
+import shutil
+import uuid
+import warnings
+
+import numpy as np
+
+from .framework import ROLES, Block, Parameter, Program, Variable, default_main_program
+from .registry import get_op_def
+from .scope import global_scope
+from .shapes import dims_match
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_OBJ_MODULES = ("fluidlite.clip", "fluidlite.regularizer", "fluidlite.initializer")
+_SCALARS = (bool, int, float, str, type(None))
+
+
+# ---------------------------------------------------------------- programs
+
+def _obj_to_json(obj):
+    if obj is None:
+        return None
+    cls = type(obj)
+    fields = getattr(obj, "__dict__", None)
+    if (cls.__module__ in _OBJ_MODULES and isinstance(fields, dict)
+            and all(isinstance(v, _SCALARS) for v in fields.values())):
+        return {"class": f"{cls.__module__}.{cls.__qualname__}", "fields": dict(fields)}
+    return {"repr": repr(obj)}
+
+
+def _obj_from_json(data, where):
+    if data is None:
+        return None
+    if not isinstance(data, dict) or not ("class" in data or "repr" in data):
+        raise ValueError(f"{where}: expected null or an object with 'class' or 'repr', got {data!r}")
+    if "class" in data:
+        module, _, name = str(data["class"]).rpartition(".")
+        fields = data.get("fields")
+        if module not in _OBJ_MODULES or not isinstance(fields, dict):
+            raise ValueError(f"{where}: cannot rebuild class {data['class']!r} (allowed modules: {_OBJ_MODULES})")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            warnings.warn(f"{where}: class {data['class']!r} is not available; left unset")
+            return None
+        try:
+            obj = cls(**fields)
+            if vars(obj) == fields:
+                return obj
+        except Exception:  # the constructor's arguments differ from the fields it stores
+            pass
+        obj = cls.__new__(cls)
+        obj.__dict__.update(fields)
+        return obj
+    warnings.warn(f"{where}: {data['repr']} was saved only as its repr; left unset")
+    return None
+
+
+def _jsonable(value, where):
+    """Attribute values as JSON (tuples become lists; normalize_attrs turns them back)."""
+    if isinstance(value, (bool, str, type(None))):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, where) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _jsonable(v, where) for k, v in value.items()}
+    raise TypeError(f"{where}: value {value!r} of type {type(value).__name__} cannot be saved as JSON")
+
+
+def _var_to_dict(var: Variable) -> dict:
+    d = {"name": var.name, "shape": None if var.shape is None else list(var.shape),
+         "dtype": None if var.dtype is None else var.dtype.name, "persistable": var.persistable,
+         "stop_gradient": var.stop_gradient, "is_data": bool(var.is_data), "error_clip": _obj_to_json(var.error_clip)}
+    if isinstance(var, Parameter):
+        d["parameter"] = {
+            "trainable": bool(var.trainable), "need_clip": bool(var.need_clip),
+            "optimize_attr": _jsonable(var.optimize_attr, f"parameter {var.name!r} optimize_attr"),
+            "regularizer": _obj_to_json(var.regularizer),
+            "gradient_clip_attr": _obj_to_json(var.gradient_clip_attr),
+            "initializer": _obj_to_json(var.initializer)}
+    return d
+
+
+def program_to_dict(program: Program) -> dict:
+    """The JSON-ready form of `program`."""
+    if not isinstance(program, Program):
+        raise TypeError(f"expected a Program, got {type(program).__name__}")
+    blocks = []
+    for b in program.blocks:
+        ops = [{"type": op.type, "role": op.role,
+                "inputs": {k: list(v) for k, v in op.inputs.items()},
+                "outputs": {k: list(v) for k, v in op.outputs.items()},
+                "attrs": {k: _jsonable(v, f"block {b.idx} op #{i} '{op.type}' attribute {k!r}")
+                          for k, v in op.attrs.items()}}
+               for i, op in enumerate(b.ops)]
+        blocks.append({"idx": b.idx, "parent_idx": b.parent_idx,
+                       "vars": [_var_to_dict(v) for v in b.vars.values()], "ops": ops})
+    return {"format_version": FORMAT_VERSION, "random_seed": program.random_seed, "blocks": blocks}
+
+
+def save_program(program: Program, path):
+    """Write `program` as JSON to `path` (replacing it atomically)."""
+    text = json.dumps(program_to_dict(program), indent=1)
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def load_program(path) -> Program:
+    """Read a program written by `save_program`; raises ValueError saying what is wrong and where."""
+    path = os.fspath(path)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    return program_from_dict(data, source=path)
+
+
+def _need(cond, where, msg):
+    if not cond:
+        raise ValueError(f"{where}: {msg}")
+
+
+def _typed(d, key, types, where, what):
+    _need(key in d, where, f"missing field {key!r}")
+    val = d[key]
+    ok = isinstance(val, types) and (types is bool or not isinstance(val, bool))  # JSON true is no int
+    _need(ok, where, f"field {key!r} must be {what}, got {val!r}")
+    return val
+
+
+def _slot_map(d, key, where):
+    m = _typed(d, key, dict, where, "an object of slot -> list of names")
+    for slot, names in m.items():
+        _need(isinstance(names, list) and all(isinstance(n, str) and n for n in names), where,
+              f"{key} slot {slot!r} must be a list of variable names, got {names!r}")
+    return m
+
+
+def program_from_dict(data, source="<program>") -> Program:
+    """Rebuild a Program from `program_to_dict` output, checking everything on the way."""
+    _need(isinstance(data, dict), source, "top level must be a JSON object")
+    version = _typed(data, "format_version", int, source, "an int")
+    _need(version <= FORMAT_VERSION, source, f"format_version {version} is newer than this fluidlite reads ({FORMAT_VERSION})")
+    blocks = _typed(data, "blocks", list, source, "a list")
+    _need(blocks, source, "'blocks' is empty (block 0 is required)")
+    program = Program()
+    program.random_seed = _typed(data, "random_seed", int, source, "an int") if "random_seed" in data else 0
+    program.blocks = []
+    for i, bd in enumerate(blocks):
+        where = f"{source}: blocks[{i}]"
+        _need(isinstance(bd, dict), where, "must be an object")
+        _need(_typed(bd, "idx", int, where, "an int") == i, where, f"idx is {bd['idx']}, expected {i}")
+        parent = _typed(bd, "parent_idx", int, where, "an int")
+        _need(parent == -1 if i == 0 else 0 <= parent < i, where, f"bad parent_idx {parent}")
+        program.blocks.append(Block(program, i, parent))
+    for block, bd in zip(program.blocks, blocks):
+        for j, vd in enumerate(_typed(bd, "vars", list, f"{source}: blocks[{block.idx}]", "a list")):
+            _add_var(block, vd, f"{source}: blocks[{block.idx}].vars[{j}]")
+    for block, bd in zip(program.blocks, blocks):
+        for j, od in enumerate(_typed(bd, "ops", list, f"{source}: blocks[{block.idx}]", "a list")):
+            _add_op(block, od, f"{source}: blocks[{block.idx}].ops[{j}]")
+    program._current_block_idx = 0
+    return program
+
+
+def _add_var(block, vd, where):
+    _need(isinstance(vd, dict), where, "must be an object")
+    name = _typed(vd, "name", str, where, "a non-empty string")
+    where = f"{where} ({name!r})"
+    _need(name and name not in block.vars, where, "empty or duplicate variable name")
+    shape = vd.get("shape")
+    _need(shape is None or (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= -1
+                                                            for d in shape)), where, f"bad shape {shape!r}")
+    dtype = vd.get("dtype")
+    if dtype is not None:
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise ValueError(f"{where}: unknown dtype {dtype!r}") from None
+    flags = {k: _typed(vd, k, bool, where, "true or false") for k in ("persistable", "stop_gradient", "is_data")}
+    error_clip = _obj_from_json(vd.get("error_clip"), f"{where} error_clip")
+    pd = vd.get("parameter")
+    if pd is None:
+        var = Variable(block, name, shape, dtype, flags["persistable"], flags["stop_gradient"], error_clip, flags["is_data"])
+    else:
+        _need(isinstance(pd, dict) and shape is not None and dtype is not None, where,
+              "a parameter needs 'parameter' fields, a shape and a dtype")
+        opt = _typed(pd, "optimize_attr", dict, where, "an object")
+        var = Parameter(block, name, shape, dtype, trainable=_typed(pd, "trainable", bool, where, "true or false"),
+                        optimize_attr=opt, regularizer=_obj_from_json(pd.get("regularizer"), f"{where} regularizer"),
+                        gradient_clip_attr=_obj_from_json(pd.get("gradient_clip_attr"), f"{where} gradient_clip_attr"),
+                        need_clip=_typed(pd, "need_clip", bool, where, "true or false"),
+                        initializer=_obj_from_json(pd.get("initializer"), f"{where} initializer"))
+        var._persistable = flags["persistable"]
+        var.stop_gradient = flags["stop_gradient"]
+        var.error_clip, var.is_data = error_clip, flags["is_data"]
+    block.vars[name] = var
+
+
+def _add_op(block, od, where):
+    _need(isinstance(od, dict), where, "must be an object")
+    op_type = _typed(od, "type", str, where, "a string")
+    where = f"{where} ('{op_type}')"
+    try:
+        get_op_def(op_type)
+    except ValueError:
+        raise ValueError(f"{where}: unknown op type {op_type!r}") from None
+    role = _typed(od, "role", str, where, "a string")
+    _need(role in ROLES, where, f"unknown role {role!r} (roles: {', '.join(ROLES)})")
+    inputs, outputs = _slot_map(od, "inputs", where), _slot_map(od, "outputs", where)
+    attrs = _typed(od, "attrs", dict, where, "an object")
+    for what, slots in (("reads", inputs), ("writes", outputs)):
+        for slot, names in slots.items():
+            for n in names:
+                _need(block._find_var(n) is not None, where,
+                      f"op '{op_type}' {what} variable {n!r} (slot {slot}), which no block declares")
+    try:
+        block.append_op(op_type, inputs, outputs, attrs, role=role)
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(f"{where}: {exc}") from None
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def _persistables(program) -> dict:
+    program = default_main_program() if program is None else program
+    if not isinstance(program, Program):
+        raise TypeError(f"expected a Program, got {type(program).__name__}")
+    out = {}
+    for var in program.list_vars():
+        if var.persistable and var.name not in out:
+            out[var.name] = var
+    return out
+
+
+def _check_declared(var, shape, dtype, where):
+    if var.dtype is not None and np.dtype(dtype) != var.dtype:
+        raise ValueError(f"{where}: variable {var.name!r} has dtype {np.dtype(dtype)}, the program declares {var.dtype}")
+    if var.shape is not None and (len(shape) != len(var.shape) or not all(map(dims_match, var.shape, shape))):
+        raise ValueError(f"{where}: variable {var.name!r} has shape {list(shape)}, the program declares {list(var.shape)}")
+
+
+def _write_file(path, data: bytes):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _siblings(final) -> dict:
+    """kind ('tmp', 'old', 'trash') -> {token: path} for the siblings of checkpoint dir `final`."""
+    parent, base = os.path.split(final)
+    found = {"tmp": {}, "old": {}, "trash": {}}
+    for entry in os.listdir(parent or "."):
+        for kind in found:
+            prefix = f"{base}.{kind}-"
+            if entry.startswith(prefix):
+                found[kind][entry[len(prefix):]] = os.path.join(parent, entry)
+    return found
+
+
+def _resolve(final):
+    """The directory holding the checkpoint of `final` (itself, or a sibling after a crash), or None."""
+    if os.path.isdir(final):
+        return final
+    if not os.path.isdir(os.path.dirname(final) or "."):
+        return None
+    sib = _siblings(final)
+    complete = {t: p for t, p in sib["tmp"].items() if os.path.isfile(os.path.join(p, MANIFEST))}
+    for token in sib["old"]:
+        if token in complete:  # crash between steps 2 and 3: the new one was complete
+            return complete[token]
+    if sib["old"]:
+        return max(sib["old"].values(), key=os.path.getmtime)
+    if complete:  # a first save that crashed before its rename
+        return max(complete.values(), key=lambda p: os.path.getmtime(os.path.join(p, MANIFEST)))
+    return None
+
+
+def _recover_and_clean(final):
+    """Finish an interrupted save (see the module docstring), then delete stale siblings."""
+    parent = os.path.dirname(final) or "."
+    src = _resolve(final)
+    if src is not None and src != final:
+        os.rename(src, final)
+        _fsync_dir(parent)
+    for kind, found in _siblings(final).items():
+        for token, path in found.items():
+            trash = path if kind == "trash" else f"{final}.trash-{token}"
+            if path != trash:
+                os.rename(path, trash)  # atomically retired, so a half-deleted dir is never read
+            shutil.rmtree(trash)
+
+
+def save_persistables(dirname, program=None, scope=None):
+    """Atomically write every persistable variable of `program` found in `scope` to `dirname`."""
+    variables = _persistables(program)
+    scope = global_scope() if scope is None else scope
+    arrays = {}
+    for name, var in variables.items():
+        value = scope._arrays.get(name)
+        if value is None:
+            raise ValueError(f"save_persistables: variable {name!r} has no value in the scope (run the startup program first)")
+        _check_declared(var, value.shape, value.dtype, "save_persistables")
+        arrays[name] = value
+    dirname = os.fspath(dirname)
+    final = os.path.abspath(dirname)
+    if os.path.exists(final) and not (os.path.isdir(final) and (os.path.isfile(os.path.join(final, MANIFEST))
+                                                                  or not os.listdir(final))):
+        raise ValueError(f"save_persistables: {dirname!r} exists and is not a fluidlite checkpoint; not replacing it")
+    _recover_and_clean(final)
+    token = uuid.uuid4().hex[:12]
+    tmp = f"{final}.tmp-{token}"
+    os.mkdir(tmp)
+    try:
+        entries = []
+        for i, (name, value) in enumerate(arrays.items()):
+            buf = _stdio.BytesIO()
+            np.save(buf, np.ascontiguousarray(value), allow_pickle=False)
+            data = buf.getvalue()
+            entries.append({"name": name, "file": f"{i:05d}.npy", "shape": list(value.shape),
+                            "dtype": value.dtype.name, "sha256": hashlib.sha256(data).hexdigest()})
+            _write_file(os.path.join(tmp, entries[-1]["file"]), data)
+        manifest = json.dumps({"format_version": FORMAT_VERSION, "variables": entries}, indent=1).encode()
+        _write_file(os.path.join(tmp, MANIFEST + ".part"), manifest)
+        os.rename(os.path.join(tmp, MANIFEST + ".part"), os.path.join(tmp, MANIFEST))
+        _fsync_dir(tmp)
+    except Exception:  # an ordinary error leaves no debris; a real crash leaves a tmp dir without a manifest
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if os.path.isdir(final):
+        old = f"{final}.old-{token}"
+        os.rename(final, old)
+    os.rename(tmp, final)
+    _fsync_dir(os.path.dirname(final))
+    if old is not None:
+        trash = f"{final}.trash-{token}"
+        os.rename(old, trash)
+        shutil.rmtree(trash)
+
+
+def _read_manifest(src, dirname) -> dict:
+    try:
+        with open(os.path.join(src, MANIFEST), encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"checkpoint {dirname!r}: cannot read {MANIFEST}: {exc}") from None
+    where = f"checkpoint {dirname!r} {MANIFEST}"
+    _need(isinstance(data, dict) and isinstance(data.get("variables"), list), where, "needs a 'variables' list")
+    entries = {}
+    for e in data["variables"]:
+        ok = (isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("file"), str)
+              and os.path.basename(e["file"]) == e["file"] and e["file"] not in ("", ".", "..")
+              and isinstance(e.get("shape"), list) and isinstance(e.get("dtype"), str) and isinstance(e.get("sha256"), str))
+        _need(ok, where, f"malformed entry {e!r}")
+        entries[e["name"]] = e
+    return entries
+
+
+def load_persistables(dirname, program=None, scope=None) -> list:
+    """Load every persistable variable of `program` from `dirname` into `scope`; returns their names.
+
+    Each value is checked (checksum, shape, dtype against the manifest and the program) before
+    any is stored, so on error the scope is unchanged."""
+    variables = _persistables(program)
+    scope = global_scope() if scope is None else scope
+    dirname = os.fspath(dirname)
+    final = os.path.abspath(dirname)
+    src = _resolve(final)
+    if src is None:
+        raise FileNotFoundError(f"load_persistables: no checkpoint at {dirname!r}")
+    entries = _read_manifest(src, dirname)
+    staged = {}
+    for name, var in variables.items():
+        where = f"load_persistables {dirname!r}"
+        e = entries.get(name)
+        _need(e is not None, where, f"the checkpoint has no variable {name!r}")
+        try:
+            with open(os.path.join(src, e["file"]), "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise ValueError(f"{where}: variable {name!r}: cannot read {e['file']}: {exc.strerror}") from None
+        _need(hashlib.sha256(data).hexdigest() == e["sha256"], where,
+              f"variable {name!r}: checksum mismatch (file {e['file']} is corrupt or was changed)")
+        try:
+            arr = np.load(_stdio.BytesIO(data), allow_pickle=False)
+        except ValueError as exc:
+            raise ValueError(f"{where}: variable {name!r}: unreadable .npy file {e['file']}: {exc}") from None
+        _need(arr.dtype.name == e["dtype"] and list(arr.shape) == e["shape"], where,
+              f"variable {name!r}: file holds {arr.dtype}{list(arr.shape)}, the manifest says {e['dtype']}{e['shape']}")
+        _check_declared(var, arr.shape, arr.dtype, where)
+        staged[name] = np.ascontiguousarray(arr)
+    scope._arrays.update(staged)
+    return list(staged)
+
+
+__all__ = ["FORMAT_VERSION", "load_persistables", "load_program", "program_from_dict", "program_to_dict",
+           "save_persistables", "save_program"]
