@@ -1,0 +1,97 @@
+"""Parameter update ops (sgd, momentum, adam) and sign (for L1 decay).
+
+An update op names its outputs like its inputs (`ParamOut` = Param's name, ...): the executor then
+lists those slots in `ctx.overwritable` and the kernel updates the scope's arrays in place. With
+other output names the op writes fresh arrays and leaves its inputs alone.
+"""
+import numpy as np
+
+from ..kernels import optim as K
+from ..registry import NO_GRAD, Attr, defop
+from ..shapes import dims_match, numel
+from .common import float_same_as, is_large
+
+
+def _in_unit(v):
+    return None if 0.0 <= v < 1.0 else "must be in [0, 1)"
+
+
+def _non_negative(v):
+    return None if v >= 0 else "must be >= 0"
+
+
+def _check_update(ctx, state=(), scalars=()):
+    """Grad and `state` slots shaped like Param, `scalars` and LearningRate of one element, all floats."""
+    ctx.expect_dtype("Param", "Grad", *state, *scalars)
+    ctx.expect_dtype("LearningRate")
+    p = ctx.shape("Param")
+    for slot in ("Grad",) + tuple(state):
+        s = ctx.shape(slot)
+        if len(s) != len(p) or not all(map(dims_match, s, p)):
+            raise ctx.error(f"{slot} must have Param's shape {list(p)}, got {list(s)}", "Param", slot)
+    for slot in ("LearningRate",) + tuple(scalars):
+        if numel(ctx.shape(slot)) != 1:
+            raise ctx.error(f"{slot} must hold one element, got shape {list(ctx.shape(slot))}", slot)
+    return {f"{slot}Out": (ctx.shape(slot), ctx.dtype(slot)) for slot in ("Param",) + tuple(state) + tuple(scalars)}
+
+
+def _buffers(ctx, slots):
+    """For each slot: may its input buffer be written as the output (in-place update)?"""
+    return tuple(s in ctx.overwritable for s in slots)
+
+
+def _out(inplace, a):
+    return a if inplace else np.empty_like(a)
+
+
+def _lower_sgd(ctx):
+    kernel = K.sgd_parallel if is_large(ctx.meta("Param")) else K.sgd
+    (ip,) = _buffers(ctx, ("Param",))
+    return lambda p, g, lr: kernel(p, g, lr, _out(ip, p))
+
+
+defop("sgd", inputs=("Param", "Grad", "LearningRate"), outputs=("ParamOut",),
+      infer=lambda ctx: _check_update(ctx), lower=_lower_sgd, grad=NO_GRAD,
+      doc="ParamOut = Param - LearningRate * Grad (in place when ParamOut names Param).")
+
+
+def _lower_momentum(ctx):
+    kernel = K.momentum_parallel if is_large(ctx.meta("Param")) else K.momentum
+    mu, nesterov = ctx.attrs["mu"], ctx.attrs["use_nesterov"]
+    ip, iv = _buffers(ctx, ("Param", "Velocity"))
+    return lambda p, g, v, lr: kernel(p, g, v, lr, mu, nesterov, _out(ip, p), _out(iv, v))
+
+
+defop("momentum", inputs=("Param", "Grad", "Velocity", "LearningRate"), outputs=("ParamOut", "VelocityOut"),
+      attrs={"mu": Attr(float, 0.9, _non_negative), "use_nesterov": Attr(bool, False)},
+      infer=lambda ctx: _check_update(ctx, ("Velocity",)), lower=_lower_momentum, grad=NO_GRAD,
+      doc="VelocityOut = mu * Velocity + Grad; ParamOut = Param - lr * VelocityOut, or with "
+          "use_nesterov Param - lr * (Grad + mu * VelocityOut).")
+
+_ADAM_STATE = ("Moment1", "Moment2")
+_ADAM_POWS = ("Beta1Pow", "Beta2Pow")
+
+
+def _lower_adam(ctx):
+    kernel = K.adam_parallel if is_large(ctx.meta("Param")) else K.adam
+    b1, b2, eps = ctx.attrs["beta1"], ctx.attrs["beta2"], ctx.attrs["epsilon"]
+    ip, i1, i2, ib1, ib2 = _buffers(ctx, ("Param",) + _ADAM_STATE + _ADAM_POWS)
+
+    def run(p, g, lr, m1, m2, b1p, b2p):
+        return kernel(p, g, lr, m1, m2, b1p, b2p, b1, b2, eps,
+                      _out(ip, p), _out(i1, m1), _out(i2, m2), _out(ib1, b1p), _out(ib2, b2p))
+
+    return run
+
+
+defop("adam", inputs=("Param", "Grad", "LearningRate") + _ADAM_STATE + _ADAM_POWS,
+      outputs=("ParamOut", "Moment1Out", "Moment2Out", "Beta1PowOut", "Beta2PowOut"),
+      attrs={"beta1": Attr(float, 0.9, _in_unit), "beta2": Attr(float, 0.999, _in_unit),
+             "epsilon": Attr(float, 1e-8, _non_negative)},
+      infer=lambda ctx: _check_update(ctx, _ADAM_STATE, _ADAM_POWS), lower=_lower_adam, grad=NO_GRAD,
+      doc="Adam with bias correction folded into the rate: lr_t = lr * sqrt(1 - Beta2Pow) / (1 - Beta1Pow); "
+          "m1 = beta1*m1 + (1-beta1)*g; m2 = beta2*m2 + (1-beta2)*g^2; p -= lr_t * m1 / (sqrt(m2) + epsilon); "
+          "Beta1Pow *= beta1, Beta2Pow *= beta2.")
+
+defop("sign", inputs=("X",), infer=float_same_as("X"), kernel=K.sign, grad=NO_GRAD,
+      doc="Out = sign(X) (1, -1 or 0); no gradient flows through it (its derivative is 0 almost everywhere).")

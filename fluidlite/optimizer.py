@@ -1,0 +1,203 @@
+"""Optimizers: SGD, Momentum and Adam.
+
+`minimize(loss)` appends, in this order: the gradient ops (`append_backward`), weight decay
+(`fluidlite.regularizer`), gradient clipping (`fluidlite.clip`) and one update op per parameter.
+Update ops write their parameter and accumulators in place (same variable names in and out).
+
+The learning rate is a persistable variable of shape [1] (`optimizer.learning_rate_var`, named
+`optimizer.learning_rate_name`) filled by the startup program, so it can be changed between
+steps: `fl.global_scope().var(opt.learning_rate_name).get_tensor().set(np.array([0.01], dtype))`.
+A parameter's `optimize_attr["learning_rate"]` multiplies it (through a `scale` op).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import unique_name
+from .backward import append_backward
+from .framework import ROLE_OPTIMIZE, Variable, default_startup_program
+from .regularizer import WeightDecayRegularizer, append_regularization_ops
+
+
+def _number(owner, name, value, low=0.0, high=math.inf, high_open=False):
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+    ok = ok and math.isfinite(value) and low <= value and (value < high if high_open else value <= high)
+    if not ok:
+        bound = f"in [{low}, {high})" if high_open else f">= {low}"
+        raise ValueError(f"{owner}: {name} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+class Optimizer:
+    """Base class; subclasses set `type` and implement `_append_update(block, param, grad, lr)`."""
+
+    type = None
+
+    def __init__(self, learning_rate, regularization=None):
+        owner = type(self).__name__
+        if isinstance(learning_rate, Variable):
+            if learning_rate.dtype is None or learning_rate.dtype.kind != "f" or learning_rate.shape not in ((1,), ()):
+                raise ValueError(f"{owner}: a learning_rate Variable must be a float of shape [1], got "
+                                 f"{learning_rate!r}")
+            self._lr_value = None
+        else:
+            self._lr_value = _number(owner, "learning_rate", learning_rate)
+        if regularization is not None and not isinstance(regularization, WeightDecayRegularizer):
+            raise TypeError(f"{owner}: regularization must be an L2Decay or L1Decay, got {regularization!r}")
+        self.regularization = regularization
+        self._lr_given = learning_rate if isinstance(learning_rate, Variable) else None
+        self._lr_vars = {}  # program uid -> learning-rate Variable
+        self.learning_rate_var = self._lr_given
+
+    @property
+    def learning_rate_name(self):
+        """Name of the learning-rate variable (None until minimize/apply_gradients made it)."""
+        return None if self.learning_rate_var is None else self.learning_rate_var.name
+
+    # -- building blocks -------------------------------------------------------------------
+    def _global_lr(self, block, dtype, startup):
+        if self._lr_given is not None:
+            return self._lr_given
+        program = block.program
+        var = self._lr_vars.get(program._uid)
+        if var is None:
+            name = unique_name.generate("learning_rate")
+            var = program.global_block().create_var(name=name, shape=(1,), dtype=dtype, persistable=True)
+            self._fill(startup, var, self._lr_value)
+            self._lr_vars[program._uid] = var
+        self.learning_rate_var = var
+        return var
+
+    @staticmethod
+    def _fill(startup, var, value):
+        sblock = startup.global_block()
+        out = sblock.create_var(name=var.name, shape=var.shape, dtype=var.dtype, persistable=True)
+        sblock.append_op("fill_constant", outputs={"Out": out},
+                         attrs={"shape": var.shape, "dtype": var.dtype.name, "value": float(value)})
+
+    def _param_lr(self, block, param, lr):
+        """The global rate, times the parameter's own multiplier when it is not 1."""
+        scale = (getattr(param, "optimize_attr", None) or {}).get("learning_rate", 1.0)
+        if scale == 1.0:
+            return lr
+        out = block.create_var(name=unique_name.generate(f"{param.name}_lr"), shape=lr.shape, dtype=lr.dtype)
+        block.append_op("scale", {"X": lr}, {"Out": out}, {"scale": float(scale)})
+        return out
+
+    def _accumulator(self, kind, param, startup, value=0.0, shape=None):
+        """A persistable state variable `<param>_<kind>_N` filled with `value` by the startup program."""
+        block = param.block.program.global_block()
+        var = block.create_var(name=unique_name.generate(f"{param.name}_{kind}"),
+                               shape=param.shape if shape is None else shape, dtype=param.dtype, persistable=True)
+        self._fill(startup, var, value)
+        return var
+
+    # -- public API ------------------------------------------------------------------------
+    def backward(self, loss, startup_program=None, parameter_list=None, no_grad_set=None, callback=None):
+        """The gradient ops only (append_backward); non-trainable parameters are dropped."""
+        params_grads = append_backward(loss, parameter_list, no_grad_set, callback)
+        return [(p, g) for p, g in params_grads if getattr(p, "trainable", True)]
+
+    def apply_gradients(self, params_grads, startup_program=None):
+        """Appends one update op per (parameter, gradient) pair, nothing else; returns the ops appended."""
+        startup = startup_program or default_startup_program()
+        pairs = [(p, g) for p, g in params_grads if g is not None and getattr(p, "trainable", True)]
+        if not pairs:
+            return []
+        for p, _ in pairs:
+            if not p.persistable:
+                raise ValueError(f"{type(self).__name__}: cannot update {p.name!r}: it is not persistable "
+                                 f"(only parameters and other persistable variables can be optimized)")
+        block = pairs[0][1].block
+        program = block.program
+        start = len(block.ops)
+        with program._role_guard(ROLE_OPTIMIZE):
+            lr = self._global_lr(block, pairs[0][1].dtype, startup)
+            for param, grad in pairs:
+                self._append_update(block, param, grad, self._param_lr(block, param, lr), startup)
+        return block.ops[start:]
+
+    def apply_optimize(self, loss, startup_program, params_grads, grad_clip=None):
+        """The second half of minimize: regularization, clipping, update ops -> (ops, params_grads)."""
+        params_grads = append_regularization_ops(params_grads, self.regularization)
+        params_grads = _clip(params_grads, grad_clip)
+        return self.apply_gradients(params_grads, startup_program), params_grads
+
+    def minimize(self, loss, startup_program=None, parameter_list=None, no_grad_set=None, grad_clip=None,
+                 callback=None):
+        """backward -> regularization -> clip -> update ops; returns (update ops, [(param, final grad)])."""
+        params_grads = self.backward(loss, startup_program, parameter_list, no_grad_set, callback)
+        return self.apply_optimize(loss, startup_program, params_grads, grad_clip)
+
+    def _append_update(self, block, param, grad, lr, startup):
+        raise NotImplementedError
+
+
+def _clip(params_grads, grad_clip):
+    """Gradient clipping through fluidlite.clip, when a clip is given or a parameter has its own."""
+    if grad_clip is None and all(getattr(p, "gradient_clip_attr", None) is None for p, _ in params_grads):
+        return params_grads
+    try:
+        from . import clip
+    except ImportError:
+        clip = None
+    minimize_clip = getattr(clip, "_minimize_clip", None)
+    if minimize_clip is None:
+        raise NotImplementedError("gradient clipping arrives with fluidlite.clip (its _minimize_clip is not "
+                                  "available yet); minimize without grad_clip / gradient_clip_attr for now")
+    return minimize_clip(params_grads, grad_clip)
+
+
+class SGD(Optimizer):
+    """param <- param - lr * grad."""
+
+    type = "sgd"
+
+    def _append_update(self, block, param, grad, lr, startup):
+        block.append_op("sgd", {"Param": param, "Grad": grad, "LearningRate": lr}, {"ParamOut": param})
+
+
+class Momentum(Optimizer):
+    """v <- mu * v + grad; param <- param - lr * v (or - lr * (grad + mu * v) with use_nesterov)."""
+
+    type = "momentum"
+
+    def __init__(self, learning_rate, momentum, use_nesterov=False, regularization=None):
+        super().__init__(learning_rate, regularization)
+        self.momentum = _number("Momentum", "momentum", momentum)
+        self.use_nesterov = bool(use_nesterov)
+
+    def _append_update(self, block, param, grad, lr, startup):
+        v = self._accumulator("velocity", param, startup)
+        block.append_op("momentum", {"Param": param, "Grad": grad, "Velocity": v, "LearningRate": lr},
+                        {"ParamOut": param, "VelocityOut": v},
+                        {"mu": self.momentum, "use_nesterov": self.use_nesterov})
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with the bias correction folded into the rate; beta powers are per parameter."""
+
+    type = "adam"
+
+    def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8, regularization=None):
+        super().__init__(learning_rate, regularization)
+        self.beta1 = _number("Adam", "beta1", beta1, high=1.0, high_open=True)
+        self.beta2 = _number("Adam", "beta2", beta2, high=1.0, high_open=True)
+        self.epsilon = _number("Adam", "epsilon", epsilon)
+
+    def _append_update(self, block, param, grad, lr, startup):
+        m1 = self._accumulator("moment1", param, startup)
+        m2 = self._accumulator("moment2", param, startup)
+        b1 = self._accumulator("beta1_pow_acc", param, startup, self.beta1, (1,))
+        b2 = self._accumulator("beta2_pow_acc", param, startup, self.beta2, (1,))
+        block.append_op("adam", {"Param": param, "Grad": grad, "LearningRate": lr, "Moment1": m1, "Moment2": m2,
+                                 "Beta1Pow": b1, "Beta2Pow": b2},
+                        {"ParamOut": param, "Moment1Out": m1, "Moment2Out": m2, "Beta1PowOut": b1, "Beta2PowOut": b2},
+                        {"beta1": self.beta1, "beta2": self.beta2, "epsilon": self.epsilon})
+
+
+SGDOptimizer, MomentumOptimizer, AdamOptimizer = SGD, Momentum, Adam
+
+__all__ = ["Adam", "AdamOptimizer", "Momentum", "MomentumOptimizer", "Optimizer", "SGD", "SGDOptimizer"]

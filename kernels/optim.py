@@ -1,0 +1,102 @@
+"""Parameter update kernels (sgd, momentum, adam) and sign.
+
+Each update kernel writes into the output buffers it is given; the op passes the input arrays
+themselves when the update may happen in place (reading and writing element i in the same
+iteration, so aliasing is safe). The learning rate arrives as a one-element array.
+"""
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True)
+def sgd(p, g, lr, p_out):
+    rate = lr[0]
+    pf, gf, of = p.reshape(-1), g.reshape(-1), p_out.reshape(-1)
+    for i in range(pf.size):
+        of[i] = pf[i] - rate * gf[i]
+    return p_out
+
+
+@njit(cache=True, parallel=True)
+def sgd_parallel(p, g, lr, p_out):
+    rate = lr[0]
+    pf, gf, of = p.reshape(-1), g.reshape(-1), p_out.reshape(-1)
+    for i in prange(pf.size):
+        of[i] = pf[i] - rate * gf[i]
+    return p_out
+
+
+@njit(cache=True)
+def momentum(p, g, v, lr, mu, nesterov, p_out, v_out):
+    rate = lr[0]
+    pf, gf, vf = p.reshape(-1), g.reshape(-1), v.reshape(-1)
+    pof, vof = p_out.reshape(-1), v_out.reshape(-1)
+    for i in range(pf.size):
+        vel = mu * vf[i] + gf[i]
+        vof[i] = vel
+        if nesterov:
+            pof[i] = pf[i] - rate * (gf[i] + mu * vel)
+        else:
+            pof[i] = pf[i] - rate * vel
+    return p_out, v_out
+
+
+@njit(cache=True, parallel=True)
+def momentum_parallel(p, g, v, lr, mu, nesterov, p_out, v_out):
+    rate = lr[0]
+    pf, gf, vf = p.reshape(-1), g.reshape(-1), v.reshape(-1)
+    pof, vof = p_out.reshape(-1), v_out.reshape(-1)
+    for i in prange(pf.size):
+        vel = mu * vf[i] + gf[i]
+        vof[i] = vel
+        if nesterov:
+            pof[i] = pf[i] - rate * (gf[i] + mu * vel)
+        else:
+            pof[i] = pf[i] - rate * vel
+    return p_out, v_out
+
+
+@njit(cache=True)
+def adam(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, p_out, m1_out, m2_out, b1p_out, b2p_out):
+    pow1, pow2 = b1p[0], b2p[0]
+    rate = lr[0] * np.sqrt(1.0 - pow2) / (1.0 - pow1)
+    pf, gf, af, bf = p.reshape(-1), g.reshape(-1), m1.reshape(-1), m2.reshape(-1)
+    pof, aof, bof = p_out.reshape(-1), m1_out.reshape(-1), m2_out.reshape(-1)
+    for i in range(pf.size):
+        gi = gf[i]
+        a = beta1 * af[i] + (1.0 - beta1) * gi
+        b = beta2 * bf[i] + (1.0 - beta2) * gi * gi
+        aof[i] = a
+        bof[i] = b
+        pof[i] = pf[i] - rate * a / (np.sqrt(b) + eps)
+    b1p_out[0] = pow1 * beta1
+    b2p_out[0] = pow2 * beta2
+    return p_out, m1_out, m2_out, b1p_out, b2p_out
+
+
+@njit(cache=True, parallel=True)
+def adam_parallel(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, p_out, m1_out, m2_out, b1p_out, b2p_out):
+    pow1, pow2 = b1p[0], b2p[0]
+    rate = lr[0] * np.sqrt(1.0 - pow2) / (1.0 - pow1)
+    pf, gf, af, bf = p.reshape(-1), g.reshape(-1), m1.reshape(-1), m2.reshape(-1)
+    pof, aof, bof = p_out.reshape(-1), m1_out.reshape(-1), m2_out.reshape(-1)
+    for i in prange(pf.size):
+        gi = gf[i]
+        a = beta1 * af[i] + (1.0 - beta1) * gi
+        b = beta2 * bf[i] + (1.0 - beta2) * gi * gi
+        aof[i] = a
+        bof[i] = b
+        pof[i] = pf[i] - rate * a / (np.sqrt(b) + eps)
+    b1p_out[0] = pow1 * beta1
+    b2p_out[0] = pow2 * beta2
+    return p_out, m1_out, m2_out, b1p_out, b2p_out
+
+
+@njit(cache=True)
+def sign(x):
+    out = np.empty_like(x)
+    xf, of = x.reshape(-1), out.reshape(-1)
+    for i in range(xf.size):
+        v = xf[i]
+        of[i] = 1 if v > 0 else (-1 if v < 0 else 0)
+    return out
