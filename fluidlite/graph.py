@@ -51,12 +51,45 @@ def to_networkx(block) -> nx.DiGraph:
                 for name in names:
                     if name not in g:
                         g.add_node(name, **_var_attrs(block._find_var(name)))
-                    edge = (name, node) if direction == "in" else (node, name)
-                    if g.has_edge(*edge):  # one var in several slots of one op
-                        g.edges[edge]["slots"].append(slot)
-                    else:
-                        g.add_edge(*edge, slots=[slot])
+                    _add_slot_edge(g, *((name, node) if direction == "in" else (node, name)), slot)
     return g
+
+
+def versioned_graph(block) -> nx.DiGraph:
+    """Like `to_networkx`, but var nodes are `(name, version)`: a variable written again after it
+    was read or written (an in-place update, e.g. by an optimizer) gets a new node, so the graph
+    follows program order and has no var -> op -> var loops. Var nodes also carry `name`, `version`."""
+    block = _as_block(block)
+    g = nx.DiGraph(block=block.idx)
+    version: dict[str, int] = {}
+
+    def current(name):
+        key = (name, version.setdefault(name, 0))
+        if key not in g:
+            g.add_node(key, **_var_attrs(block._find_var(name)), name=name, version=key[1])
+        return key
+
+    for name in block.vars:
+        current(name)
+    for i, op in enumerate(block.ops):
+        node = op_node(i)
+        g.add_node(node, kind="op", type=op.type, role=op.role, attrs=dict(op.attrs), index=i)
+        for slot, names in op.inputs.items():
+            for name in names:
+                _add_slot_edge(g, current(name), node, slot)
+        for slot, names in op.outputs.items():
+            for name in names:
+                if g.degree(current(name)):
+                    version[name] += 1
+                _add_slot_edge(g, node, current(name), slot)
+    return g
+
+
+def _add_slot_edge(g, src, dst, slot):
+    if g.has_edge(src, dst):
+        g.edges[src, dst]["slots"].append(slot)
+    else:
+        g.add_edge(src, dst, slots=[slot])
 
 
 def op_graph(block) -> nx.DiGraph:

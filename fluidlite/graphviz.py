@@ -18,7 +18,7 @@ import subprocess
 import numpy as np
 
 from .framework import ROLES, Block, Operator, Parameter, Program, Variable
-from .graph import neighborhood, op_node, to_networkx
+from .graph import neighborhood, op_node, versioned_graph
 from .registry import GRAD_SUFFIX
 
 ROLE_COLORS = {
@@ -133,9 +133,11 @@ class _Dot:
     def __init__(self):
         self.lines = []
         self.var_ids: dict[tuple, str] = {}
+        self.declared = set()
+        self.edges = {}  # (src id, dst id) -> None, in insertion order
 
-    def var_id(self, block_idx, name) -> str:
-        key = (block_idx, name)
+    def var_id(self, block_idx, name, version) -> str:
+        key = (block_idx, name, version)
         if key not in self.var_ids:
             self.var_ids[key] = f"v{len(self.var_ids)}"
         return self.var_ids[key]
@@ -172,72 +174,72 @@ def to_dot(program_or_block, highlights=None, collapse=None, around=None, hops=2
     out.append(f"  graph {_attrs(rankdir=rankdir, fontname='Helvetica', fontsize='11', compound='true')};")
     out.append(f"  node {_attrs(fontname='Helvetica', fontsize='10')};")
     out.append(f"  edge {_attrs(color='#555555', arrowsize='0.7')};")
-    edges, declared = set(), set()
+    style = dict(hl_ops=hl_ops, hl_types=hl_types, hl_names=hl_names, seeds=seeds, params=params)
     for block in blocks:
-        g = to_networkx(block)
+        g = versioned_graph(block)
         keep = set(g.nodes)
         if seeds or seed_ops:
-            start = [n for n in seeds if n in g]
+            start = [n for n, d in g.nodes(data=True) if d.get("name") in seeds]
             start += [op_node(i) for i, op in enumerate(block.ops) if id(op) in seed_ops]
             keep = neighborhood(g, start, hops) if start else set()
-        group_of = _groups(block, keep, group_fn)
-        clustered = len(blocks) > 1
-        indent = "    " if clustered else "  "
-        if clustered:
-            out.append(f"  subgraph cluster_block_{block.idx} {{")
-            out.append(f"    graph {_attrs(label=f'block {block.idx} (parent {block.parent_idx})', style='dashed')};")
-        shown = {}  # networkx node -> DOT id
-        for k, (key, members) in enumerate(_group_members(group_of).items()):
-            gid = f"g{block.idx}_{k}"
-            ops = [block.ops[i] for i in members]
-            role = ops[0].role
-            types = ", ".join(dict.fromkeys(op.type for op in ops))
-            attrs = dict(shape="box3d", style="filled", fillcolor=ROLE_COLORS.get(role, "#ffffff"),
-                         label=f"{key[0]}\n{len(ops)} ops: {types}", kind="group", role=role,
-                         group=key[0], ops=str(len(ops)))
-            if any(id(op) in hl_ops or op.type in hl_types for op in ops):
-                attrs.update(HIGHLIGHT)
-            out.append(f"{indent}{gid} {_attrs(**attrs)};")
-            for i in members:
-                shown[op_node(i)] = gid
-        for i, op in enumerate(block.ops):
-            node = op_node(i)
-            if node not in keep or node in shown:
-                continue
-            shown[node] = f"op{block.idx}_{i}"
-            attrs = dict(shape="box", style="rounded,filled", fillcolor=ROLE_COLORS.get(op.role, "#ffffff"),
-                         label=op.type, kind="op", role=op.role, optype=op.type, index=str(i))
-            if id(op) in hl_ops or op.type in hl_types:
-                attrs.update(HIGHLIGHT)
-            out.append(f"{indent}{shown[node]} {_attrs(**attrs)};")
-        for name, data in g.nodes(data=True):
-            if data["kind"] != "var" or name not in keep:
-                continue
-            var = block._find_var(name)
-            kind = _var_kind(var, name, params)
-            if _hidden(g, name, group_of, kind, hl_names | seeds):
-                continue
-            owner = var.block.idx if var is not None else block.idx
-            vid = dot.var_id(owner, name)
-            shown[name] = vid
-            if vid in declared:
-                continue  # a parent-block variable already drawn
-            declared.add(vid)
-            attrs = dict(VAR_STYLES[kind], label=f"{name}\n{_type_str(var)}", kind="var", var_kind=kind,
-                         varname=name)
-            if name in hl_names or name in seeds:
-                attrs.update(HIGHLIGHT)
-            out.append(f"{indent}{vid} {_attrs(**attrs)};")
-        if clustered:
-            out.append("  }")
-        for src, dst in g.edges:
-            if src in shown and dst in shown and shown[src] != shown[dst] and (shown[src], shown[dst]) not in edges:
-                edges.add((shown[src], shown[dst]))
-                out.append(f"  {shown[src]} -> {shown[dst]};")
+        _draw_block(dot, block, g, keep, _groups(block, keep, group_fn), len(blocks) > 1, style)
+    for src, dst in dot.edges:
+        out.append(f"  {src} -> {dst};")
     if legend:
         _legend(out)
     out.append("}")
     return "\n".join(out) + "\n"
+
+
+def _draw_block(dot, block, g, keep, group_of, clustered, style):
+    out = dot.lines
+    indent = "    " if clustered else "  "
+    if clustered:
+        out.append(f"  subgraph cluster_block_{block.idx} {{")
+        out.append(f"    graph {_attrs(label=f'block {block.idx} (parent {block.parent_idx})', style='dashed')};")
+
+    def lit(op):
+        return id(op) in style["hl_ops"] or op.type in style["hl_types"]
+
+    shown = {}  # graph node -> DOT id
+    for k, (key, members) in enumerate(_group_members(group_of).items()):
+        gid = f"g{block.idx}_{k}"
+        ops = [block.ops[i] for i in members]
+        types = ", ".join(dict.fromkeys(op.type for op in ops))
+        attrs = dict(shape="box3d", style="filled", fillcolor=ROLE_COLORS.get(key[1], "#ffffff"),
+                     label=f"{key[0]}\n{len(ops)} ops: {types}", kind="group", role=key[1], group=key[0],
+                     ops=str(len(ops)))
+        out.append(f"{indent}{gid} {_attrs(**attrs, **(HIGHLIGHT if any(map(lit, ops)) else {}))};")
+        shown.update((op_node(i), gid) for i in members)
+    for i, op in enumerate(block.ops):
+        node = op_node(i)
+        if node in keep and node not in shown:
+            shown[node] = f"op{block.idx}_{i}"
+            attrs = dict(shape="box", style="rounded,filled", fillcolor=ROLE_COLORS.get(op.role, "#ffffff"),
+                         label=op.type, kind="op", role=op.role, optype=op.type, index=str(i))
+            out.append(f"{indent}{shown[node]} {_attrs(**attrs, **(HIGHLIGHT if lit(op) else {}))};")
+    pinned = style["hl_names"] | style["seeds"]
+    for node, data in g.nodes(data=True):
+        if data["kind"] != "var" or node not in keep:
+            continue
+        name, version = node
+        var = block._find_var(name)
+        kind = _var_kind(var, name, style["params"])
+        if _hidden(g, node, group_of, kind, pinned):
+            continue
+        owner = var.block.idx if var is not None else block.idx
+        shown[node] = vid = dot.var_id(owner, name, version)
+        if vid in dot.declared:
+            continue  # a parent-block variable already drawn
+        dot.declared.add(vid)
+        label = f"{name}{f' (v{version + 1})' if version else ''}\n{_type_str(var)}"
+        attrs = dict(VAR_STYLES[kind], label=label, kind="var", var_kind=kind, varname=name, version=str(version))
+        out.append(f"{indent}{vid} {_attrs(**attrs, **(HIGHLIGHT if name in pinned else {}))};")
+    if clustered:
+        out.append("  }")
+    for src, dst in g.edges:
+        if src in shown and dst in shown and shown[src] != shown[dst]:
+            dot.edges.setdefault((shown[src], shown[dst]))
 
 
 def _check_known(blocks, names, what, allow_op_types):
@@ -273,7 +275,7 @@ def _group_members(group_of) -> dict:
 
 def _hidden(g, name, group_of, kind, pinned) -> bool:
     """A plain variable is hidden when every op touching it lies in one summary node."""
-    if not group_of or kind in ("parameter", "data", "persistable") or name in pinned:
+    if not group_of or kind in ("parameter", "data", "persistable") or name[0] in pinned:
         return False
     keys = {group_of.get(n[1]) for n in list(g.predecessors(name)) + list(g.successors(name))}
     return len(keys) == 1 and None not in keys

@@ -105,3 +105,19 @@ def test_neighborhood_counts_edges():
         graph.neighborhood(g, [loss.name], -1)
     with pytest.raises(ValueError, match="nope"):
         graph.neighborhood(g, ["nope"], 1)
+
+
+def test_versioned_graph_splits_rewritten_vars():
+    x = layers.data(name="x", shape=[3])
+    block = fl.default_main_program().global_block()
+    block.append_op("tanh", {"X": x}, {"Out": "h"})
+    block.append_op("scale", {"X": "h"}, {"Out": "h"}, {"scale": 2.0})
+    block.append_op("mean", {"X": "h"}, {"Out": "m"})
+    g = graph.versioned_graph(block)
+    assert not graph.has_cycle(g)
+    assert list(g.predecessors(("h", 0))) == [graph.op_node(0)]
+    assert list(g.successors(("h", 0))) == [graph.op_node(1)]
+    assert list(g.predecessors(("h", 1))) == [graph.op_node(1)]
+    assert list(g.successors(("h", 1))) == [graph.op_node(2)]
+    assert g.nodes[("h", 1)]["name"] == "h" and g.nodes[("h", 1)]["version"] == 1
+    assert ("x", 1) not in g and ("m", 0) in g

@@ -263,3 +263,17 @@ def test_sub_blocks_are_clusters_sharing_parent_vars():
     h_nodes = [k for k, a in nodes.items() if a.get("varname") == h.name]
     assert len(h_nodes) == 1  # the parent's variable is drawn once, used from both blocks
     assert sum(1 for u, v in edges if u == h_nodes[0]) == 2
+
+
+def test_in_place_updates_get_a_new_node_so_the_drawing_is_acyclic():
+    import networkx as nx
+
+    block = _all_roles_program()  # ends with an in-place update of the weight
+    w = block.all_parameters()[0]
+    nodes, edges = parse_dot(graphviz.to_dot(block))
+    w_nodes = {a["version"]: k for k, a in of_kind(nodes, "var").items() if a["varname"] == w.name}
+    assert sorted(w_nodes) == ["0", "1"]
+    assert "(v2)" in nodes[w_nodes["1"]]["label"]
+    update = next(k for k, a in of_kind(nodes, "op").items() if a["role"] == "optimize")
+    assert (w_nodes["0"], update) in edges and (update, w_nodes["1"]) in edges
+    assert nx.is_directed_acyclic_graph(nx.DiGraph(edges))
