@@ -1,0 +1,158 @@
+"""elementwise_add/sub/mul/div/max with Paddle (`axis`) or NumPy broadcasting; see docs/broadcasting.md.
+
+Inference places Y against X (`_layout`); lowering, with concrete shapes, canonicalises the pair to one
+of three kernel layouts (same shape, (pre, n, post) with a small operand, general strides).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels import elementwise as K
+from ..registry import Attr, Meta, defop
+from ..shapes import broadcast, numel
+from .common import grad_op, is_large
+
+OPCODES = {"elementwise_add": 0, "elementwise_sub": 1, "elementwise_mul": 2, "elementwise_div": 3,
+           "elementwise_max": 4}
+
+
+def _check_axis(v):
+    return None if v >= -1 else "must be -1 (align trailing dims) or a dimension index >= 0"
+
+
+_ATTRS = {"axis": Attr(int, -1, _check_axis)}
+
+
+def layout(xs: tuple, ys: tuple, axis: int):
+    """(out_shape, xs padded, ys padded) — both padded to out's rank — or an error message (str)."""
+    if axis == -1:  # NumPy: align trailing dims (Paddle's axis=-1 rule is a special case of it)
+        r = max(len(xs), len(ys))
+        xp, yp = (1,) * (r - len(xs)) + tuple(xs), (1,) * (r - len(ys)) + tuple(ys)
+        out = broadcast(xp, yp)
+        if out is None:
+            return "shapes do not broadcast (NumPy rule, trailing dims aligned)"
+        return out, xp, yp
+    # Paddle: Y covers X's dims axis .. axis+rank(Y)-1; trailing size-1 dims of Y may overhang
+    yt = tuple(ys)
+    while yt and yt[-1] == 1 and axis + len(yt) > len(xs):
+        yt = yt[:-1]
+    if axis + len(yt) > len(xs):
+        return f"with axis={axis}, Y's dims do not fit in X's rank {len(xs)}"
+    yp = (1,) * axis + yt + (1,) * (len(xs) - axis - len(yt))
+    out = broadcast(tuple(xs), yp)
+    if out is None or any(o != x and x != -1 for o, x in zip(out, xs)):
+        return f"with axis={axis}, Y's dims must equal X's dims {axis}..{axis + len(yt) - 1} (or be 1)"
+    return out, tuple(xs), yp
+
+
+def _infer(ctx):
+    dtype = ctx.expect_dtype("X", "Y")
+    res = layout(ctx.shape("X"), ctx.shape("Y"), ctx.attrs["axis"])
+    if isinstance(res, str):
+        raise ctx.error(res, "X", "Y")
+    return {"Out": (res[0], dtype)}
+
+
+def canonical(xs, ys, axis):
+    """Concrete shapes -> ("same",) | ("pnp", pre, n, post, small_is_y) | ("strided", shape, xst, yst)."""
+    res = layout(xs, ys, axis)
+    if isinstance(res, str):
+        raise ValueError(res)
+    out, xp, yp = res
+    # drop size-1 output dims, tag each dim by which operand is full along it, merge equal neighbours
+    dims = []
+    xstride, ystride = numel(xp), numel(yp)
+    for o, a, b in zip(out, xp, yp):
+        xstride //= a
+        ystride //= b
+        if o == 1:
+            continue
+        tag = (a != 1, b != 1)
+        if dims and dims[-1][1] == tag:
+            dims[-1][0] *= o
+            dims[-1][2], dims[-1][3] = xstride, ystride
+        else:
+            dims.append([o, tag, xstride, ystride])
+    tags = [d[1] for d in dims]
+    if all(t == (True, True) for t in tags):
+        return ("same",)
+    for big in (0, 1):
+        if all(t[big] for t in tags):
+            full = [i for i, t in enumerate(tags) if t[1 - big]]
+            if len(full) <= 1:  # the small operand is one contiguous run (or a scalar)
+                k = full[0] if full else len(dims)
+                pre = numel([d[0] for d in dims[:k]])
+                n = dims[k][0] if full else 1
+                post = numel([d[0] for d in dims[k + 1:]])
+                return ("pnp", pre, n, post, big == 0)
+    shape = np.array([d[0] for d in dims], np.int64)
+    xst = np.array([d[2] if d[1][0] else 0 for d in dims], np.int64)
+    yst = np.array([d[3] if d[1][1] else 0 for d in dims], np.int64)
+    return ("strided", shape, xst, yst)
+
+
+def _lower(ctx):
+    op = OPCODES[ctx.opdef.type]
+    xs, ys = ctx.shape("X"), ctx.shape("Y")
+    out_shape = layout(xs, ys, ctx.attrs["axis"])[0]
+    form = canonical(xs, ys, ctx.attrs["axis"])
+    large = is_large(Meta("Out", out_shape, ctx.dtype("X")))
+    if form[0] == "same":
+        kernel = K.same_parallel if large else K.same
+        return lambda x, y: kernel(x, y, op).reshape(out_shape)
+    if form[0] == "pnp":
+        _, pre, n, post, small_is_y = form
+        kernel = K.pnp_parallel if large else K.pnp
+        if small_is_y:
+            return lambda x, y: kernel(x, y, pre, n, post, op, True).reshape(out_shape)
+        return lambda x, y: kernel(y, x, pre, n, post, op, False).reshape(out_shape)
+    _, shape, xst, yst = form
+    return lambda x, y: K.strided(x, y, shape, xst, yst, op).reshape(out_shape)
+
+
+def _grad_infer(ctx):
+    return {"X@GRAD": (ctx.shape("X"), ctx.dtype("X")), "Y@GRAD": (ctx.shape("Y"), ctx.dtype("Y"))}
+
+
+def _lower_grad(ctx):
+    op = OPCODES[ctx.opdef.type[:-len("_grad")]]
+    xs, ys = ctx.shape("X"), ctx.shape("Y")
+    form = canonical(xs, ys, ctx.attrs["axis"])
+    large = is_large(ctx.meta("Out@GRAD"))
+    if form[0] == "same":
+        kernel = K.grad_same_parallel if large else K.grad_same
+        run = lambda x, y, g: kernel(x, y.reshape(xs), g, op)  # noqa: E731
+        fix = lambda dx, dy: (dx, dy.reshape(ys))  # noqa: E731
+    elif form[0] == "pnp":
+        _, pre, n, post, small_is_y = form
+        kernel = K.grad_pnp_parallel if large else K.grad_pnp
+        if small_is_y:
+            run = lambda x, y, g: kernel(x, y, g, pre, n, post, op, True)  # noqa: E731
+            fix = lambda dx, dy: (dx, dy)  # noqa: E731
+        else:
+            run = lambda x, y, g: kernel(y, x, g, pre, n, post, op, False)  # noqa: E731
+            fix = lambda dy, dx: (dx, dy)  # noqa: E731
+    else:
+        _, shape, xst, yst = form
+        run = lambda x, y, g: K.grad_strided(x, y, g, shape, xst, yst, op)  # noqa: E731
+        fix = lambda dx, dy: (dx, dy)  # noqa: E731
+    want_x, want_y = ctx.has_output("X@GRAD"), ctx.has_output("Y@GRAD")
+    if want_x and want_y:
+        return lambda x, y, g: fix(*run(x, y, g))
+    if want_x:
+        return lambda x, y, g: fix(*run(x, y, g))[0]
+    return lambda x, y, g: fix(*run(x, y, g))[1]
+
+
+def _grad_rule(g):
+    return [grad_op(g.op.type + "_grad", g, {"X": g.i("X"), "Y": g.i("Y"), "Out@GRAD": g.og("Out")},
+                    {"X@GRAD": g.ig("X"), "Y@GRAD": g.ig("Y")})]
+
+
+_DOCS = {"add": "X + Y", "sub": "X - Y", "mul": "X * Y", "div": "X / Y",
+         "max": "max(X, Y) (gradient split 0.5/0.5 at ties)"}
+for _name, _formula in _DOCS.items():
+    defop(f"elementwise_{_name}", inputs=("X", "Y"), attrs=_ATTRS, infer=_infer, lower=_lower, grad=_grad_rule,
+          doc=f"Out = {_formula}, broadcasting Y per `axis` (Paddle) or NumPy when axis=-1.")
+    defop(f"elementwise_{_name}_grad", inputs=("X", "Y", "Out@GRAD"), outputs=("X@GRAD", "Y@GRAD"), attrs=_ATTRS,
+          optional=("X@GRAD", "Y@GRAD"), infer=_grad_infer, lower=_lower_grad)
