@@ -7,7 +7,6 @@ import pytest
 import fluidlite as fl
 from fluidlite import layers
 from fluidlite.framework import ROLE_OPTIMIZE
-from fluidlite.layers.helper import LayerHelper
 from op_test import check_forward, run_op
 
 rng = np.random.default_rng(0)
@@ -144,18 +143,6 @@ def test_update_is_in_place_on_the_scope_arrays():
 
 
 # ---- the nets and their NumPy twins -----------------------------------------------------------------
-def _square_error(pred, y):
-    if hasattr(layers, "square_error_cost"):
-        return layers.square_error_cost(pred, y)
-    helper = LayerHelper("square_error_cost")
-    d = helper.append_op("elementwise_sub", {"X": pred, "Y": y})
-    return helper.append_op("elementwise_mul", {"X": d, "Y": d})
-
-
-def _has_softmax_xent():
-    return hasattr(layers, "softmax_with_cross_entropy")
-
-
 def build_net(kind, opt, param_attr=None, minimize_kw=None):
     """regression: fc(4->5, tanh) -> fc(5->1) -> square error -> mean; classifier: fc(4->3) -> softmax xent -> mean."""
     x = layers.data("x", [4], dtype="float64")
@@ -163,7 +150,7 @@ def build_net(kind, opt, param_attr=None, minimize_kw=None):
         y = layers.data("y", [1], dtype="float64")
         h = layers.fc(x, 5, act="tanh", param_attr=param_attr)
         pred = layers.fc(h, 1)
-        loss = layers.mean(_square_error(pred, y))
+        loss = layers.mean(layers.square_error_cost(pred, y))
     else:
         y = layers.data("y", [1], dtype="int64")
         logits = layers.fc(x, 3, param_attr=param_attr)
@@ -265,8 +252,6 @@ def train_and_compare(kind, fl_opt, np_opt, steps=5, regularize=None, lr_mult=No
 @pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
 @pytest.mark.parametrize("kind", ["regression", "classifier"])
 def test_training_matches_numpy_and_decreases_loss(kind, opt):
-    if kind == "classifier" and not _has_softmax_xent():
-        pytest.skip("layers.softmax_with_cross_entropy is not there yet")
     fl_opt, np_opt = OPTIMIZERS[opt]
     losses = train_and_compare(kind, fl_opt(), np_opt())
     assert losses[-1] < losses[0]
