@@ -1,0 +1,107 @@
+"""Kernels for matmul (batched, BLAS through np.dot), lookup_table and dropout."""
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True)
+def _mm(a, b, ta, tb):
+    # np.dot takes C- and F-ordered operands straight to BLAS, so transposes cost no copy
+    if ta and tb:
+        return np.dot(a.T, b.T)
+    if ta:
+        return np.dot(a.T, b)
+    if tb:
+        return np.dot(a, b.T)
+    return np.dot(a, b)
+
+
+@njit(cache=True)
+def _store(out, r, alpha):
+    for i in range(r.shape[0]):
+        for j in range(r.shape[1]):
+            out[i, j] = r[i, j] * alpha
+
+
+@njit(cache=True)
+def bmm(a, b, ai, bi, ta, tb, alpha):
+    """out[k] = alpha * op(a[ai[k]]) @ op(b[bi[k]]) for 3-D a, b; op transposes when ta / tb."""
+    m = a.shape[2] if ta else a.shape[1]
+    n = b.shape[1] if tb else b.shape[2]
+    out = np.empty((ai.size, m, n), a.dtype)
+    for k in range(ai.size):
+        _store(out[k], _mm(a[ai[k]], b[bi[k]], ta, tb), alpha)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def bmm_parallel(a, b, ai, bi, ta, tb, alpha):
+    """`bmm` with the batch spread over threads (each iteration writes its own out[k])."""
+    m = a.shape[2] if ta else a.shape[1]
+    n = b.shape[1] if tb else b.shape[2]
+    out = np.empty((ai.size, m, n), a.dtype)
+    for k in prange(ai.size):
+        _store(out[k], _mm(a[ai[k]], b[bi[k]], ta, tb), alpha)
+    return out
+
+
+@njit(cache=True)
+def batch_sum(g, idx, nb):
+    """out[j] = sum of g[k] over k with idx[k] == j (undoes batch broadcasting)."""
+    out = np.zeros((nb, g.shape[1], g.shape[2]), g.dtype)
+    for k in range(idx.size):
+        out[idx[k]] += g[k]
+    return out
+
+
+@njit(cache=True)
+def lookup(w, ids, padding_idx):
+    """(rows of w picked by ids (zeros at padding_idx), -1) or (partial, position of the first bad id)."""
+    flat = ids.reshape(-1)
+    out = np.empty((flat.size, w.shape[1]), w.dtype)
+    for i in range(flat.size):
+        r = flat[i]
+        if r < 0 or r >= w.shape[0]:
+            return out, i
+        if r == padding_idx:
+            out[i, :] = 0
+        else:
+            out[i, :] = w[r]
+    return out, -1
+
+
+@njit(cache=True)
+def lookup_grad(ids, dout, vocab, padding_idx):
+    """Dense gradient of w: dout's rows added into the rows they were read from."""
+    flat = ids.reshape(-1)
+    dw = np.zeros((vocab, dout.shape[1]), dout.dtype)
+    for i in range(flat.size):
+        r = flat[i]
+        if r != padding_idx and 0 <= r < vocab:
+            dw[r] += dout[i]
+    return dw
+
+
+@njit(cache=True)
+def dropout(x, p, seed, keep_scale):
+    """(x * mask * keep_scale, mask) with mask[i] = 1 with probability 1 - p, drawn after seeding."""
+    np.random.seed(seed)
+    out = np.empty_like(x)
+    mask = np.empty_like(x)
+    xf, of, mf = x.reshape(-1), out.reshape(-1), mask.reshape(-1)
+    for i in range(xf.size):
+        if np.random.random() >= p:
+            mf[i] = 1
+            of[i] = xf[i] * keep_scale
+        else:
+            mf[i] = 0
+            of[i] = 0
+    return out, mask
+
+
+@njit(cache=True)
+def dropout_grad(mask, dout, keep_scale):
+    dx = np.empty_like(dout)
+    mf, gf, df = mask.reshape(-1), dout.reshape(-1), dx.reshape(-1)
+    for i in range(gf.size):
+        df[i] = gf[i] * mf[i] * keep_scale
+    return dx
