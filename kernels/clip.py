@@ -1,0 +1,240 @@
+"""Kernels for clipping: by value, by norm, multi-tensor global norm, adaptive (AGC) and AutoClip.
+
+Norms accumulate in float64. The multi-tensor kernels take a typed List of flat arrays and a chunk
+table (tensor index, start, stop) over all of them: one parallel pass, one partial result per chunk.
+"""
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True)
+def clip_into(x, out, lo, hi):
+    """out = min(max(x, lo), hi); NaN stays NaN. `out` may be `x`."""
+    xf, of = x.reshape(-1), out.reshape(-1)
+    for i in range(xf.size):
+        v = xf[i]
+        if v < lo:
+            v = lo
+        elif v > hi:
+            v = hi
+        of[i] = v
+    return out
+
+
+@njit(cache=True, parallel=True)
+def clip_into_parallel(x, out, lo, hi):
+    xf, of = x.reshape(-1), out.reshape(-1)
+    for i in prange(xf.size):
+        v = xf[i]
+        if v < lo:
+            v = lo
+        elif v > hi:
+            v = hi
+        of[i] = v
+    return out
+
+
+@njit(cache=True)
+def clip_grad(x, dout, lo, hi):
+    """dX = dOut where lo <= x <= hi (bounds included), else 0."""
+    dx = np.empty_like(dout)
+    xf, gf, df = x.reshape(-1), dout.reshape(-1), dx.reshape(-1)
+    for i in range(xf.size):
+        v = xf[i]
+        df[i] = gf[i] if (v >= lo and v <= hi) else 0
+    return dx
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def sq_sum(x):
+    """sum(x**2) accumulated in float64."""
+    xf = x.reshape(-1)
+    acc = 0.0
+    for i in range(xf.size):
+        v = np.float64(xf[i])
+        acc += v * v
+    return acc
+
+
+@njit(cache=True)
+def abs_max(x):
+    """max(|x|) as float64; NaN if any element is NaN."""
+    xf = x.reshape(-1)
+    m = 0.0
+    for i in range(xf.size):
+        a = abs(np.float64(xf[i]))
+        if a > m or a != a:
+            m = a
+            if a != a:
+                break
+    return m
+
+
+@njit(cache=True)
+def scale_into(x, out, s):
+    xf, of = x.reshape(-1), out.reshape(-1)
+    for i in range(xf.size):
+        of[i] = xf[i] * s
+    return out
+
+
+@njit(cache=True)
+def clip_by_norm_grad(x, dout, c, norm, inf_norm):
+    """Gradient of Out = x * c / max(norm(x), c) for the L2 (or, with inf_norm, the max-abs) norm."""
+    dx = np.empty_like(dout)
+    xf, gf, df = x.reshape(-1), dout.reshape(-1), dx.reshape(-1)
+    if not norm > c:
+        for i in range(xf.size):
+            df[i] = gf[i]
+        return dx
+    s = c / norm
+    dot = 0.0
+    for i in range(xf.size):
+        dot += np.float64(xf[i]) * gf[i]
+    for i in range(xf.size):
+        v = np.float64(xf[i])
+        if inf_norm:
+            d = s * gf[i]
+            if abs(v) == norm:  # d norm / d x_i = sign(x_i) at the maximum
+                d -= s / norm * dot * np.sign(v)
+            df[i] = d
+        else:
+            df[i] = s * gf[i] - s * dot * v / (norm * norm)
+    return dx
+
+
+@njit(cache=True)
+def global_norm_grad(x, norm, dnorm, inf_norm):
+    """dX = dNorm * d norm / dX: x / norm (L2) or sign(x) at the maxima (inf); 0 when norm is 0."""
+    dx = np.zeros_like(x)
+    xf, df = x.reshape(-1), dx.reshape(-1)
+    if norm == 0:
+        return dx
+    for i in range(xf.size):
+        v = np.float64(xf[i])
+        if inf_norm:
+            if abs(v) == norm:
+                df[i] = dnorm * np.sign(v)
+        else:
+            df[i] = dnorm * v / norm
+    return dx
+
+
+@njit(cache=True, parallel=True, fastmath={"reassoc"})
+def multi_sq_sum(xs, tid, start, stop):
+    """sum over all flat arrays in `xs` of x**2, in float64: one prange over the chunk table."""
+    part = np.zeros(tid.size)
+    for c in prange(tid.size):
+        x = xs[tid[c]]
+        acc = 0.0
+        for i in range(start[c], stop[c]):
+            v = np.float64(x[i])
+            acc += v * v
+        part[c] = acc
+    return part.sum()
+
+
+@njit(cache=True, parallel=True)
+def multi_abs_max(xs, tid, start, stop):
+    """max |x| over all flat arrays in `xs`; NaN if any element is NaN."""
+    part = np.zeros(tid.size)
+    for c in prange(tid.size):
+        x = xs[tid[c]]
+        m = 0.0
+        for i in range(start[c], stop[c]):
+            a = abs(np.float64(x[i]))
+            if a > m or a != a:
+                m = a
+                if a != a:
+                    break
+        part[c] = m
+    m = 0.0
+    for c in range(tid.size):
+        if part[c] > m or part[c] != part[c]:
+            m = part[c]
+    return m
+
+
+@njit(cache=True, parallel=True)
+def multi_scale(xs, outs, tid, start, stop, s, zero):
+    """outs[t] = xs[t] * s (or 0 where `zero`) for every chunk; `outs` may hold the arrays of `xs`."""
+    for c in prange(tid.size):
+        x = xs[tid[c]]
+        o = outs[tid[c]]
+        if zero:
+            for i in range(start[c], stop[c]):
+                o[i] = 0
+        else:
+            for i in range(start[c], stop[c]):
+                o[i] = x[i] * s
+
+
+@njit(cache=True)
+def global_norm_scale_grad(xs, douts, gn, c):
+    """d/d gn of sum_t <douts[t], xs[t] * c / max(gn, c)>: -c / gn**2 * sum <x, dout> when gn > c."""
+    if not gn > c:
+        return 0.0
+    dot = 0.0
+    for t in range(len(xs)):
+        x, g = xs[t].reshape(-1), douts[t].reshape(-1)
+        for i in range(x.size):
+            dot += np.float64(x[i]) * g[i]
+    return -c / (gn * gn) * dot
+
+
+@njit(cache=True)
+def adaptive_clip(param, grad, out, clipping, eps):
+    """AGC on (units, fan_in)-transposed views: param/grad are 2-D (fan_in, units); each column is a unit.
+
+    g_u <- g_u * clipping * max(|w_u|, eps) / |g_u| where |g_u| exceeds that; any non-finite unit
+    norm makes the whole gradient NaN."""
+    rows, cols = grad.shape
+    wn = np.zeros(cols)
+    gn = np.zeros(cols)
+    for r in range(rows):
+        for u in range(cols):
+            w = np.float64(param[r, u])
+            g = np.float64(grad[r, u])
+            wn[u] += w * w
+            gn[u] += g * g
+    bad = False
+    for u in range(cols):
+        wn[u] = max(np.sqrt(wn[u]), eps) * clipping
+        gn[u] = np.sqrt(gn[u])
+        if not np.isfinite(gn[u]) or not np.isfinite(wn[u]):
+            bad = True
+    for r in range(rows):
+        for u in range(cols):
+            if bad:
+                out[r, u] = np.nan
+            elif gn[u] > wn[u]:
+                out[r, u] = grad[r, u] * (wn[u] / gn[u])
+            else:
+                out[r, u] = grad[r, u]
+    return out
+
+
+@njit(cache=True)
+def autoclip_update(norm, history, count, percentile):
+    """Record a finite `norm` in the ring buffer `history` (count = norms seen so far) and return the
+    `percentile` (linear interpolation) of the recorded norms; `norm` itself when none is finite."""
+    cap = history.size
+    if np.isfinite(norm):
+        history[count[0] % cap] = norm
+        count[0] += 1
+    n = min(count[0], cap)
+    if n == 0:
+        return norm
+    return np.percentile(history[:n], percentile)
+
+
+@njit(cache=True)
+def count_nonfinite(norms, count):
+    """True if any of `norms` is NaN or Inf; then count[0] += 1 (in place)."""
+    found = False
+    for v in norms:
+        if not np.isfinite(v):
+            found = True
+    if found:
+        count[0] += 1
+    return found
