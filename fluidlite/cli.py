@@ -36,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("program", metavar="PROGRAM.json")
     d.add_argument("-o", "--output", metavar="OUT", help="OUT.dot/.svg/.png/.pdf; without it the DOT text is printed")
     d.add_argument("--block", type=int, default=None, help="draw only this block (default: all blocks)")
-    d.add_argument("--collapse", action="store_true", help="fold the ops of each name scope into one node")
+    d.add_argument("--collapse", nargs="?", const="scope", choices=("scope", "step"),
+                   help="fold the ops of each name scope (and with 'step', each unrolled RNN step) into one node")
     d.add_argument("--around", action="append", metavar="VAR", help="draw only the graph near VAR (repeatable)")
     d.add_argument("--hops", type=int, default=2, help="with --around: how many edges away to draw (default 2)")
     d.add_argument("--highlight", action="append", metavar="NAME", help="emphasise a variable or op type (repeatable)")
@@ -59,7 +60,7 @@ def _cmd_dot(args) -> int:
         if not 0 <= args.block < program.num_blocks:
             raise ValueError(f"--block {args.block}: the program has blocks 0..{program.num_blocks - 1}")
         target = program.block(args.block)
-    options = dict(highlights=args.highlight, collapse=args.collapse or None, around=args.around,
+    options = dict(highlights=args.highlight, collapse=args.collapse, around=args.around,
                    hops=args.hops, rankdir=args.rankdir, legend=not args.no_legend)
     if args.output in (None, "-"):
         sys.stdout.write(graphviz.to_dot(target, **options))

@@ -76,6 +76,15 @@ def scope_of(op: Operator) -> str | None:
     return None
 
 
+def step_scope_of(op: Operator) -> str | None:
+    """Like `scope_of`, keeping StaticRNN's step suffix (`fc_0.tmp_1@step3` -> `fc_0@step3`)."""
+    scope = scope_of(op)
+    if scope is None:
+        return None
+    step = re.search(r"@step\d+", next(n for n in op.output_names if "." in n))
+    return scope + step.group(0) if step else scope
+
+
 def _var_kind(var: Variable | None, name: str, params: set) -> str:
     if name.endswith(GRAD_SUFFIX):
         return "param_grad" if name[: -len(GRAD_SUFFIX)] in params else "grad"
@@ -122,9 +131,11 @@ def _collapse_fn(collapse):
         return None
     if collapse is True or collapse == "scope":
         return scope_of
+    if collapse == "step":
+        return step_scope_of
     if callable(collapse):
         return collapse
-    raise ValueError(f"collapse must be None, True, 'scope' or a callable op -> group name, got {collapse!r}")
+    raise ValueError(f"collapse must be None, True, 'scope', 'step' or a callable op -> group name, got {collapse!r}")
 
 
 class _Dot:
@@ -150,8 +161,8 @@ def to_dot(program_or_block, highlights=None, collapse=None, around=None, hops=2
     - `highlights`: Variables, Operators or names to emphasise (a name that is no variable
       matches op types).
     - `collapse`: True (or "scope") folds the ops of each name scope (see `scope_of`) and role into
-      one summary node; a callable `op -> group name or None` defines the groups. Variables used
-      only inside one group are hidden.
+      one summary node; "step" keeps unrolled RNN steps apart (`step_scope_of`); a callable
+      `op -> group name or None` defines the groups. Variables used only inside one group are hidden.
     - `around` (Variables or names) with `hops`: draw only nodes within `hops` edges of them
       (var -> op -> var is two hops).
     """

@@ -60,37 +60,42 @@ def _obj_to_json(obj):
     cls = type(obj)
     fields = getattr(obj, "__dict__", None)
     if (cls.__module__ in _OBJ_MODULES and isinstance(fields, dict)
-            and all(isinstance(v, _SCALARS) for v in fields.values())):
-        return {"class": f"{cls.__module__}.{cls.__qualname__}", "fields": dict(fields)}
+            and all(isinstance(v, _SCALARS + (Variable,)) for v in fields.values())):
+        return {"class": f"{cls.__module__}.{cls.__qualname__}",
+                "fields": {k: {"variable": v.name} if isinstance(v, Variable) else v for k, v in fields.items()}}
     return {"repr": repr(obj)}
 
 
-def _obj_from_json(data, where):
+def _obj_from_json(data, where, pending):
+    """Rebuild an allow-listed object; Variable-valued fields are queued in `pending` for later."""
     if data is None:
         return None
     if not isinstance(data, dict) or not ("class" in data or "repr" in data):
         raise ValueError(f"{where}: expected null or an object with 'class' or 'repr', got {data!r}")
-    if "class" in data:
-        module, _, name = str(data["class"]).rpartition(".")
-        fields = data.get("fields")
-        if module not in _OBJ_MODULES or not isinstance(fields, dict):
-            raise ValueError(f"{where}: cannot rebuild class {data['class']!r} (allowed modules: {_OBJ_MODULES})")
-        try:
-            cls = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            warnings.warn(f"{where}: class {data['class']!r} is not available; left unset")
-            return None
-        try:
-            obj = cls(**fields)
-            if vars(obj) == fields:
-                return obj
-        except Exception:  # the constructor's arguments differ from the fields it stores
-            pass
+    if "class" not in data:
+        warnings.warn(f"{where}: {data['repr']} was saved only as its repr; left unset")
+        return None
+    module, _, name = str(data["class"]).rpartition(".")
+    fields = data.get("fields")
+    if module not in _OBJ_MODULES or not isinstance(fields, dict):
+        raise ValueError(f"{where}: cannot rebuild class {data['class']!r} (allowed modules: {_OBJ_MODULES})")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        warnings.warn(f"{where}: class {data['class']!r} is not available; left unset")
+        return None
+    refs = {k: v["variable"] for k, v in fields.items() if isinstance(v, dict) and isinstance(v.get("variable"), str)}
+    plain = {k: (None if k in refs else v) for k, v in fields.items()}
+    _need(all(isinstance(v, _SCALARS) for v in plain.values()), where, f"fields of {data['class']} must be JSON scalars")
+    try:
+        obj = cls(**plain)
+        if vars(obj) != plain:
+            raise TypeError("constructor arguments differ from the stored fields")
+    except Exception:  # rebuild from the fields the object stored
         obj = cls.__new__(cls)
-        obj.__dict__.update(fields)
-        return obj
-    warnings.warn(f"{where}: {data['repr']} was saved only as its repr; left unset")
-    return None
+        obj.__dict__.update(plain)
+    pending.extend((obj, k, n, where) for k, n in refs.items())
+    return obj
 
 
 def _jsonable(value, where):
@@ -199,9 +204,14 @@ def program_from_dict(data, source="<program>") -> Program:
         parent = _typed(bd, "parent_idx", int, where, "an int")
         _need(parent == -1 if i == 0 else 0 <= parent < i, where, f"bad parent_idx {parent}")
         program.blocks.append(Block(program, i, parent))
+    pending = []  # (object, field, variable name, where): links resolved once every variable exists
     for block, bd in zip(program.blocks, blocks):
         for j, vd in enumerate(_typed(bd, "vars", list, f"{source}: blocks[{block.idx}]", "a list")):
-            _add_var(block, vd, f"{source}: blocks[{block.idx}].vars[{j}]")
+            _add_var(block, vd, f"{source}: blocks[{block.idx}].vars[{j}]", pending)
+    for obj, field, name, where in pending:
+        var = next((b.vars[name] for b in program.blocks if name in b.vars), None)
+        _need(var is not None, where, f"field {field!r} refers to variable {name!r}, which no block declares")
+        setattr(obj, field, var)
     for block, bd in zip(program.blocks, blocks):
         for j, od in enumerate(_typed(bd, "ops", list, f"{source}: blocks[{block.idx}]", "a list")):
             _add_op(block, od, f"{source}: blocks[{block.idx}].ops[{j}]")
@@ -209,7 +219,7 @@ def program_from_dict(data, source="<program>") -> Program:
     return program
 
 
-def _add_var(block, vd, where):
+def _add_var(block, vd, where, pending):
     _need(isinstance(vd, dict), where, "must be an object")
     name = _typed(vd, "name", str, where, "a non-empty string")
     where = f"{where} ({name!r})"
@@ -224,7 +234,7 @@ def _add_var(block, vd, where):
         except TypeError:
             raise ValueError(f"{where}: unknown dtype {dtype!r}") from None
     flags = {k: _typed(vd, k, bool, where, "true or false") for k in ("persistable", "stop_gradient", "is_data")}
-    error_clip = _obj_from_json(vd.get("error_clip"), f"{where} error_clip")
+    error_clip = _obj_from_json(vd.get("error_clip"), f"{where} error_clip", pending)
     pd = vd.get("parameter")
     if pd is None:
         var = Variable(block, name, shape, dtype, flags["persistable"], flags["stop_gradient"], error_clip, flags["is_data"])
@@ -233,10 +243,10 @@ def _add_var(block, vd, where):
               "a parameter needs 'parameter' fields, a shape and a dtype")
         opt = _typed(pd, "optimize_attr", dict, where, "an object")
         var = Parameter(block, name, shape, dtype, trainable=_typed(pd, "trainable", bool, where, "true or false"),
-                        optimize_attr=opt, regularizer=_obj_from_json(pd.get("regularizer"), f"{where} regularizer"),
-                        gradient_clip_attr=_obj_from_json(pd.get("gradient_clip_attr"), f"{where} gradient_clip_attr"),
+                        optimize_attr=opt, regularizer=_obj_from_json(pd.get("regularizer"), f"{where} regularizer", pending),
+                        gradient_clip_attr=_obj_from_json(pd.get("gradient_clip_attr"), f"{where} gradient_clip_attr", pending),
                         need_clip=_typed(pd, "need_clip", bool, where, "true or false"),
-                        initializer=_obj_from_json(pd.get("initializer"), f"{where} initializer"))
+                        initializer=_obj_from_json(pd.get("initializer"), f"{where} initializer", pending))
         var._persistable = flags["persistable"]
         var.stop_gradient = flags["stop_gradient"]
         var.error_clip, var.is_data = error_clip, flags["is_data"]

@@ -277,3 +277,28 @@ def test_in_place_updates_get_a_new_node_so_the_drawing_is_acyclic():
     update = next(k for k, a in of_kind(nodes, "op").items() if a["role"] == "optimize")
     assert (w_nodes["0"], update) in edges and (update, w_nodes["1"]) in edges
     assert nx.is_directed_acyclic_graph(nx.DiGraph(edges))
+
+
+def test_collapse_unrolled_rnn():
+    if not hasattr(layers, "StaticRNN"):
+        pytest.skip("StaticRNN not available")
+    steps = 30
+    x = layers.data(name="x", shape=[steps, -1, 3], append_batch_size=False)
+    rnn = layers.StaticRNN()
+    with rnn.step():
+        x_t = rnn.step_input(x)
+        h_prev = rnn.memory(shape=[-1, 4], batch_ref=x_t)
+        h = layers.fc([x_t, h_prev], size=4, act="tanh", bias_attr=False)
+        rnn.update_memory(h_prev, h)
+        rnn.step_output(h)
+    layers.mean(rnn())
+    program = fl.default_main_program()
+    n_ops = len(program.global_block().ops)
+    full, _ = parse_dot(graphviz.to_dot(program))
+    by_scope, _ = parse_dot(graphviz.to_dot(program, collapse=True))
+    by_step, _ = parse_dot(graphviz.to_dot(program, collapse="step"))
+    fc_groups = [a for a in of_kind(by_scope, "group").values() if a["group"] == "fc_0"]
+    assert len(fc_groups) == 1 and int(fc_groups[0]["ops"]) == 4 * steps
+    step_groups = {a["group"] for a in of_kind(by_step, "group").values() if a["group"].startswith("fc_0")}
+    assert step_groups == {f"fc_0@step{i}" for i in range(steps)}
+    assert len(by_scope) < len(by_step) < len(full) and len(of_kind(full, "op")) == n_ops

@@ -425,3 +425,20 @@ def test_ordinary_error_during_save_keeps_old_and_leaves_no_debris(tmp_path, mon
     loaded = fl.Scope()
     io.load_persistables(ck, main, loaded)
     assert all(np.array_equal(loaded._arrays[k], v) for k, v in _values(old_scope, main).items())
+
+
+def test_gradient_clip_with_variable_link_roundtrips(tmp_path):
+    clip = pytest.importorskip("fluidlite.clip")
+    if getattr(fl, "optimizer", None) is None:
+        pytest.skip("optimizer not available")
+    main, startup, loss = _build()
+    with fl.program_guard(main, startup):
+        clip.set_gradient_clip(clip.GradientClipByGlobalNorm(clip_norm=1.0))
+        fl.optimizer.SGD(learning_rate=0.1).minimize(loss)
+    main2 = _roundtrip(main, tmp_path)
+    assert str(main2) == str(main)
+    for p in main.all_parameters():
+        a, b = p.gradient_clip_attr, main2.global_block().var(p.name).gradient_clip_attr
+        assert type(b) is type(a) and b.clip_norm == a.clip_norm and b.group_name == a.group_name
+        if getattr(a, "global_norm", None) is not None:  # a link to a variable of the loaded program
+            assert b.global_norm is main2.global_block().var(a.global_norm.name)
