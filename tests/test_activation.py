@@ -1,0 +1,123 @@
+"""Activations: relu, sigmoid, exp, log, square, sqrt, abs, softmax."""
+import numpy as np
+import pytest
+
+import fluidlite as fl
+from fluidlite import layers
+from op_test import check_forward, check_op
+
+rng = np.random.default_rng(2)
+
+
+def _away_from_zero(shape):
+    x = rng.standard_normal(shape)
+    return np.sign(x) * (0.2 + np.abs(x))
+
+
+def _positive(shape):
+    return 0.3 + rng.random(shape) * 2
+
+
+UNARY = {
+    "relu": (lambda X: np.maximum(X, 0), _away_from_zero),
+    "sigmoid": (lambda X: 1 / (1 + np.exp(-X)), _away_from_zero),
+    "exp": (np.exp, _away_from_zero),
+    "log": (np.log, _positive),
+    "square": (np.square, _away_from_zero),
+    "sqrt": (np.sqrt, _positive),
+    "abs": (np.abs, _away_from_zero),
+}
+
+
+@pytest.mark.parametrize("op", list(UNARY))
+def test_unary_forward_and_grad(op):
+    ref, make = UNARY[op]
+    x = make((3, 4))
+    check_op(op, lambda dt: {"X": x.astype(dt)}, lambda X: ref(X).astype(X.dtype))
+
+
+def test_sigmoid_is_stable_for_large_inputs():
+    x = np.array([-800.0, -50.0, 0.0, 50.0, 800.0], np.float32)
+    check_forward("sigmoid", {"X": x}, lambda X: (0.5 * (1 + np.tanh(X.astype(np.float64) / 2))).astype(X.dtype))
+
+
+def _grad_of(op, x, **kw):
+    v = layers.data(name="x", shape=list(x.shape), dtype=str(x.dtype), append_batch_size=False)
+    v.stop_gradient = False
+    out = getattr(layers, op)(v, **kw)
+    g = layers.data(name="g", shape=list(x.shape), dtype=str(x.dtype), append_batch_size=False)
+    dx, = fl.gradients([out], [v], target_gradients=[g])
+    return dx, out
+
+
+@pytest.mark.parametrize("op", ["relu", "abs"])
+def test_gradient_at_zero_is_zero(op):
+    x = np.array([-1.0, 0.0, 2.0])
+    dx, _ = _grad_of(op, x)
+    got, = fl.Executor().run(feed={"x": x, "g": np.ones(3)}, fetch_list=[dx])
+    np.testing.assert_array_equal(got, [0.0 if op == "relu" else -1.0, 0.0, 1.0])
+
+
+def _softmax_ref(axis):
+    def ref(X):
+        e = np.exp(X - X.max(axis=axis, keepdims=True))
+        return (e / e.sum(axis=axis, keepdims=True)).astype(X.dtype)
+
+    return ref
+
+
+@pytest.mark.parametrize("axis", [-1, 0, 1, 2])
+def test_softmax(axis):
+    x = rng.standard_normal((2, 3, 4))
+    check_op("softmax", lambda dt: {"X": x.astype(dt)}, _softmax_ref(axis), attrs={"axis": axis})
+
+
+def test_softmax_is_stable_for_large_logits():
+    x = (rng.standard_normal((3, 5)) * 10 + 1000).astype(np.float32)
+    out = check_forward("softmax", {"X": x}, _softmax_ref(-1))["Out"]
+    assert np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("op", list(UNARY) + ["softmax"])
+def test_infer_keeps_batch_dim_and_dtype(op):
+    for dt in ("float32", "float64"):
+        x = layers.data(name=f"x_{dt}", shape=[3, 4], dtype=dt)
+        out = getattr(layers, op)(x)
+        assert out.shape == (-1, 3, 4) and out.dtype == np.dtype(dt)
+
+
+def test_errors_name_op_and_variable():
+    block = fl.default_main_program().global_block()
+    xi = block.create_var(name="xi", shape=[-1, 3], dtype="int64")
+    xf = block.create_var(name="xf", shape=[-1, 3], dtype="float32")
+    n_ops = len(block.ops)
+    with pytest.raises(ValueError, match=r"relu.*X.*float.*'xi'"):
+        block.append_op("relu", {"X": xi}, {"Out": "o"})
+    with pytest.raises(ValueError, match=r"softmax.*axis=2.*'xf' shape=\[-1, 3\]"):
+        block.append_op("softmax", {"X": xf}, {"Out": "o"}, {"axis": 2})
+    with pytest.raises(TypeError, match="softmax.*axis"):
+        block.append_op("softmax", {"X": xf}, {"Out": "o"}, {"axis": "last"})
+    assert len(block.ops) == n_ops and "o" not in block.vars
+
+
+def test_fc_with_relu_activation():
+    x = layers.data(name="x", shape=[4], dtype="float32")
+    h = layers.fc(x, size=3, act="relu")
+    exe = fl.Executor()
+    exe.run(fl.default_startup_program())
+    xs = rng.standard_normal((5, 4)).astype(np.float32)
+    out, = exe.run(feed={"x": xs}, fetch_list=[h])
+    w = fl.fetch_var(fl.default_main_program().global_block().all_parameters()[0].name)
+    np.testing.assert_allclose(out, np.maximum(xs @ w, 0), rtol=1e-5, atol=1e-6)
+
+
+def test_large_parallel_kernels_agree_with_numpy():
+    x = rng.standard_normal((256, 512)).astype(np.float32)
+    g = rng.standard_normal((256, 512)).astype(np.float32)
+    dx, out = _grad_of("sigmoid", x)
+    got_out, got_dx = fl.Executor().run(feed={"x": x, "g": g}, fetch_list=[out, dx])
+    s = 1 / (1 + np.exp(-x.astype(np.float64)))
+    np.testing.assert_allclose(got_out, s, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_dx, g * s * (1 - s), rtol=1e-4, atol=1e-6)
+    sm = check_forward("softmax", {"X": x}, _softmax_ref(-1))["Out"]
+    np.testing.assert_allclose(sm.sum(-1), 1, rtol=1e-5)
