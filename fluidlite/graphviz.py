@@ -86,8 +86,8 @@ def step_scope_of(op: Operator) -> str | None:
 
 
 def _var_kind(var: Variable | None, name: str, params: set) -> str:
-    if name.endswith(GRAD_SUFFIX):
-        return "param_grad" if name[: -len(GRAD_SUFFIX)] in params else "grad"
+    if GRAD_SUFFIX in name:  # also derived names such as `w@GRAD@CLIP`
+        return "param_grad" if name.split(GRAD_SUFFIX, 1)[0] in params else "grad"
     if isinstance(var, Parameter):
         return "parameter"
     if var is not None and var.is_data:
