@@ -15,9 +15,10 @@ from fluidlite.registry import NO_GRAD, OPS, REQUIRED, GradContext, grad_var_nam
 
 GRAD_OP_SUFFIX = "_grad"
 
-# values tried, in order, for a required attribute of each kind
+# values tried, in order, for a required attribute of each kind; they fit a minimal instance whose
+# variables are 1-D (axis lists name dim 0, so a permutation or reduction over it is valid)
 _SAMPLES = {int: [1, 2, 0], float: [1.0, 2.0, 0.5, 0.0], bool: [False, True], str: [""],
-            "shape": [(1,)], "ints": [(1,)], "floats": [(1.0,)], "dtype": ["float32"]}
+            "shape": [(1,)], "ints": [(0,), (1,)], "floats": [(1.0,)], "dtype": ["float32"]}
 
 
 def _is_grad_op(op_type):
@@ -161,7 +162,8 @@ def test_kernel_modules_hold_only_cached_numba_functions():
                 if type(getattr(obj, "_cache", None)).__name__ == "NullCache":
                     problems.append(f"{mod.__name__}.{name}: njit without cache=True")
             elif (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ == mod.__name__:
-                problems.append(f"{mod.__name__}.{name}: a plain Python {'class' if inspect.isclass(obj) else 'function'}")
+                kind = "class" if inspect.isclass(obj) else "function"
+                problems.append(f"{mod.__name__}.{name}: a plain Python {kind}")
             elif isinstance(obj, (list, dict, set, np.ndarray)):
                 problems.append(f"{mod.__name__}.{name}: a mutable global")
     assert not problems, "\n".join(problems)
@@ -173,7 +175,8 @@ def test_the_checks_above_can_fail():
 
     op = _fake_op(OPS["tanh"], {})
     grads = {"X": ["X.in0@GRAD"]}
-    bad = [GradOpSpec("no_such_op_grad", {}, {}), GradOpSpec("tanh_grad", {"Oops": ["Out.out0"]}, {"X@GRAD": ["X.in0@GRAD"]})]
+    bad = [GradOpSpec("no_such_op_grad", {}, {}),
+           GradOpSpec("tanh_grad", {"Oops": ["Out.out0"]}, {"X@GRAD": ["X.in0@GRAD"]})]
     problems = _check_specs(op, grads, bad)
     assert any("unregistered" in p for p in problems)
     assert any("unknown input slot Oops" in p for p in problems)

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..kernels import loss as K
 from ..registry import Attr, defop
-from ..shapes import dims_match, numel
+from ..shapes import dims_match
 from .common import grad_op, is_large
 
 # log() arguments are clamped to this so a zero probability gives a large finite loss, not inf

@@ -178,7 +178,8 @@ _DROPOUT_ATTRS = {
     "dropout_prob": Attr(float, 0.5, lambda p: None if 0 <= p < 1 else "must be in [0, 1)"),
     "is_test": Attr(bool, False),
     "seed": Attr(int, 0),
-    "dropout_implementation": Attr(str, "downgrade_in_infer", lambda v: None if v in _IMPLS else f"must be one of {_IMPLS}"),
+    "dropout_implementation": Attr(str, "downgrade_in_infer",
+                                   lambda v: None if v in _IMPLS else f"must be one of {_IMPLS}"),
 }
 
 
