@@ -211,6 +211,8 @@ class Block:
         if old is not None:
             if shape is not None and old.shape is not None and _as_shape(shape) != old.shape:
                 raise ValueError(f"variable {name!r} exists with shape {list(old.shape)}, asked for {list(shape)}")
+            if dtype is not None and old.dtype is not None and np.dtype(dtype) != old.dtype:
+                raise ValueError(f"variable {name!r} exists with dtype {old.dtype}, asked for {np.dtype(dtype)}")
             return old
         if dtype is None and shape is not None:
             dtype = "float32"  # Paddle's default; a var with neither is typed by the op that writes it
@@ -409,6 +411,8 @@ class Program:
             for name, v in block.vars.items():
                 nv = copy.copy(v)
                 nv.block = nb
+                if isinstance(v, Parameter):
+                    nv.optimize_attr = dict(v.optimize_attr)
                 nb.vars[name] = nv
             new.blocks.append(nb)
         for block, nb in zip(self.blocks, new.blocks):

@@ -183,3 +183,20 @@ def test_role_guard():
     with pytest.raises(ValueError, match="unknown op role"):
         with main._role_guard("sideways"):
             pass
+
+
+def test_create_var_refuses_a_different_dtype_for_an_existing_name():
+    block = fl.default_main_program().global_block()
+    block.create_var(name="v", shape=[2], dtype="float32")
+    assert block.create_var(name="v", shape=[2], dtype="float32") is block.var("v")
+    with pytest.raises(ValueError, match="'v'.*float32.*float64"):
+        block.create_var(name="v", shape=[2], dtype="float64")
+
+
+def test_clone_does_not_share_parameter_settings():
+    x = layers.data(name="x", shape=[2], dtype="float32")
+    layers.fc(x, size=2, bias_attr=False)
+    main = fl.default_main_program()
+    copy = main.clone()
+    copy.global_block().var("fc_0.w_0").optimize_attr["learning_rate"] = 0.5
+    assert main.global_block().var("fc_0.w_0").optimize_attr["learning_rate"] == 1.0
