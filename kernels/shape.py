@@ -1,0 +1,56 @@
+"""Data movement kernels: block copies along an axis (concat, split), permutation (transpose), copy."""
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def put_block(out, x, offset):
+    """out (pre, N, post)[:, offset:offset + n, :] = x (pre, n, post)."""
+    pre, n, post = x.shape
+    for p in range(pre):
+        for j in range(n):
+            for q in range(post):
+                out[p, offset + j, q] = x[p, j, q]
+    return out
+
+
+@njit(cache=True)
+def take_block(x, offset, n):
+    """A contiguous copy of x (pre, N, post)[:, offset:offset + n, :]."""
+    pre, _, post = x.shape
+    out = np.empty((pre, n, post), x.dtype)
+    for p in range(pre):
+        for j in range(n):
+            for q in range(post):
+                out[p, j, q] = x[p, offset + j, q]
+    return out
+
+
+@njit(cache=True)
+def gather_strided(x, shape, strides):
+    """Flat copy of x read in the order of `shape`, stepping by element `strides` (a permuted view)."""
+    total = 1
+    for d in shape:
+        total *= d
+    out = np.empty(total, x.dtype)
+    xf = x.reshape(-1)
+    nd = shape.size
+    idx = np.zeros(nd, np.int64)
+    o = 0
+    for i in range(total):
+        out[i] = xf[o]
+        d = nd - 1
+        while d >= 0:
+            idx[d] += 1
+            o += strides[d]
+            if idx[d] < shape[d]:
+                break
+            o -= strides[d] * shape[d]
+            idx[d] = 0
+            d -= 1
+    return out
+
+
+@njit(cache=True)
+def copy(x):
+    return x.copy()
