@@ -91,7 +91,7 @@ class _Builder:
                     reads[i].append((slot, k, n, w))
                     if w is not None:
                         dag.add_edge(w, i)
-                    elif n in sources:
+                    if n in sources:  # a source may also be computed (an intermediate listed in gradients())
                         dag.add_edge("S", i)
             differentiable = get_op_def(op.type).grad is not NO_GRAD
             for n in op.output_names:
@@ -132,7 +132,7 @@ class _Builder:
         wanted = defaultdict(list)  # op index -> [(slot, k, var name)] reads that need a gradient
         for i in path:
             for slot, k, n, w in reads[i]:
-                if w in on_path or (w is None and n in sources):
+                if w in on_path or n in sources:
                     wanted[i].append((slot, k, n))
                     count[n] += 1
         grad_of = {}

@@ -226,8 +226,6 @@ def test_gradients_seeds_targets_with_ones_and_sums_over_targets():
     check(got, numeric_grad(total, feed["x"]), "x")
 
 
-@pytest.mark.xfail(strict=True, reason="backward.py: a source that some op writes (an intermediate variable) gets "
-                                       "no 'S' edge and no wanted reads, so fl.gradients returns None for it")
 def test_gradients_of_an_intermediate_variable():
     x = data("x", [3], stop_gradient=True)
     h = layers.tanh(x)
