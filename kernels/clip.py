@@ -120,17 +120,12 @@ def global_norm_grad(x, norm, dnorm, inf_norm):
     return dx
 
 
-@njit(cache=True, parallel=True, fastmath={"reassoc"})
+@njit(cache=True, parallel=True)
 def multi_sq_sum(xs, tid, start, stop):
     """sum over all flat arrays in `xs` of x**2, in float64: one prange over the chunk table."""
     part = np.zeros(tid.size)
     for c in prange(tid.size):
-        x = xs[tid[c]]
-        acc = 0.0
-        for i in range(start[c], stop[c]):
-            v = np.float64(x[i])
-            acc += v * v
-        part[c] = acc
+        part[c] = sq_sum(xs[tid[c]][start[c]:stop[c]])  # a helper on a slice vectorizes; inline it does not
     return part.sum()
 
 
@@ -139,34 +134,25 @@ def multi_abs_max(xs, tid, start, stop):
     """max |x| over all flat arrays in `xs`; NaN if any element is NaN."""
     part = np.zeros(tid.size)
     for c in prange(tid.size):
-        x = xs[tid[c]]
-        m = 0.0
-        for i in range(start[c], stop[c]):
-            a = abs(np.float64(x[i]))
-            if a > m or a != a:
-                m = a
-                if a != a:
-                    break
-        part[c] = m
-    m = 0.0
-    for c in range(tid.size):
-        if part[c] > m or part[c] != part[c]:
-            m = part[c]
-    return m
+        part[c] = abs_max(xs[tid[c]][start[c]:stop[c]])
+    return abs_max(part)
+
+
+@njit(cache=True)
+def _fill_zero(o):
+    for i in range(o.size):
+        o[i] = 0
 
 
 @njit(cache=True, parallel=True)
 def multi_scale(xs, outs, tid, start, stop, s, zero):
     """outs[t] = xs[t] * s (or 0 where `zero`) for every chunk; `outs` may hold the arrays of `xs`."""
     for c in prange(tid.size):
-        x = xs[tid[c]]
-        o = outs[tid[c]]
+        a, b = start[c], stop[c]
         if zero:
-            for i in range(start[c], stop[c]):
-                o[i] = 0
+            _fill_zero(outs[tid[c]][a:b])
         else:
-            for i in range(start[c], stop[c]):
-                o[i] = x[i] * s
+            scale_into(xs[tid[c]][a:b], outs[tid[c]][a:b], s)
 
 
 @njit(cache=True)

@@ -1,0 +1,235 @@
+"""Gradient clipping speed: fluidlite's clip ops through the Executor vs NumPy and torch.
+
+    python benchmarks/clip.py [--quick]
+
+Global-norm clip (clip_norm below the norm, so every gradient is rescaled) on
+  - "transformer": 200 tensors, 10.5M floats (a 12-layer d=256 transformer's parameter shapes)
+  - "large": 20 tensors, 100.7M floats
+and clip by value on 100M floats. Peers: NumPy per tensor (np.linalg.norm, *=), NumPy on one flat
+buffer, torch.nn.utils.clip_grad_norm_ (foreach True/False) and clamp_ when torch imports.
+Every implementation works in place on float32 gradients restored from a pristine copy before each
+timed call (outside the timed region, followed by a cache flush); each result is checked against a
+float64 reference. The floor is the bytes moved (norm: read; scale: read + write) at the copy
+bandwidth measured in the same run (np.copyto of a large buffer, read + write bytes).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+
+import fluidlite as fl
+
+CLIP = 1.0
+
+
+def transformer_shapes(layers=12, d=256, vocab=3200, positions=512):
+    shapes = [(vocab, d), (positions, d)]
+    for _ in range(layers):
+        shapes += [(d, d), (d,)] * 4 + [(d,), (d,)]  # attention q, k, v, o; layer norm
+        shapes += [(d, 4 * d), (4 * d,), (4 * d, d), (d,), (d,), (d,)]  # feed-forward; layer norm
+    shapes += [(d,), (d,), (d, d), (d,), (d, 8), (8,)]  # final norm, pooler, classifier
+    return shapes
+
+
+CASES = {"transformer": transformer_shapes(), "large": [(1024, 4917)] * 20}
+
+
+def _flush(buf):
+    buf += 1.0  # touch a buffer larger than the caches
+
+
+def _time(fn, restore, flush, repeats):
+    times = []
+    for _ in range(repeats):
+        restore()
+        flush()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
+def copy_bandwidth(n, repeats, flush):
+    """Bytes/s of np.copyto (read + write bytes) on n float32s."""
+    src, dst = np.ones(n, np.float32), np.empty(n, np.float32)
+    ms = _time(lambda: np.copyto(dst, src), lambda: None, flush, repeats)
+    return 2 * 4 * n / (ms / 1e3)
+
+
+class Work:
+    """One flat float32 working buffer (tensors are views of it) and its pristine copy."""
+
+    def __init__(self, shapes, rng):
+        sizes = [math.prod(s) for s in shapes]
+        self.pristine = rng.standard_normal(sum(sizes), dtype=np.float32) * np.float32(1e-3)
+        self.flat = self.pristine.copy()
+        offs = np.cumsum([0] + sizes)
+        self.views = [self.flat[a:b].reshape(s) for a, b, s in zip(offs[:-1], offs[1:], shapes)]
+        self.norm64 = math.sqrt(float(np.dot(self.pristine.astype(np.float64), self.pristine.astype(np.float64))))
+
+    def restore(self):
+        np.copyto(self.flat, self.pristine)
+
+
+def fluidlite_global(shapes, work):
+    """A program clipping persistable gradients g0..gN in place; returns (run, arrays-getter)."""
+    main = fl.Program()
+    block = main.global_block()
+    gs = [block.create_var(name=f"g{i}", shape=s, dtype="float32", persistable=True) for i, s in enumerate(shapes)]
+    block.append_op("global_norm", {"X": gs}, {"Out": "norm"})
+    block.append_op("scale_by_global_norm", {"X": gs, "GlobalNorm": "norm"}, {"Out": gs}, {"clip_norm": CLIP})
+    return _fluidlite_runner(main, work, [g.name for g in gs], ["norm"])
+
+
+def fluidlite_value(work):
+    main = fl.Program()
+    g = main.global_block().create_var(name="g", shape=work.flat.shape, dtype="float32", persistable=True)
+    main.global_block().append_op("clip", {"X": g}, {"Out": g}, {"min": -CLIP * 1e-3, "max": CLIP * 1e-3})
+    return _fluidlite_runner(main, work, ["g"], [])
+
+
+def _fluidlite_runner(main, work, names, fetch):
+    scope, exe = fl.Scope(), fl.Executor()
+    views = work.views if len(names) > 1 else [work.flat]
+    for n, v in zip(names, views):
+        scope.var(n).get_tensor().set(v)
+
+    def restore():  # the scope's own arrays (the in-place ops keep them)
+        off = 0
+        for n in names:
+            a = np.asarray(scope.var(n).get_tensor())
+            np.copyto(a.reshape(-1), work.pristine[off:off + a.size])
+            off += a.size
+
+    def result():
+        return np.concatenate([np.asarray(scope.var(n).get_tensor()).reshape(-1) for n in names])
+
+    return (lambda: exe.run(main, fetch_list=fetch, scope=scope)), restore, result
+
+
+def numpy_per_tensor(views):
+    norm = math.sqrt(sum(float(np.linalg.norm(g)) ** 2 for g in views))
+    coef = np.float32(CLIP / max(norm, CLIP))
+    for g in views:
+        g *= coef
+
+
+def numpy_flat(flat):
+    norm = float(np.linalg.norm(flat))
+    flat *= np.float32(CLIP / max(norm, CLIP))
+
+
+def _check(name, got, expected, tol):
+    """Max error relative to the largest value; float32 peers that accumulate in float32 get a looser tol."""
+    err = float(np.max(np.abs(got - expected)) / (np.max(np.abs(expected)) + 1e-30))
+    if not err < tol:
+        raise AssertionError(f"{name}: max relative error {err:.2e} against the float64 reference")
+    return err
+
+
+def bench_global(case, shapes, repeats, flush, rng, torch):
+    work = Work(shapes, rng)
+    coef = CLIP / max(work.norm64, CLIP)
+    expected = (work.pristine.astype(np.float64) * coef).astype(np.float32)
+    impls = {}
+    run, restore, result = fluidlite_global(shapes, work)
+    impls["fluidlite"] = (run, restore, result)
+    impls["numpy_per_tensor"] = (lambda: numpy_per_tensor(work.views), work.restore, lambda: work.flat)
+    impls["numpy_flat"] = (lambda: numpy_flat(work.flat), work.restore, lambda: work.flat)
+    if torch is not None:
+        params = []
+        for v in work.views:
+            p = torch.nn.Parameter(torch.empty(v.shape))
+            p.grad = torch.from_numpy(v)  # shares the working buffer
+            params.append(p)
+        for foreach in (True, False):
+            impls[f"torch_foreach_{foreach}"] = (
+                lambda f=foreach: torch.nn.utils.clip_grad_norm_(params, CLIP, foreach=f), work.restore,
+                lambda: work.flat)
+    ms, errors = {}, {}
+    for name, (fn, rest, res) in impls.items():
+        rest()
+        fn()
+        errors[name] = _check(f"{case}/{name}", res(), expected, 2e-6 if name == "fluidlite" else 1e-2)
+        ms[name] = _time(fn, rest, flush, repeats)
+    return work.flat.size, ms, errors
+
+
+def bench_value(n, repeats, flush, rng, torch):
+    work = Work([(n,)], rng)
+    lo, hi = -CLIP * 1e-3, CLIP * 1e-3
+    expected = np.clip(work.pristine.astype(np.float64), lo, hi).astype(np.float32)
+    run, restore, result = fluidlite_value(work)
+    impls = {"fluidlite": (run, restore, result),
+             "numpy_clip": (lambda: np.clip(work.flat, lo, hi, out=work.flat), work.restore, lambda: work.flat)}
+    if torch is not None:
+        t = torch.from_numpy(work.flat)
+        impls["torch_clamp_"] = (lambda: t.clamp_(lo, hi), work.restore, lambda: work.flat)
+    ms = {}
+    for name, (fn, rest, res) in impls.items():
+        rest()
+        fn()
+        _check(f"value/{name}", res(), expected, 1e-7)
+        ms[name] = _time(fn, rest, flush, repeats)
+    return ms
+
+
+def run(quick: bool = False) -> list:
+    repeats = 5 if quick else 15
+    rng = np.random.default_rng(0)
+    try:
+        import torch
+        torch.set_num_threads(2)
+    except ImportError:
+        torch = None
+    flush_buf = np.zeros(16 << 20, np.float32)  # 64 MB
+    flush = lambda: _flush(flush_buf)  # noqa: E731
+    bw = copy_bandwidth(50_000_000 if quick else 100_000_000, repeats, flush)
+    results = []
+    cases = dict(CASES)
+    if quick:  # the large case at a quarter of its size
+        cases["large"] = [(1024, 4917)] * 5
+    for case, shapes in cases.items():
+        n, ms, errors = bench_global(case, shapes, repeats, flush, rng, torch)
+        floor_ms = 1e3 * 3 * 4 * n / bw
+        results.append(_result(f"clip_global_norm_{case}", ms, floor_ms, n, len(shapes), bw))
+        results[-1]["max_rel_error_vs_float64"] = errors
+    n_value = 25_000_000 if quick else 100_000_000
+    ms = bench_value(n_value, repeats, flush, rng, torch)
+    results.append(_result("clip_by_value", ms, 1e3 * 2 * 4 * n_value / bw, n_value, 1, bw))
+    return results
+
+
+def _result(name, ms, floor_ms, n, tensors, bw):
+    mine = ms["fluidlite"]
+    out = {"name": name, "ms": mine, "peers_ms": ms, "floor_ms": floor_ms, "floats": n, "tensors": tensors,
+           "copy_bandwidth_GBps": bw / 1e9, "fluidlite_GBps_effective": (floor_ms / mine) * bw / 1e9,
+           "ratios": {f"vs_{k}": mine / v for k, v in ms.items() if k != "fluidlite"}}
+    out["ratios"]["vs_bandwidth_floor"] = mine / floor_ms
+    if not any(k.startswith("torch") for k in ms):
+        out["missing"] = ["torch"]
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller large cases")
+    args = parser.parse_args(argv)
+    for r in run(args.quick):
+        print(f"{r['name']}: {r['tensors']} tensor(s), {r['floats'] / 1e6:.1f}M float32; copy bandwidth "
+              f"{r['copy_bandwidth_GBps']:.1f} GB/s; floor (bytes moved at copy bandwidth) {r['floor_ms']:.2f} ms")
+        for name, ms in r["peers_ms"].items():
+            print(f"  {name:22s} {ms:9.2f} ms  {r['floor_ms'] / ms * r['copy_bandwidth_GBps']:6.1f} GB/s effective"
+                  + ("" if name == "fluidlite" else f"   fluidlite / {name}: {r['ms'] / ms:.2f}x"))
+        print(f"  fluidlite / floor: {r['ms'] / r['floor_ms']:.2f}x")
+        if "max_rel_error_vs_float64" in r:
+            print("  max error vs float64: " + ", ".join(f"{k} {v:.1e}" for k, v in r["max_rel_error_vs_float64"].items()))
+        if r.get("missing"):
+            print(f"  (not installed: {', '.join(r['missing'])})")
+
+
+if __name__ == "__main__":
+    main()
