@@ -31,7 +31,7 @@ def _fetch_name(item) -> str:
 
 
 class PlanError(RuntimeError):
-    """An op failed while a plan ran; the message names the op."""
+    """An op failed while a plan ran and its exception could not be re-raised as its own type."""
 
 
 class Plan:
@@ -220,7 +220,12 @@ class Plan:
             op = self._failing_op(sys.exc_info()[2])
             if op is None:
                 raise
-            raise PlanError(f"while executing op '{op.type}' ({op.to_string()}): {type(exc).__name__}: {exc}") from exc
+            message = f"while executing op '{op.type}' ({op.to_string()}): {exc}"
+            try:  # keep the kernel's exception type (a bad label stays a ValueError), add the op
+                wrapped = type(exc)(message)
+            except Exception:
+                wrapped = PlanError(f"{message} ({type(exc).__name__})")
+            raise wrapped from exc
 
     def _failing_op(self, tb):
         while tb is not None:

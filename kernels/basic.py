@@ -15,7 +15,8 @@ def scale(x, scale, bias):
 @njit(cache=True, parallel=True)
 def scale_parallel(x, scale, bias):
     out = np.empty_like(x)
-    xf, of = x.reshape(-1), out.reshape(-1)
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
     for i in prange(xf.size):
         of[i] = xf[i] * scale + bias
     return out
