@@ -160,7 +160,9 @@ def square_error(x, y):
 @njit(cache=True, parallel=True)
 def square_error_parallel(x, y):
     out = np.empty_like(x)
-    xf, yf, of = x.reshape(-1), y.reshape(-1), out.reshape(-1)
+    xf = x.reshape(-1)
+    yf = y.reshape(-1)
+    of = out.reshape(-1)
     for i in prange(xf.size):
         d = xf[i] - yf[i]
         of[i] = d * d
