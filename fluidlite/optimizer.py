@@ -17,7 +17,7 @@ import numpy as np
 
 from . import unique_name
 from .backward import append_backward
-from .framework import ROLE_OPTIMIZE, Variable, default_startup_program
+from .framework import ROLE_GRAD_CLIP, ROLE_OPTIMIZE, Variable, default_startup_program
 from .regularizer import WeightDecayRegularizer, append_regularization_ops
 
 
@@ -31,7 +31,8 @@ def _number(owner, name, value, low=0.0, high=math.inf, high_open=False):
 
 
 class Optimizer:
-    """Base class; subclasses set `type` and implement `_append_update(block, param, grad, lr)`."""
+    """Base class; subclasses set `type` and implement `_update(param, grad, lr, startup)`, which makes the
+    accumulators and returns the update op's (inputs, outputs, attrs)."""
 
     type = None
 
@@ -113,16 +114,20 @@ class Optimizer:
         block = pairs[0][1].block
         program = block.program
         start = len(block.ops)
+        gate = _update_gate(pairs)
         with program._role_guard(ROLE_OPTIMIZE):
             lr = self._global_lr(block, pairs[0][1].dtype, startup)
             for param, grad in pairs:
-                self._append_update(block, param, grad, self._param_lr(block, param, lr), startup)
+                inputs, outputs, attrs = self._update(param, grad, self._param_lr(block, param, lr), startup)
+                if gate is not None:
+                    inputs["SkipUpdate"] = gate
+                block.append_op(self.type, inputs, outputs, attrs)
         return block.ops[start:]
 
     def apply_optimize(self, loss, startup_program, params_grads, grad_clip=None):
         """The second half of minimize: regularization, clipping, update ops -> (ops, params_grads)."""
         params_grads = append_regularization_ops(params_grads, self.regularization)
-        params_grads = _clip(params_grads, grad_clip)
+        params_grads = _clip(params_grads, grad_clip, startup_program)
         return self.apply_gradients(params_grads, startup_program), params_grads
 
     def minimize(self, loss, startup_program=None, parameter_list=None, no_grad_set=None, grad_clip=None,
@@ -131,11 +136,20 @@ class Optimizer:
         params_grads = self.backward(loss, startup_program, parameter_list, no_grad_set, callback)
         return self.apply_optimize(loss, startup_program, params_grads, grad_clip)
 
-    def _append_update(self, block, param, grad, lr, startup):
+    def _update(self, param, grad, lr, startup):
         raise NotImplementedError
 
 
-def _clip(params_grads, grad_clip):
+def _update_gate(params_grads):
+    """The skip-this-step flag of a clip with skip_nonfinite (fluidlite.clip.update_gate), if any."""
+    if not any(getattr(getattr(g, "op", None), "role", None) == ROLE_GRAD_CLIP for _, g in params_grads):
+        return None
+    from . import clip
+
+    return clip.update_gate(params_grads) if hasattr(clip, "update_gate") else None
+
+
+def _clip(params_grads, grad_clip, startup_program=None):
     """Gradient clipping through fluidlite.clip, when a clip is given or a parameter has its own."""
     if grad_clip is None and all(getattr(p, "gradient_clip_attr", None) is None for p, _ in params_grads):
         return params_grads
@@ -147,7 +161,9 @@ def _clip(params_grads, grad_clip):
     if minimize_clip is None:
         raise NotImplementedError("gradient clipping arrives with fluidlite.clip (its _minimize_clip is not "
                                   "available yet); minimize without grad_clip / gradient_clip_attr for now")
-    return minimize_clip(params_grads, grad_clip)
+    if startup_program is None:
+        return minimize_clip(params_grads, grad_clip)
+    return minimize_clip(params_grads, grad_clip, startup_program=startup_program)
 
 
 class SGD(Optimizer):
@@ -155,8 +171,8 @@ class SGD(Optimizer):
 
     type = "sgd"
 
-    def _append_update(self, block, param, grad, lr, startup):
-        block.append_op("sgd", {"Param": param, "Grad": grad, "LearningRate": lr}, {"ParamOut": param})
+    def _update(self, param, grad, lr, startup):
+        return {"Param": param, "Grad": grad, "LearningRate": lr}, {"ParamOut": param}, {}
 
 
 class Momentum(Optimizer):
@@ -169,11 +185,10 @@ class Momentum(Optimizer):
         self.momentum = _number("Momentum", "momentum", momentum)
         self.use_nesterov = bool(use_nesterov)
 
-    def _append_update(self, block, param, grad, lr, startup):
+    def _update(self, param, grad, lr, startup):
         v = self._accumulator("velocity", param, startup)
-        block.append_op("momentum", {"Param": param, "Grad": grad, "Velocity": v, "LearningRate": lr},
-                        {"ParamOut": param, "VelocityOut": v},
-                        {"mu": self.momentum, "use_nesterov": self.use_nesterov})
+        return ({"Param": param, "Grad": grad, "Velocity": v, "LearningRate": lr}, {"ParamOut": param, "VelocityOut": v},
+                {"mu": self.momentum, "use_nesterov": self.use_nesterov})
 
 
 class Adam(Optimizer):
@@ -187,15 +202,15 @@ class Adam(Optimizer):
         self.beta2 = _number("Adam", "beta2", beta2, high=1.0, high_open=True)
         self.epsilon = _number("Adam", "epsilon", epsilon)
 
-    def _append_update(self, block, param, grad, lr, startup):
+    def _update(self, param, grad, lr, startup):
         m1 = self._accumulator("moment1", param, startup)
         m2 = self._accumulator("moment2", param, startup)
         b1 = self._accumulator("beta1_pow_acc", param, startup, self.beta1, (1,))
         b2 = self._accumulator("beta2_pow_acc", param, startup, self.beta2, (1,))
-        block.append_op("adam", {"Param": param, "Grad": grad, "LearningRate": lr, "Moment1": m1, "Moment2": m2,
-                                 "Beta1Pow": b1, "Beta2Pow": b2},
-                        {"ParamOut": param, "Moment1Out": m1, "Moment2Out": m2, "Beta1PowOut": b1, "Beta2PowOut": b2},
-                        {"beta1": self.beta1, "beta2": self.beta2, "epsilon": self.epsilon})
+        return ({"Param": param, "Grad": grad, "LearningRate": lr, "Moment1": m1, "Moment2": m2,
+                 "Beta1Pow": b1, "Beta2Pow": b2},
+                {"ParamOut": param, "Moment1Out": m1, "Moment2Out": m2, "Beta1PowOut": b1, "Beta2PowOut": b2},
+                {"beta1": self.beta1, "beta2": self.beta2, "epsilon": self.epsilon})
 
 
 SGDOptimizer, MomentumOptimizer, AdamOptimizer = SGD, Momentum, Adam

@@ -417,3 +417,32 @@ def test_optimizer_arguments_are_checked():
     block = fl.default_main_program().global_block()
     with pytest.raises(ValueError, match="shape"):
         fl.optimizer.SGD(block.create_var(name="lr", shape=[3], dtype="float32"))
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_skip_update_input_leaves_parameter_and_state_unchanged(skip):
+    p, g, m1 = (rng.standard_normal((2, 3)) for _ in range(3))
+    m2 = rng.random((2, 3))
+    ins = {"Param": p, "Grad": g, "LearningRate": np.array([0.1]), "Moment1": m1, "Moment2": m2,
+           "Beta1Pow": np.array([0.9]), "Beta2Pow": np.array([0.999]), "SkipUpdate": np.array([skip])}
+    outs = ("ParamOut", "Moment1Out", "Moment2Out", "Beta1PowOut", "Beta2PowOut")
+    got = run_op("adam", ins, outputs=outs)
+    want = (p, m1, m2, [0.9], [0.999]) if skip else np_adam(p, g, 0.1, m1, m2, 0.9, 0.999, 0.9, 0.999, 1e-8)
+    for slot, w in zip(outs, want):
+        np.testing.assert_allclose(got[slot], w, rtol=1e-12, err_msg=slot)
+    got = run_op("momentum", {"Param": p, "Grad": g, "Velocity": m1, "LearningRate": np.array([0.1]),
+                              "SkipUpdate": np.array([skip])}, {"mu": 0.9}, outputs=("ParamOut", "VelocityOut"))
+    want = (p, m1) if skip else np_momentum(p, g, m1, 0.1, 0.9, False)
+    np.testing.assert_allclose(got["ParamOut"], want[0], rtol=1e-12)
+    np.testing.assert_allclose(got["VelocityOut"], want[1], rtol=1e-12)
+    got = run_op("sgd", {"Param": p, "Grad": g, "LearningRate": np.array([0.1]), "SkipUpdate": np.array([skip])},
+                 outputs=("ParamOut",))
+    np.testing.assert_allclose(got["ParamOut"], p if skip else np_sgd(p, g, 0.1), rtol=1e-12)
+
+
+def test_skip_update_must_be_one_bool():
+    block = fl.default_main_program().global_block()
+    p = block.create_var(name="p", shape=[3], dtype="float32")
+    lr = block.create_var(name="lr", shape=[1], dtype="float32")
+    with pytest.raises(ValueError, match=r"sgd.*SkipUpdate.*'lr'"):
+        block.append_op("sgd", {"Param": p, "Grad": p, "LearningRate": lr, "SkipUpdate": lr}, {"ParamOut": "o"})

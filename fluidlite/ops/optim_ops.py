@@ -2,7 +2,8 @@
 
 An update op names its outputs like its inputs (`ParamOut` = Param's name, ...): the executor then
 lists those slots in `ctx.overwritable` and the kernel updates the scope's arrays in place. With
-other output names the op writes fresh arrays and leaves its inputs alone.
+other output names the op writes fresh arrays and leaves its inputs alone. The optional bool [1]
+input `SkipUpdate` (from `fluidlite.clip.update_gate`) leaves parameter and state unchanged when True.
 """
 import numpy as np
 
@@ -32,6 +33,8 @@ def _check_update(ctx, state=(), scalars=()):
     for slot in ("LearningRate",) + tuple(scalars):
         if numel(ctx.shape(slot)) != 1:
             raise ctx.error(f"{slot} must hold one element, got shape {list(ctx.shape(slot))}", slot)
+    if ctx.has("SkipUpdate") and (ctx.dtype("SkipUpdate") != np.bool_ or numel(ctx.shape("SkipUpdate")) != 1):
+        raise ctx.error("SkipUpdate must be a bool of one element", "SkipUpdate")
     return {f"{slot}Out": (ctx.shape(slot), ctx.dtype(slot)) for slot in ("Param",) + tuple(state) + tuple(scalars)}
 
 
@@ -44,13 +47,29 @@ def _out(inplace, a):
     return a if inplace else np.empty_like(a)
 
 
+def _gated(ctx, run, state):
+    """`run`, or when the op has a SkipUpdate input, a callable that returns the `state` inputs
+    (positions in the input list) unchanged whenever the flag is True."""
+    if not ctx.has("SkipUpdate"):
+        return run
+    keep = _buffers(ctx, [ctx.opdef.inputs[i] for i in state])
+
+    def gated(*ins):
+        if ins[-1][0]:
+            outs = tuple(a if k else a.copy() for a, k in zip((ins[i] for i in state), keep))
+            return outs[0] if len(outs) == 1 else outs
+        return run(*ins[:-1])
+
+    return gated
+
+
 def _lower_sgd(ctx):
     kernel = K.sgd_parallel if is_large(ctx.meta("Param")) else K.sgd
     (ip,) = _buffers(ctx, ("Param",))
-    return lambda p, g, lr: kernel(p, g, lr, _out(ip, p))
+    return _gated(ctx, lambda p, g, lr: kernel(p, g, lr, _out(ip, p)), (0,))
 
 
-defop("sgd", inputs=("Param", "Grad", "LearningRate"), outputs=("ParamOut",),
+defop("sgd", inputs=("Param", "Grad", "LearningRate", "SkipUpdate"), outputs=("ParamOut",), optional=("SkipUpdate",),
       infer=lambda ctx: _check_update(ctx), lower=_lower_sgd, grad=NO_GRAD,
       doc="ParamOut = Param - LearningRate * Grad (in place when ParamOut names Param).")
 
@@ -59,10 +78,11 @@ def _lower_momentum(ctx):
     kernel = K.momentum_parallel if is_large(ctx.meta("Param")) else K.momentum
     mu, nesterov = ctx.attrs["mu"], ctx.attrs["use_nesterov"]
     ip, iv = _buffers(ctx, ("Param", "Velocity"))
-    return lambda p, g, v, lr: kernel(p, g, v, lr, mu, nesterov, _out(ip, p), _out(iv, v))
+    return _gated(ctx, lambda p, g, v, lr: kernel(p, g, v, lr, mu, nesterov, _out(ip, p), _out(iv, v)), (0, 2))
 
 
-defop("momentum", inputs=("Param", "Grad", "Velocity", "LearningRate"), outputs=("ParamOut", "VelocityOut"),
+defop("momentum", inputs=("Param", "Grad", "Velocity", "LearningRate", "SkipUpdate"),
+      outputs=("ParamOut", "VelocityOut"), optional=("SkipUpdate",),
       attrs={"mu": Attr(float, 0.9, _non_negative), "use_nesterov": Attr(bool, False)},
       infer=lambda ctx: _check_update(ctx, ("Velocity",)), lower=_lower_momentum, grad=NO_GRAD,
       doc="VelocityOut = mu * Velocity + Grad; ParamOut = Param - lr * VelocityOut, or with "
@@ -81,11 +101,11 @@ def _lower_adam(ctx):
         return kernel(p, g, lr, m1, m2, b1p, b2p, b1, b2, eps,
                       _out(ip, p), _out(i1, m1), _out(i2, m2), _out(ib1, b1p), _out(ib2, b2p))
 
-    return run
+    return _gated(ctx, run, (0, 3, 4, 5, 6))
 
 
-defop("adam", inputs=("Param", "Grad", "LearningRate") + _ADAM_STATE + _ADAM_POWS,
-      outputs=("ParamOut", "Moment1Out", "Moment2Out", "Beta1PowOut", "Beta2PowOut"),
+defop("adam", inputs=("Param", "Grad", "LearningRate") + _ADAM_STATE + _ADAM_POWS + ("SkipUpdate",),
+      outputs=("ParamOut", "Moment1Out", "Moment2Out", "Beta1PowOut", "Beta2PowOut"), optional=("SkipUpdate",),
       attrs={"beta1": Attr(float, 0.9, _in_unit), "beta2": Attr(float, 0.999, _in_unit),
              "epsilon": Attr(float, 1e-8, _non_negative)},
       infer=lambda ctx: _check_update(ctx, _ADAM_STATE, _ADAM_POWS), lower=_lower_adam, grad=NO_GRAD,
