@@ -50,44 +50,40 @@ def _du(op, v, g):
 
 @njit(cache=True)
 def unary(x, op):
-    out = np.empty_like(x)
     xf = x.reshape(-1)
-    of = out.reshape(-1)
+    of = np.empty(xf.size, x.dtype)  # a fresh flat output vectorises better; callers reshape
     for i in range(xf.size):
         of[i] = _u(op, xf[i])
-    return out
+    return of
 
 
 @njit(cache=True, parallel=True)
 def unary_parallel(x, op):
-    out = np.empty_like(x)
     xf = x.reshape(-1)
-    of = out.reshape(-1)
+    of = np.empty(xf.size, x.dtype)
     for i in prange(xf.size):
         of[i] = _u(op, xf[i])
-    return out
+    return of
 
 
 @njit(cache=True)
 def unary_grad(v, dout, op):
-    dx = np.empty_like(v)
     vf = v.reshape(-1)
     gf = dout.reshape(-1)
-    df = dx.reshape(-1)
+    df = np.empty(vf.size, v.dtype)
     for i in range(vf.size):
         df[i] = _du(op, vf[i], gf[i])
-    return dx
+    return df
 
 
 @njit(cache=True, parallel=True)
 def unary_grad_parallel(v, dout, op):
-    dx = np.empty_like(v)
     vf = v.reshape(-1)
     gf = dout.reshape(-1)
-    df = dx.reshape(-1)
+    df = np.empty(vf.size, v.dtype)
     for i in prange(vf.size):
         df[i] = _du(op, vf[i], gf[i])
-    return dx
+    return df
 
 
 @njit(cache=True, inline="always")

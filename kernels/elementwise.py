@@ -2,7 +2,8 @@
 
 `op` codes: 0 add, 1 sub, 2 mul, 3 div, 4 max. Layouts:
 - same: both operands have the output's shape (flat loop);
-- pnp: the big operand viewed as (pre, n, post), the small one as [n] (a scalar is n == 1);
+- rows / pnp: the big operand viewed as (pre, n) / (pre, n, post), the small one as [n] (a scalar:
+  n == 1). Callers pass these views (reshapes of contiguous arrays) and reshape the results;
 - strided: any broadcast, with per-dimension element strides (0 along broadcast dims).
 """
 import numpy as np
@@ -44,59 +45,81 @@ def _df(op, a, b, g):
 
 @njit(cache=True)
 def same(x, y, op):
-    out = np.empty_like(x)
+    """Flat result; callers reshape (a fresh flat output lets LLVM vectorise)."""
     xf = x.reshape(-1)
     yf = y.reshape(-1)
-    of = out.reshape(-1)
-    for i in range(of.size):
-        of[i] = _f(op, xf[i], yf[i])
+    out = np.empty(xf.size, x.dtype)
+    for i in range(xf.size):
+        out[i] = _f(op, xf[i], yf[i])
     return out
 
 
 @njit(cache=True, parallel=True)
 def same_parallel(x, y, op):
-    out = np.empty_like(x)
     xf = x.reshape(-1)
     yf = y.reshape(-1)
-    of = out.reshape(-1)
-    for i in prange(of.size):
-        of[i] = _f(op, xf[i], yf[i])
+    out = np.empty(xf.size, x.dtype)
+    for i in prange(xf.size):
+        out[i] = _f(op, xf[i], yf[i])
     return out
 
 
 @njit(cache=True)
-def pnp(big, small, pre, n, post, op, small_is_y):
-    out = np.empty_like(big)
-    bf = big.reshape(-1)
-    sf = small.reshape(-1)
-    of = out.reshape(-1)
-    k = 0
+def rows(big, small, op, small_is_y):
+    """big (pre, n) with small [n] repeated over rows (post == 1: a bias row)."""
+    pre, n = big.shape
+    out = np.empty((pre, n), big.dtype)
     for p in range(pre):
         for j in range(n):
-            s = sf[j]
-            for q in range(post):
-                if small_is_y:
-                    of[k] = _f(op, bf[k], s)
-                else:
-                    of[k] = _f(op, s, bf[k])
-                k += 1
+            if small_is_y:
+                out[p, j] = _f(op, big[p, j], small[j])
+            else:
+                out[p, j] = _f(op, small[j], big[p, j])
     return out
 
 
 @njit(cache=True, parallel=True)
-def pnp_parallel(big, small, pre, n, post, op, small_is_y):
-    out = np.empty_like(big)
-    bf = big.reshape(-1)
-    sf = small.reshape(-1)
-    of = out.reshape(-1)
+def rows_parallel(big, small, op, small_is_y):
+    pre, n = big.shape
+    out = np.empty((pre, n), big.dtype)
+    for p in prange(pre):
+        for j in range(n):
+            if small_is_y:
+                out[p, j] = _f(op, big[p, j], small[j])
+            else:
+                out[p, j] = _f(op, small[j], big[p, j])
+    return out
+
+
+@njit(cache=True)
+def pnp(big, small, op, small_is_y):
+    """big (pre, n, post) with small [n] repeated over pre and post (a scalar is n == 1)."""
+    pre, n, post = big.shape
+    out = np.empty((pre, n, post), big.dtype)
+    for p in range(pre):
+        for j in range(n):
+            s = small[j]
+            for q in range(post):
+                if small_is_y:
+                    out[p, j, q] = _f(op, big[p, j, q], s)
+                else:
+                    out[p, j, q] = _f(op, s, big[p, j, q])
+    return out
+
+
+@njit(cache=True, parallel=True)
+def pnp_parallel(big, small, op, small_is_y):
+    pre, n, post = big.shape
+    out = np.empty((pre, n, post), big.dtype)
     for r in prange(pre * n):
-        s = sf[r % n]
-        base = r * post
+        p = r // n
+        j = r % n
+        s = small[j]
         for q in range(post):
             if small_is_y:
-                of[base + q] = _f(op, bf[base + q], s)
+                out[p, j, q] = _f(op, big[p, j, q], s)
             else:
-                of[base + q] = _f(op, s, bf[base + q])
+                out[p, j, q] = _f(op, s, big[p, j, q])
     return out
 
 
@@ -131,88 +154,84 @@ def strided(x, y, shape, xst, yst, op):
 
 @njit(cache=True)
 def grad_same(x, y, dout, op):
-    dx = np.empty_like(x)
-    dy = np.empty_like(y)
+    """Flat (dx, dy)."""
     xf = x.reshape(-1)
     yf = y.reshape(-1)
     gf = dout.reshape(-1)
-    dxf = dx.reshape(-1)
-    dyf = dy.reshape(-1)
-    for i in range(gf.size):
+    dx = np.empty(xf.size, x.dtype)
+    dy = np.empty(xf.size, x.dtype)
+    for i in range(xf.size):
         da, db = _df(op, xf[i], yf[i], gf[i])
-        dxf[i] = da
-        dyf[i] = db
+        dx[i] = da
+        dy[i] = db
     return dx, dy
 
 
 @njit(cache=True, parallel=True)
 def grad_same_parallel(x, y, dout, op):
-    dx = np.empty_like(x)
-    dy = np.empty_like(y)
     xf = x.reshape(-1)
     yf = y.reshape(-1)
     gf = dout.reshape(-1)
-    dxf = dx.reshape(-1)
-    dyf = dy.reshape(-1)
-    for i in prange(gf.size):
+    dx = np.empty(xf.size, x.dtype)
+    dy = np.empty(xf.size, x.dtype)
+    for i in prange(xf.size):
         da, db = _df(op, xf[i], yf[i], gf[i])
-        dxf[i] = da
-        dyf[i] = db
+        dx[i] = da
+        dy[i] = db
     return dx, dy
 
 
-@njit(cache=True)
-def grad_pnp(big, small, dout, pre, n, post, op, small_is_y):
-    """(d_big, d_small): d_small sums over the pre and post dims."""
-    dbig = np.empty_like(big)
-    dsmall = np.zeros_like(small)
-    bf = big.reshape(-1)
-    sf = small.reshape(-1)
-    gf = dout.reshape(-1)
-    dbf = dbig.reshape(-1)
-    dsf = dsmall.reshape(-1)
-    k = 0
-    for p in range(pre):
+@njit(cache=True, inline="always")
+def _grad_pnp_block(big, small, dout, dbig, acc, p0, p1, op, small_is_y):
+    """Slices p0..p1 of the (pre, n, post) view: fills dbig, adds d_small[j] into acc[j]."""
+    pre, n, post = big.shape
+    if post == 1:  # 2-D views keep the inner loop contiguous (a bias row)
+        b2 = big.reshape(pre, n)
+        g2 = dout.reshape(pre, n)
+        d2 = dbig.reshape(pre, n)
+        for p in range(p0, p1):
+            for j in range(n):
+                if small_is_y:
+                    db, ds = _df(op, b2[p, j], small[j], g2[p, j])
+                else:
+                    ds, db = _df(op, small[j], b2[p, j], g2[p, j])
+                d2[p, j] = db
+                acc[j] += ds
+        return
+    for p in range(p0, p1):
         for j in range(n):
-            s = sf[j]
-            acc = dsf[j]
+            s = small[j]
+            a = 0.0
             for q in range(post):
                 if small_is_y:
-                    db, ds = _df(op, bf[k], s, gf[k])
+                    db, ds = _df(op, big[p, j, q], s, dout[p, j, q])
                 else:
-                    ds, db = _df(op, s, bf[k], gf[k])
-                dbf[k] = db
-                acc += ds
-                k += 1
-            dsf[j] = acc
-    return dbig, dsmall
+                    ds, db = _df(op, s, big[p, j, q], dout[p, j, q])
+                dbig[p, j, q] = db
+                a += ds
+            acc[j] += a
+
+
+@njit(cache=True)
+def grad_pnp(big, small, dout, op, small_is_y):
+    """(d_big, d_small) for big/dout viewed as (pre, n, post); d_small sums over pre and post."""
+    pre, n, post = big.shape
+    dbig = np.empty((pre, n, post), big.dtype)
+    acc = np.zeros(n)
+    _grad_pnp_block(big, small, dout, dbig, acc, 0, pre, op, small_is_y)
+    return dbig, acc.astype(big.dtype)
 
 
 @njit(cache=True, parallel=True)
-def grad_pnp_parallel(big, small, dout, pre, n, post, op, small_is_y):
-    # one iteration per small element j: it alone writes dsmall[j] and its slice of dbig
-    dbig = np.empty_like(big)
-    dsmall = np.zeros_like(small)
-    bf = big.reshape(-1)
-    sf = small.reshape(-1)
-    gf = dout.reshape(-1)
-    dbf = dbig.reshape(-1)
-    dsf = dsmall.reshape(-1)
-    for j in prange(n):
-        s = sf[j]
-        acc = dsf[j]
-        for p in range(pre):
-            base = (p * n + j) * post
-            for q in range(post):
-                k = base + q
-                if small_is_y:
-                    db, ds = _df(op, bf[k], s, gf[k])
-                else:
-                    ds, db = _df(op, s, bf[k], gf[k])
-                dbf[k] = db
-                acc += ds
-        dsf[j] = acc
-    return dbig, dsmall
+def grad_pnp_parallel(big, small, dout, op, small_is_y):
+    # each chunk of the pre axis sums d_small into its own row of `part`: no shared writes
+    pre, n, post = big.shape
+    dbig = np.empty((pre, n, post), big.dtype)
+    chunks = min(pre, 32)
+    part = np.zeros((chunks, n))
+    for c in prange(chunks):
+        _grad_pnp_block(big, small, dout, dbig, part[c], c * pre // chunks, (c + 1) * pre // chunks, op, small_is_y)
+    return dbig, part.sum(axis=0).astype(big.dtype)
 
 
 @njit(cache=True)

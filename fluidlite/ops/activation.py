@@ -21,7 +21,8 @@ _UNARY = {
 def _lower_unary(code):
     def lower(ctx):
         kernel = K.unary_parallel if is_large(ctx.meta("X")) else K.unary
-        return lambda x: kernel(x, code)
+        shape = ctx.shape("X")
+        return lambda x: kernel(x, code).reshape(shape)
 
     return lower
 
@@ -29,7 +30,8 @@ def _lower_unary(code):
 def _lower_unary_grad(code, slot):
     def lower(ctx):
         kernel = K.unary_grad_parallel if is_large(ctx.meta(slot)) else K.unary_grad
-        return lambda v, g: kernel(v, g, code)
+        shape = ctx.shape(slot)
+        return lambda v, g: kernel(v, g, code).reshape(shape)
 
     return lower
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import elementwise as K
-from ..registry import Attr, Meta, defop
+from ..registry import Attr, defop
 from ..shapes import broadcast, numel
-from .common import grad_op, is_large
+from .common import PARALLEL_MIN, grad_op, is_large
 
 OPCODES = {"elementwise_add": 0, "elementwise_sub": 1, "elementwise_mul": 2, "elementwise_div": 3,
            "elementwise_max": 4}
@@ -54,7 +54,9 @@ def _infer(ctx):
 
 
 def canonical(xs, ys, axis):
-    """Concrete shapes -> ("same",) | ("pnp", pre, n, post, small_is_y) | ("strided", shape, xst, yst)."""
+    """Concrete shapes -> ("same",) | ("pnp", pre, n, post, small_is_y) | ("strided", shape, xst, yst).
+
+    "pnp": the big operand viewed as (pre, n, post) meets the small one as [n]; a scalar is (1, 1, numel)."""
     res = layout(xs, ys, axis)
     if isinstance(res, str):
         raise ValueError(res)
@@ -79,12 +81,13 @@ def canonical(xs, ys, axis):
     for big in (0, 1):
         if all(t[big] for t in tags):
             full = [i for i, t in enumerate(tags) if t[1 - big]]
-            if len(full) <= 1:  # the small operand is one contiguous run (or a scalar)
-                k = full[0] if full else len(dims)
+            if not full:  # the small operand is a scalar
+                return ("pnp", 1, 1, numel(out), big == 0)
+            if len(full) == 1:  # the small operand is one contiguous run
+                k = full[0]
                 pre = numel([d[0] for d in dims[:k]])
-                n = dims[k][0] if full else 1
                 post = numel([d[0] for d in dims[k + 1:]])
-                return ("pnp", pre, n, post, big == 0)
+                return ("pnp", pre, dims[k][0], post, big == 0)
     shape = np.array([d[0] for d in dims], np.int64)
     xst = np.array([d[2] if d[1][0] else 0 for d in dims], np.int64)
     yst = np.array([d[3] if d[1][1] else 0 for d in dims], np.int64)
@@ -96,16 +99,19 @@ def _lower(ctx):
     xs, ys = ctx.shape("X"), ctx.shape("Y")
     out_shape = layout(xs, ys, ctx.attrs["axis"])[0]
     form = canonical(xs, ys, ctx.attrs["axis"])
-    large = is_large(Meta("Out", out_shape, ctx.dtype("X")))
+    large = numel(out_shape) >= PARALLEL_MIN
     if form[0] == "same":
         kernel = K.same_parallel if large else K.same
         return lambda x, y: kernel(x, y, op).reshape(out_shape)
     if form[0] == "pnp":
         _, pre, n, post, small_is_y = form
-        kernel = K.pnp_parallel if large else K.pnp
+        if post == 1:
+            kernel, view = (K.rows_parallel if large else K.rows), (pre, n)
+        else:
+            kernel, view = (K.pnp_parallel if large else K.pnp), (pre, n, post)
         if small_is_y:
-            return lambda x, y: kernel(x, y, pre, n, post, op, True).reshape(out_shape)
-        return lambda x, y: kernel(y, x, pre, n, post, op, False).reshape(out_shape)
+            return lambda x, y: kernel(x.reshape(view), y.reshape(n), op, True).reshape(out_shape)
+        return lambda x, y: kernel(y.reshape(view), x.reshape(n), op, False).reshape(out_shape)
     _, shape, xst, yst = form
     return lambda x, y: K.strided(x, y, shape, xst, yst, op).reshape(out_shape)
 
@@ -121,21 +127,28 @@ def _lower_grad(ctx):
     large = is_large(ctx.meta("Out@GRAD"))
     if form[0] == "same":
         kernel = K.grad_same_parallel if large else K.grad_same
-        run = lambda x, y, g: kernel(x, y.reshape(xs), g, op)  # noqa: E731
-        fix = lambda dx, dy: (dx, dy.reshape(ys))  # noqa: E731
+
+        def run(x, y, g):
+            return kernel(x, y, g, op)
     elif form[0] == "pnp":
         _, pre, n, post, small_is_y = form
         kernel = K.grad_pnp_parallel if large else K.grad_pnp
-        if small_is_y:
-            run = lambda x, y, g: kernel(x, y, g, pre, n, post, op, True)  # noqa: E731
-            fix = lambda dx, dy: (dx, dy)  # noqa: E731
-        else:
-            run = lambda x, y, g: kernel(y, x, g, pre, n, post, op, False)  # noqa: E731
-            fix = lambda dy, dx: (dx, dy)  # noqa: E731
+        view = (pre, n, post)
+
+        def run(x, y, g):
+            if small_is_y:
+                return kernel(x.reshape(view), y.reshape(n), g.reshape(view), op, True)
+            dy, dx = kernel(y.reshape(view), x.reshape(n), g.reshape(view), op, False)
+            return dx, dy
     else:
         _, shape, xst, yst = form
-        run = lambda x, y, g: K.grad_strided(x, y, g, shape, xst, yst, op)  # noqa: E731
-        fix = lambda dx, dy: (dx, dy)  # noqa: E731
+
+        def run(x, y, g):
+            return K.grad_strided(x, y, g, shape, xst, yst, op)
+
+    def fix(dx, dy):
+        return dx.reshape(xs), dy.reshape(ys)
+
     want_x, want_y = ctx.has_output("X@GRAD"), ctx.has_output("Y@GRAD")
     if want_x and want_y:
         return lambda x, y, g: fix(*run(x, y, g))
