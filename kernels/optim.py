@@ -11,7 +11,9 @@ from numba import njit, prange
 @njit(cache=True)
 def sgd(p, g, lr, p_out):
     rate = lr[0]
-    pf, gf, of = p.reshape(-1), g.reshape(-1), p_out.reshape(-1)
+    pf = p.reshape(-1)
+    gf = g.reshape(-1)
+    of = p_out.reshape(-1)
     for i in range(pf.size):
         of[i] = pf[i] - rate * gf[i]
     return p_out
@@ -20,7 +22,9 @@ def sgd(p, g, lr, p_out):
 @njit(cache=True, parallel=True)
 def sgd_parallel(p, g, lr, p_out):
     rate = lr[0]
-    pf, gf, of = p.reshape(-1), g.reshape(-1), p_out.reshape(-1)
+    pf = p.reshape(-1)
+    gf = g.reshape(-1)
+    of = p_out.reshape(-1)
     for i in prange(pf.size):
         of[i] = pf[i] - rate * gf[i]
     return p_out
@@ -29,8 +33,11 @@ def sgd_parallel(p, g, lr, p_out):
 @njit(cache=True)
 def momentum(p, g, v, lr, mu, nesterov, p_out, v_out):
     rate = lr[0]
-    pf, gf, vf = p.reshape(-1), g.reshape(-1), v.reshape(-1)
-    pof, vof = p_out.reshape(-1), v_out.reshape(-1)
+    pf = p.reshape(-1)
+    gf = g.reshape(-1)
+    vf = v.reshape(-1)
+    pof = p_out.reshape(-1)
+    vof = v_out.reshape(-1)
     for i in range(pf.size):
         vel = mu * vf[i] + gf[i]
         vof[i] = vel
@@ -44,8 +51,11 @@ def momentum(p, g, v, lr, mu, nesterov, p_out, v_out):
 @njit(cache=True, parallel=True)
 def momentum_parallel(p, g, v, lr, mu, nesterov, p_out, v_out):
     rate = lr[0]
-    pf, gf, vf = p.reshape(-1), g.reshape(-1), v.reshape(-1)
-    pof, vof = p_out.reshape(-1), v_out.reshape(-1)
+    pf = p.reshape(-1)
+    gf = g.reshape(-1)
+    vf = v.reshape(-1)
+    pof = p_out.reshape(-1)
+    vof = v_out.reshape(-1)
     for i in prange(pf.size):
         vel = mu * vf[i] + gf[i]
         vof[i] = vel
@@ -60,8 +70,13 @@ def momentum_parallel(p, g, v, lr, mu, nesterov, p_out, v_out):
 def adam(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, p_out, m1_out, m2_out, b1p_out, b2p_out):
     pow1, pow2 = b1p[0], b2p[0]
     rate = lr[0] * np.sqrt(1.0 - pow2) / (1.0 - pow1)
-    pf, gf, af, bf = p.reshape(-1), g.reshape(-1), m1.reshape(-1), m2.reshape(-1)
-    pof, aof, bof = p_out.reshape(-1), m1_out.reshape(-1), m2_out.reshape(-1)
+    pf = p.reshape(-1)
+    gf = g.reshape(-1)
+    af = m1.reshape(-1)
+    bf = m2.reshape(-1)
+    pof = p_out.reshape(-1)
+    aof = m1_out.reshape(-1)
+    bof = m2_out.reshape(-1)
     for i in range(pf.size):
         gi = gf[i]
         a = beta1 * af[i] + (1.0 - beta1) * gi
@@ -78,8 +93,13 @@ def adam(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, p_out, m1_out, m2_out, b
 def adam_parallel(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, p_out, m1_out, m2_out, b1p_out, b2p_out):
     pow1, pow2 = b1p[0], b2p[0]
     rate = lr[0] * np.sqrt(1.0 - pow2) / (1.0 - pow1)
-    pf, gf, af, bf = p.reshape(-1), g.reshape(-1), m1.reshape(-1), m2.reshape(-1)
-    pof, aof, bof = p_out.reshape(-1), m1_out.reshape(-1), m2_out.reshape(-1)
+    pf = p.reshape(-1)
+    gf = g.reshape(-1)
+    af = m1.reshape(-1)
+    bf = m2.reshape(-1)
+    pof = p_out.reshape(-1)
+    aof = m1_out.reshape(-1)
+    bof = m2_out.reshape(-1)
     for i in prange(pf.size):
         gi = gf[i]
         a = beta1 * af[i] + (1.0 - beta1) * gi
@@ -95,7 +115,8 @@ def adam_parallel(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, p_out, m1_out, 
 @njit(cache=True)
 def sign(x):
     out = np.empty_like(x)
-    xf, of = x.reshape(-1), out.reshape(-1)
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
     for i in range(xf.size):
         v = xf[i]
         of[i] = 1 if v > 0 else (-1 if v < 0 else 0)
