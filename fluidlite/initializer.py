@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
@@ -22,14 +21,15 @@ class Initializer:
 
     @staticmethod
     def _seed(seed, block) -> int:
-        """An explicit seed, else one drawn from the program's random_seed (deterministic if set)."""
+        """An explicit seed; else one derived from the program's random_seed when set; else one drawn
+        from NumPy's global generator (so `np.random.seed(n)` also makes a run repeatable)."""
         if seed:
             return int(seed)
         program = block.program
         if program.random_seed:
             program._seed_counter = getattr(program, "_seed_counter", 0) + 1
             return int(np.random.SeedSequence([program.random_seed, program._seed_counter]).generate_state(1)[0] or 1)
-        return int.from_bytes(os.urandom(4), "little") | 1
+        return int(np.random.randint(1, 2**31 - 1))
 
 
 class Constant(Initializer):

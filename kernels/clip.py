@@ -9,28 +9,24 @@ from numba import njit, prange
 
 @njit(cache=True)
 def clip_into(x, out, lo, hi):
-    """out = min(max(x, lo), hi); NaN stays NaN. `out` may be `x`."""
-    xf, of = x.reshape(-1), out.reshape(-1)
+    """out = min(max(x, lo), hi); NaN stays NaN. `out` may be `x`; lo, hi in x's dtype."""
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
     for i in range(xf.size):
         v = xf[i]
-        if v < lo:
-            v = lo
-        elif v > hi:
-            v = hi
-        of[i] = v
+        v = lo if v < lo else v  # selects, not branches: vectorizes, and NaN compares false
+        of[i] = hi if v > hi else v
     return out
 
 
 @njit(cache=True, parallel=True)
 def clip_into_parallel(x, out, lo, hi):
-    xf, of = x.reshape(-1), out.reshape(-1)
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
     for i in prange(xf.size):
         v = xf[i]
-        if v < lo:
-            v = lo
-        elif v > hi:
-            v = hi
-        of[i] = v
+        v = lo if v < lo else v
+        of[i] = hi if v > hi else v
     return out
 
 

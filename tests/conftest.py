@@ -6,7 +6,8 @@ import fluidlite as fl
 
 @pytest.fixture(autouse=True)
 def fresh_state():
-    """Each test gets fresh default programs, names and global scope."""
+    """Each test gets fresh default programs, names and global scope, and seeded unseeded initializers."""
+    np.random.seed(0)
     main, startup = fl.Program(), fl.Program()
     with fl.unique_name.guard(), fl.scope_guard(fl.Scope()), fl.program_guard(main, startup):
         yield

@@ -43,7 +43,9 @@ def _clip_infer(ctx):
 
 def _lower_clip(ctx):
     kernel = K.clip_into_parallel if is_large(ctx.meta("X")) else K.clip_into
-    lo, hi = ctx.attrs["min"], ctx.attrs["max"]
+    # bounds in X's dtype: mixed float32/float64 compares keep the loop from vectorizing
+    dtype = ctx.dtype("X").type
+    lo, hi = dtype(ctx.attrs["min"]), dtype(ctx.attrs["max"])
     inplace = "X" in ctx.overwritable
     return lambda x: kernel(x, x if inplace else np.empty_like(x), lo, hi)
 
