@@ -103,6 +103,9 @@ class Optimizer:
 
     def apply_gradients(self, params_grads, startup_program=None):
         """Appends one update op per (parameter, gradient) pair, nothing else; returns the ops appended."""
+        return self._append_updates(params_grads, startup_program, _update_gate(params_grads))
+
+    def _append_updates(self, params_grads, startup_program, gate):
         startup = startup_program or default_startup_program()
         pairs = [(p, g) for p, g in params_grads if g is not None and getattr(p, "trainable", True)]
         if not pairs:
@@ -114,7 +117,6 @@ class Optimizer:
         block = pairs[0][1].block
         program = block.program
         start = len(block.ops)
-        gate = _update_gate(pairs)
         with program._role_guard(ROLE_OPTIMIZE):
             lr = self._global_lr(block, pairs[0][1].dtype, startup)
             for param, grad in pairs:
@@ -125,14 +127,18 @@ class Optimizer:
         return block.ops[start:]
 
     def apply_optimize(self, loss, startup_program, params_grads, grad_clip=None):
-        """The second half of minimize: regularization, clipping, update ops -> (ops, params_grads)."""
-        params_grads = append_regularization_ops(params_grads, self.regularization)
+        """The second half of minimize: clipping, regularization, update ops -> (ops, params_grads).
+
+        Clipping comes before weight decay, as in Paddle Fluid and PyTorch: the clip bounds the
+        data's gradient, and the decay term is not clipped away."""
         params_grads = _clip(params_grads, grad_clip, startup_program)
-        return self.apply_gradients(params_grads, startup_program), params_grads
+        gate = _update_gate(params_grads)
+        params_grads = append_regularization_ops(params_grads, self.regularization)
+        return self._append_updates(params_grads, startup_program, gate), params_grads
 
     def minimize(self, loss, startup_program=None, parameter_list=None, no_grad_set=None, grad_clip=None,
                  callback=None):
-        """backward -> regularization -> clip -> update ops; returns (update ops, [(param, final grad)])."""
+        """backward -> clip -> regularization -> update ops; returns (update ops, [(param, final grad)])."""
         params_grads = self.backward(loss, startup_program, parameter_list, no_grad_set, callback)
         return self.apply_optimize(loss, startup_program, params_grads, grad_clip)
 

@@ -21,7 +21,10 @@ class Tensor:
 
     def __array__(self, dtype=None, copy=None):
         value = self._value()
-        return value if dtype is None else value.astype(dtype)
+        if dtype is not None and np.dtype(dtype) != value.dtype:
+            return value.astype(dtype)
+        # np.array(t) asks for a copy: the scope's array is updated in place by optimizers
+        return value.copy() if copy or copy is None else value
 
     def shape(self) -> list:
         return list(self._value().shape)

@@ -47,14 +47,14 @@ def matmul2d(a, b):
 
 @njit(cache=True)
 def matmul2d_tn(a, b):
-    """a.T @ b"""
-    return np.dot(a.T.copy(), b)
+    """a.T @ b (the transpose goes to BLAS as an F-ordered view, no copy)"""
+    return np.dot(a.T, b)
 
 
 @njit(cache=True)
 def matmul2d_nt(a, b):
     """a @ b.T"""
-    return np.dot(a, b.T.copy())
+    return np.dot(a, b.T)
 
 
 @njit(cache=True)

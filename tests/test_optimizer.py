@@ -446,3 +446,20 @@ def test_skip_update_must_be_one_bool():
     lr = block.create_var(name="lr", shape=[1], dtype="float32")
     with pytest.raises(ValueError, match=r"sgd.*SkipUpdate.*'lr'"):
         block.append_op("sgd", {"Param": p, "Grad": p, "LearningRate": lr, "SkipUpdate": lr}, {"ParamOut": "o"})
+
+
+def test_clip_comes_before_weight_decay():
+    """final grad = clip(g) + c * w: the decay term is not clipped (Paddle Fluid's and PyTorch's order)."""
+    x = fl.layers.data(name="x", shape=[3], dtype="float64")
+    w_attr = fl.ParamAttr(name="w", initializer=fl.initializer.Constant(2.0))
+    loss = fl.layers.mean(fl.layers.fc(x, size=1, param_attr=w_attr, bias_attr=False) * 100.0)
+    opt = fl.optimizer.SGD(learning_rate=0.1, regularization=fl.regularizer.L2Decay(0.5))
+    _, params_grads = opt.minimize(loss, grad_clip=fl.clip.GradientClipByValue(max=0.01))
+    exe = fl.Executor()
+    exe.run(fl.default_startup_program())
+    xs = np.array([[1.0, -2.0, 3.0], [0.5, 0.5, 0.5]])
+    (grad,) = exe.run(feed={"x": xs}, fetch_list=[params_grads[0][1]])
+    raw = 100.0 * xs.mean(axis=0).reshape(3, 1)  # d loss / d w
+    expected = np.clip(raw, -0.01, 0.01) + 0.5 * 2.0
+    np.testing.assert_allclose(grad, expected, rtol=1e-12)
+    np.testing.assert_allclose(fl.fetch_var("w"), 2.0 - 0.1 * expected, rtol=1e-12)
