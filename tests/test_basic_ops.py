@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import fluidlite as fl
+from fluidlite.ops.common import PARALLEL_MIN
 from op_test import check_forward, check_op, run_op
 
 rng = np.random.default_rng(0)
@@ -38,7 +39,7 @@ def test_scale(after):
 
 
 def test_scale_large_uses_parallel_kernel_and_agrees():
-    x = rng.standard_normal(1 << 17).astype(np.float32)
+    x = rng.standard_normal(PARALLEL_MIN).astype(np.float32)
     check_forward("scale", {"X": x}, lambda X: (X * np.float32(3.0)).astype(X.dtype), {"scale": 3.0})
 
 

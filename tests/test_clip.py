@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import fluidlite as fl
+from fluidlite.ops.common import PARALLEL_MIN
 from fluidlite import clip as C
 from fluidlite import layers
 from op_test import check_forward, check_grad, check_op, run_op
@@ -32,7 +33,7 @@ def test_clip_keeps_nan_saturates_inf_and_large_parallel_kernel():
     x = np.array([np.nan, np.inf, -np.inf, 0.3, -3.0], np.float32)
     out = run_op("clip", {"X": x}, {"min": -1.0, "max": 1.0})["Out"]
     np.testing.assert_array_equal(out, np.array([np.nan, 1, -1, 0.3, -1], np.float32))
-    big = rng.standard_normal(1 << 17).astype(np.float32)
+    big = rng.standard_normal(PARALLEL_MIN).astype(np.float32)
     check_forward("clip", {"X": big}, lambda X: np.clip(X, np.float32(-0.1), np.float32(0.2)), {"min": -0.1, "max": 0.2})
 
 

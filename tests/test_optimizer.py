@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import fluidlite as fl
+from fluidlite.ops.common import PARALLEL_MIN
 from fluidlite import layers
 from fluidlite.framework import ROLE_OPTIMIZE
 from op_test import check_forward, run_op
@@ -77,7 +78,7 @@ def test_sign_op(dtype):
 
 
 def test_large_param_uses_parallel_kernels_and_agrees():
-    n = 1 << 16
+    n = PARALLEL_MIN
     p, g, v = (rng.standard_normal(n) for _ in range(3))
     got = run_op("momentum", {"Param": p, "Grad": g, "Velocity": v, "LearningRate": np.array([0.1])},
                  {"mu": 0.9}, outputs=("ParamOut", "VelocityOut"))
