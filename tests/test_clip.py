@@ -8,7 +8,7 @@ import fluidlite as fl
 from fluidlite.ops.common import PARALLEL_MIN
 from fluidlite import clip as C
 from fluidlite import layers
-from op_test import check_forward, check_grad, check_op, run_op
+from op_test import check_forward, check_op, run_op
 
 rng = np.random.default_rng(1)
 INF = float("inf")
