@@ -147,7 +147,7 @@ def plot(runs, path) -> bool:
     for r in runs:
         axes[0].plot(r["loss"], label=r["mode"], lw=1)
         axes[1].plot(r["grad_norm"], label=r["mode"], lw=1)
-    for ax, what in zip(axes, ("training loss (MSE)", "gradient norm (before clipping)")):
+    for ax, what in zip(axes, ("training loss (MSE)", "gradient norm (before gradient clipping)")):
         ax.set_yscale("log")
         ax.set_ylabel(what)
         ax.legend()
