@@ -10,6 +10,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from ._memory import tune_malloc
 from .framework import Program, Variable, default_main_program
 from .registry import InferContext, Meta, get_op_def
 from .scope import Scope, global_scope
@@ -241,6 +242,7 @@ class Executor:
     def __init__(self, place=None):
         self.place = place or CPUPlace()
         self._plans: OrderedDict = OrderedDict()
+        tune_malloc()
 
     def run(self, program=None, feed=None, fetch_list=None, scope=None, return_numpy=True):
         """Run `program`; returns the fetched values as numpy arrays (copies)."""

@@ -178,3 +178,28 @@ def test_plan_source_frees_values_after_last_use():
     exe.run(feed={"x": np.ones((1, 3), np.float32)}, fetch_list=[y])
     src = list(exe._plans.values())[-1].source
     assert "del " in src and src.count("K") >= 3
+
+
+def test_steady_state_steps_do_not_fault_in_fresh_pages():
+    import resource
+
+    from fluidlite._memory import tune_malloc
+
+    if not tune_malloc():
+        pytest.skip("not glibc: malloc thresholds cannot be tuned here")
+    x = layers.data(name="x", shape=[512], dtype="float32")
+    h = x
+    for _ in range(4):
+        h = layers.fc(h, size=512, act="tanh")  # 1 MiB activations, 1 MiB weights
+    loss = layers.mean(h)
+    fl.append_backward(loss)
+    exe = fl.Executor()
+    exe.run(fl.default_startup_program())
+    feed = {"x": np.ones((512, 512), np.float32)}
+    for _ in range(3):
+        exe.run(feed=feed, fetch_list=[loss])
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        exe.run(feed=feed, fetch_list=[loss])
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
+    assert faults < 100, f"{faults:.0f} page faults per step: freed outputs are not being reused"
