@@ -77,17 +77,20 @@ class NumpyMLP:
         return np.float32(loss)
 
 
-def _time_ms(fns, warmup, repeats):
-    """Median and min ms per call of each fn, the fns interleaved so that load changes hit all alike."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
+def _time_ms(fns, warmup, repeats, rounds=3):
+    """Median and min ms per call of each fn: each fn runs `repeats` calls in a row, over several rounds.
+
+    Runs of calls, not single calls, are interleaved: NumPy and Numba (through SciPy) each bring
+    an OpenBLAS thread pool, and one pool's threads still spinning after a call slowed the other."""
     times = {name: [] for name in fns}
-    for _ in range(repeats):
+    for _ in range(rounds):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+            for _ in range(warmup):
+                fn()
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
     return ({k: 1e3 * statistics.median(v) for k, v in times.items()}, {k: 1e3 * min(v) for k, v in times.items()})
 
 
@@ -109,7 +112,7 @@ def _torch_step(torch, params):
 
 
 def run(quick: bool = False) -> dict:
-    warmup, repeats, checked = (2, 5, 3) if quick else (5, 30, 5)
+    warmup, repeats, checked = (2, 5, 3) if quick else (3, 15, 5)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((BATCH, SIZES[0])).astype(np.float32)
     label = rng.integers(0, SIZES[-1], (BATCH, 1)).astype(np.int64)

@@ -79,11 +79,30 @@ def mean_grad(x, dout):
 
 
 @njit(cache=True)
-def add_n(*xs):
-    out = xs[0].copy()
+def add(a, b):
+    out = np.empty_like(a)
+    af = a.reshape(-1)
+    bf = b.reshape(-1)
     of = out.reshape(-1)
-    for k in range(1, len(xs)):
-        xf = xs[k].reshape(-1)
-        for i in range(of.size):
-            of[i] += xf[i]
+    for i in range(of.size):
+        of[i] = af[i] + bf[i]
     return out
+
+
+@njit(cache=True)
+def add_into(acc, x):
+    """acc += x, in place."""
+    af = acc.reshape(-1)
+    xf = x.reshape(-1)
+    for i in range(af.size):
+        af[i] += xf[i]
+    return acc
+
+
+@njit(cache=True, parallel=True)
+def add_into_parallel(acc, x):
+    af = acc.reshape(-1)
+    xf = x.reshape(-1)
+    for i in prange(af.size):
+        af[i] += xf[i]
+    return acc

@@ -81,3 +81,10 @@ def test_int_input_to_float_op_is_rejected():
     x = block.create_var(name="x", shape=[3], dtype="int64")
     with pytest.raises(ValueError, match="tanh.*float"):
         block.append_op("tanh", {"X": x}, {"Out": "o"})
+
+
+def test_sum_of_many_and_of_large_inputs():
+    xs = [rng.standard_normal((4, 3)) for _ in range(7)]
+    check_op("sum", lambda dt: {"X": [a.astype(dt) for a in xs]}, lambda X: np.sum(X, axis=0).astype(X[0].dtype))
+    big = [rng.standard_normal(PARALLEL_MIN).astype(np.float32) for _ in range(3)]
+    check_forward("sum", {"X": big}, lambda X: (X[0] + X[1]) + X[2])

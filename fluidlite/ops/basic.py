@@ -108,7 +108,25 @@ def _sum_infer(ctx):
     return {"Out": (shape, first.dtype)}
 
 
-defop("sum", inputs=("X",), duplicable=("X",), infer=_sum_infer, kernel=K.add_n,
+def _lower_sum(ctx):
+    """One kernel per dtype whatever the number of inputs (a varargs kernel compiled once per count)."""
+    metas = ctx.metas("X")
+    add_into = K.add_into_parallel if is_large(metas[0]) else K.add_into
+    reuse_first = "X" in ctx.overwritable
+    if len(metas) == 2 and not reuse_first:
+        return K.add
+    shape = tuple(max(ds) for ds in zip(*(m.shape for m in metas)))
+
+    def run(*xs):
+        acc = xs[0] if reuse_first else xs[0].copy()
+        for x in xs[1:]:
+            add_into(acc, x)
+        return acc.reshape(shape)
+
+    return run
+
+
+defop("sum", inputs=("X",), duplicable=("X",), infer=_sum_infer, lower=_lower_sum,
       grad=lambda g: [grad_op("scale", g, {"X": g.og("Out")}, {"Out": [n]}, {"scale": 1.0})
                       for n in g.ig("X") if n is not None],
       doc="Out = X[0] + X[1] + ... (same shapes); also accumulates a gradient's contributions.")
