@@ -4,10 +4,10 @@ Unary codes: 0 relu, 1 sigmoid, 2 exp, 3 log, 4 square, 5 sqrt, 6 abs. A gradien
 forward value its rule needs: Out for relu, sigmoid, exp, sqrt; X for log, square, abs.
 """
 import numpy as np
-from numba import njit, prange
+from numba import literal_unroll, njit, prange
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _u(op, x):
     if op == 0:
         return x if x > 0 else x * 0
@@ -27,7 +27,7 @@ def _u(op, x):
     return np.abs(x)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _du(op, v, g):
     if op == 0:
         return g if v > 0 else g * 0
@@ -48,45 +48,78 @@ def _du(op, v, g):
     return g * 0
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
+def _map(xf, of, op):
+    for i in range(xf.size):
+        of[i] = _u(op, xf[i])
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _map_parallel(xf, of, op):
+    for i in prange(xf.size):
+        of[i] = _u(op, xf[i])
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _map_grad(vf, gf, df, op):
+    for i in range(vf.size):
+        df[i] = _du(op, vf[i], gf[i])
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _map_grad_parallel(vf, gf, df, op):
+    for i in prange(vf.size):
+        df[i] = _du(op, vf[i], gf[i])
+
+
+# The op code is tested once, outside the loop: literal_unroll versions the loop per code, so the
+# inlined body folds to one function and vectorizes (a 7-way switch per element did not: 28x slower).
+_CODES = (0, 1, 2, 3, 4, 5, 6)
+
+
+@njit(cache=True, error_model="numpy")
 def unary(x, op):
     xf = x.reshape(-1)
     of = np.empty(xf.size, x.dtype)  # a fresh flat output vectorises better; callers reshape
-    for i in range(xf.size):
-        of[i] = _u(op, xf[i])
+    for code in literal_unroll(_CODES):
+        if code == op:
+            _map(xf, of, code)
     return of
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def unary_parallel(x, op):
     xf = x.reshape(-1)
     of = np.empty(xf.size, x.dtype)
-    for i in prange(xf.size):
-        of[i] = _u(op, xf[i])
+    for code in literal_unroll(_CODES):
+        if code == op:
+            _map_parallel(xf, of, code)
     return of
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def unary_grad(v, dout, op):
     vf = v.reshape(-1)
     gf = dout.reshape(-1)
     df = np.empty(vf.size, v.dtype)
-    for i in range(vf.size):
-        df[i] = _du(op, vf[i], gf[i])
+    for code in literal_unroll(_CODES):
+        if code == op:
+            _map_grad(vf, gf, df, code)
     return df
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def unary_grad_parallel(v, dout, op):
     vf = v.reshape(-1)
     gf = dout.reshape(-1)
     df = np.empty(vf.size, v.dtype)
-    for i in prange(vf.size):
-        df[i] = _du(op, vf[i], gf[i])
+    for code in literal_unroll(_CODES):
+        if code == op:
+            _map_grad_parallel(vf, gf, df, code)
     return df
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _softmax_block(xf, of, p, n, post):
     for q in range(post):
         base = p * n * post + q
@@ -102,7 +135,7 @@ def _softmax_block(xf, of, p, n, post):
             of[base + j * post] /= s
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def softmax(x, pre, n, post):
     """Softmax over the middle axis of x viewed as (pre, n, post); subtracts the max for stability."""
     out = np.empty_like(x)
@@ -113,7 +146,7 @@ def softmax(x, pre, n, post):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def softmax_parallel(x, pre, n, post):
     out = np.empty_like(x)
     xf = x.reshape(-1)
@@ -123,7 +156,7 @@ def softmax_parallel(x, pre, n, post):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def softmax_grad(out, dout, pre, n, post):
     """dX = Out * (dOut - sum(dOut * Out)) along the softmax axis."""
     dx = np.empty_like(out)

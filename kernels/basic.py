@@ -3,7 +3,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def scale(x, scale, bias):
     out = np.empty_like(x)
     xf, of = x.reshape(-1), out.reshape(-1)
@@ -12,7 +12,7 @@ def scale(x, scale, bias):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def scale_parallel(x, scale, bias):
     out = np.empty_like(x)
     xf = x.reshape(-1)
@@ -22,7 +22,7 @@ def scale_parallel(x, scale, bias):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def tanh(x):
     out = np.empty_like(x)
     xf, of = x.reshape(-1), out.reshape(-1)
@@ -31,7 +31,7 @@ def tanh(x):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def tanh_grad(out, dout):
     dx = np.empty_like(out)
     of, gf, df = out.reshape(-1), dout.reshape(-1), dx.reshape(-1)
@@ -40,24 +40,24 @@ def tanh_grad(out, dout):
     return dx
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def matmul2d(a, b):
     return np.dot(a, b)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def matmul2d_tn(a, b):
     """a.T @ b (the transpose goes to BLAS as an F-ordered view, no copy)"""
     return np.dot(a.T, b)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def matmul2d_nt(a, b):
     """a @ b.T"""
     return np.dot(a, b.T)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def mean(x):
     acc = 0.0
     xf = x.reshape(-1)
@@ -68,7 +68,7 @@ def mean(x):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def mean_grad(x, dout):
     dx = np.empty_like(x)
     df = dx.reshape(-1)
@@ -78,7 +78,7 @@ def mean_grad(x, dout):
     return dx
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def add(a, b):
     out = np.empty_like(a)
     af = a.reshape(-1)
@@ -89,7 +89,7 @@ def add(a, b):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def add_into(acc, x):
     """acc += x, in place."""
     af = acc.reshape(-1)
@@ -99,7 +99,7 @@ def add_into(acc, x):
     return acc
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def add_into_parallel(acc, x):
     af = acc.reshape(-1)
     xf = x.reshape(-1)

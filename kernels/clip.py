@@ -7,7 +7,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def clip_into(x, out, lo, hi):
     """out = min(max(x, lo), hi); NaN stays NaN. `out` may be `x`; lo, hi in x's dtype."""
     xf = x.reshape(-1)
@@ -19,7 +19,7 @@ def clip_into(x, out, lo, hi):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def clip_into_parallel(x, out, lo, hi):
     xf = x.reshape(-1)
     of = out.reshape(-1)
@@ -30,7 +30,7 @@ def clip_into_parallel(x, out, lo, hi):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def clip_grad(x, dout, lo, hi):
     """dX = dOut where lo <= x <= hi (bounds included), else 0."""
     dx = np.empty_like(dout)
@@ -41,7 +41,7 @@ def clip_grad(x, dout, lo, hi):
     return dx
 
 
-@njit(cache=True, fastmath={"reassoc"})
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
 def sq_sum(x):
     """sum(x**2) accumulated in float64."""
     xf = x.reshape(-1)
@@ -52,7 +52,7 @@ def sq_sum(x):
     return acc
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def abs_max(x):
     """max(|x|) as float64; NaN if any element is NaN."""
     xf = x.reshape(-1)
@@ -66,7 +66,7 @@ def abs_max(x):
     return m
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def scale_into(x, out, s):
     xf, of = x.reshape(-1), out.reshape(-1)
     for i in range(xf.size):
@@ -74,7 +74,7 @@ def scale_into(x, out, s):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def clip_by_norm_grad(x, dout, c, norm, inf_norm):
     """Gradient of Out = x * c / max(norm(x), c) for the L2 (or, with inf_norm, the max-abs) norm."""
     dx = np.empty_like(dout)
@@ -99,7 +99,7 @@ def clip_by_norm_grad(x, dout, c, norm, inf_norm):
     return dx
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def global_norm_grad(x, norm, dnorm, inf_norm):
     """dX = dNorm * d norm / dX: x / norm (L2) or sign(x) at the maxima (inf); 0 when norm is 0."""
     dx = np.zeros_like(x)
@@ -116,7 +116,7 @@ def global_norm_grad(x, norm, dnorm, inf_norm):
     return dx
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def multi_sq_sum(xs, tid, start, stop):
     """sum over all flat arrays in `xs` of x**2, in float64: one prange over the chunk table."""
     part = np.zeros(tid.size)
@@ -125,7 +125,7 @@ def multi_sq_sum(xs, tid, start, stop):
     return part.sum()
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def multi_abs_max(xs, tid, start, stop):
     """max |x| over all flat arrays in `xs`; NaN if any element is NaN."""
     part = np.zeros(tid.size)
@@ -134,13 +134,13 @@ def multi_abs_max(xs, tid, start, stop):
     return abs_max(part)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _fill_zero(o):
     for i in range(o.size):
         o[i] = 0
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def multi_scale(xs, outs, tid, start, stop, s, zero):
     """outs[t] = xs[t] * s (or 0 where `zero`) for every chunk; `outs` may hold the arrays of `xs`."""
     for c in prange(tid.size):
@@ -151,7 +151,7 @@ def multi_scale(xs, outs, tid, start, stop, s, zero):
             scale_into(xs[tid[c]][a:b], outs[tid[c]][a:b], s)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def global_norm_scale_grad(xs, douts, gn, c):
     """d/d gn of sum_t <douts[t], xs[t] * c / max(gn, c)>: -c / gn**2 * sum <x, dout> when gn > c."""
     if not gn > c:
@@ -164,7 +164,7 @@ def global_norm_scale_grad(xs, douts, gn, c):
     return -c / (gn * gn) * dot
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def adaptive_clip(param, grad, out, clipping, eps):
     """AGC on (units, fan_in)-transposed views: param/grad are 2-D (fan_in, units); each column is a unit.
 
@@ -196,7 +196,7 @@ def adaptive_clip(param, grad, out, clipping, eps):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def autoclip_update(norm, history, count, percentile):
     """Record a finite `norm` in the ring buffer `history` (count = norms seen so far) and return the
     `percentile` (linear interpolation) of the recorded norms; `norm` itself when none is finite."""
@@ -210,7 +210,7 @@ def autoclip_update(norm, history, count, percentile):
     return np.percentile(history[:n], percentile)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def count_nonfinite(norms, count):
     """True if any of `norms` is NaN or Inf; then count[0] += 1 (in place)."""
     found = False

@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _f(op, a, b):
     if op == 0:
         return a + b
@@ -24,7 +24,7 @@ def _f(op, a, b):
     return a if (a >= b or a != a) else b
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _df(op, a, b, g):
     """(d/da, d/db) of f(a, b) times g; max splits ties 0.5/0.5."""
     if op == 0:
@@ -43,7 +43,7 @@ def _df(op, a, b, g):
     return h, h
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def same(x, y, op):
     """Flat result; callers reshape (a fresh flat output lets LLVM vectorise)."""
     xf = x.reshape(-1)
@@ -54,7 +54,7 @@ def same(x, y, op):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def same_parallel(x, y, op):
     xf = x.reshape(-1)
     yf = y.reshape(-1)
@@ -64,7 +64,7 @@ def same_parallel(x, y, op):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def rows(big, small, op, small_is_y):
     """big (pre, n) with small [n] repeated over rows (post == 1: a bias row)."""
     pre, n = big.shape
@@ -78,7 +78,7 @@ def rows(big, small, op, small_is_y):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def rows_parallel(big, small, op, small_is_y):
     pre, n = big.shape
     out = np.empty((pre, n), big.dtype)
@@ -91,7 +91,7 @@ def rows_parallel(big, small, op, small_is_y):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def pnp(big, small, op, small_is_y):
     """big (pre, n, post) with small [n] repeated over pre and post (a scalar is n == 1)."""
     pre, n, post = big.shape
@@ -107,7 +107,7 @@ def pnp(big, small, op, small_is_y):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def pnp_parallel(big, small, op, small_is_y):
     pre, n, post = big.shape
     out = np.empty((pre, n, post), big.dtype)
@@ -123,7 +123,7 @@ def pnp_parallel(big, small, op, small_is_y):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def strided(x, y, shape, xst, yst, op):
     """Flat output of the broadcast; shape/xst/yst are int64 arrays (element strides, 0 = broadcast)."""
     total = 1
@@ -152,7 +152,7 @@ def strided(x, y, shape, xst, yst, op):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def grad_same(x, y, dout, op):
     """Flat (dx, dy)."""
     xf = x.reshape(-1)
@@ -167,7 +167,7 @@ def grad_same(x, y, dout, op):
     return dx, dy
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def grad_same_parallel(x, y, dout, op):
     xf = x.reshape(-1)
     yf = y.reshape(-1)
@@ -181,7 +181,7 @@ def grad_same_parallel(x, y, dout, op):
     return dx, dy
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _grad_pnp_block(big, small, dout, dbig, acc, p0, p1, op, small_is_y):
     """Slices p0..p1 of the (pre, n, post) view: fills dbig, adds d_small[j] into acc[j]."""
     pre, n, post = big.shape
@@ -212,7 +212,7 @@ def _grad_pnp_block(big, small, dout, dbig, acc, p0, p1, op, small_is_y):
             acc[j] += a
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def grad_pnp(big, small, dout, op, small_is_y):
     """(d_big, d_small) for big/dout viewed as (pre, n, post); d_small sums over pre and post."""
     pre, n, post = big.shape
@@ -222,7 +222,7 @@ def grad_pnp(big, small, dout, op, small_is_y):
     return dbig, acc.astype(big.dtype)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def grad_pnp_parallel(big, small, dout, op, small_is_y):
     # each chunk of the pre axis sums d_small into its own row of `part`: no shared writes
     pre, n, post = big.shape
@@ -234,7 +234,7 @@ def grad_pnp_parallel(big, small, dout, op, small_is_y):
     return dbig, part.sum(axis=0).astype(big.dtype)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def grad_strided(x, y, dout, shape, xst, yst, op):
     """(dx, dy) shaped like x and y; broadcast dims (stride 0) accumulate."""
     dx = np.zeros_like(x)

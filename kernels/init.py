@@ -3,7 +3,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def fill(out, value):
     flat = out.reshape(-1)
     for i in range(flat.size):
@@ -11,7 +11,7 @@ def fill(out, value):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def uniform(out, low, high, seed):
     np.random.seed(seed)
     flat = out.reshape(-1)
@@ -20,7 +20,7 @@ def uniform(out, low, high, seed):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def gaussian(out, mean, std, seed):
     np.random.seed(seed)
     flat = out.reshape(-1)
@@ -29,11 +29,11 @@ def gaussian(out, mean, std, seed):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def zeros_like(x):
     return np.zeros_like(x)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def full_like(x, value):
     return np.full_like(x, value)

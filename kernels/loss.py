@@ -4,7 +4,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def cross_entropy_hard(x, label, ignore_index, eps):
     """(-log(max(x[i, label[i]], eps)) as [N, 1], -1) or (partial, row of the first bad label)."""
     n, c = x.shape
@@ -19,7 +19,7 @@ def cross_entropy_hard(x, label, ignore_index, eps):
     return out, -1
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def cross_entropy_hard_grad(x, label, dout, ignore_index, eps):
     n, c = x.shape
     dx = np.zeros_like(x)
@@ -30,7 +30,7 @@ def cross_entropy_hard_grad(x, label, dout, ignore_index, eps):
     return dx
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def cross_entropy_soft(x, label, eps):
     n, c = x.shape
     out = np.empty((n, 1), x.dtype)
@@ -42,7 +42,7 @@ def cross_entropy_soft(x, label, eps):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def cross_entropy_soft_grad(x, label, dout, eps):
     """(dX, dLabel) of -sum(label * log(max(x, eps)))."""
     dx = np.empty_like(x)
@@ -57,7 +57,7 @@ def cross_entropy_soft_grad(x, label, dout, eps):
     return dx, dlabel
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _softmax_row(z, sm, i):
     """Writes softmax(z[i]) into sm[i]; returns log(sum(exp(z[i]))) computed stably."""
     m = z[i, 0]
@@ -71,7 +71,7 @@ def _softmax_row(z, sm, i):
     return m + np.log(s)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def softmax_ce_hard(z, label, ignore_index):
     """(softmax, loss [N, 1], -1) or (partial, partial, row of the first bad label)."""
     n, c = z.shape
@@ -88,7 +88,7 @@ def softmax_ce_hard(z, label, ignore_index):
     return sm, loss, -1
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def softmax_ce_soft(z, label):
     n, c = z.shape
     sm = np.empty_like(z)
@@ -102,7 +102,7 @@ def softmax_ce_soft(z, label):
     return sm, loss
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _softmax_back(sm, dsm, dz, i):
     """dz[i] = gradient through softmax of the upstream dsm[i]."""
     dot = 0.0
@@ -112,7 +112,7 @@ def _softmax_back(sm, dsm, dz, i):
         dz[i, j] = sm[i, j] * (dsm[i, j] - dot)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def softmax_ce_hard_grad(sm, label, dloss, dsm, ignore_index):
     """dLogits = dloss * (softmax - onehot(label)) + the gradient flowing into Softmax."""
     n, c = sm.shape
@@ -129,7 +129,7 @@ def softmax_ce_hard_grad(sm, label, dloss, dsm, ignore_index):
     return dz
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def softmax_ce_soft_grad(sm, label, dloss, dsm, eps):
     """(dLogits, dLabel); dLabel = -dloss * log(softmax), the log clamped at eps."""
     n, c = sm.shape
@@ -147,7 +147,7 @@ def softmax_ce_soft_grad(sm, label, dloss, dsm, eps):
     return dz, dlabel
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def square_error(x, y):
     out = np.empty_like(x)
     xf, yf, of = x.reshape(-1), y.reshape(-1), out.reshape(-1)
@@ -157,7 +157,7 @@ def square_error(x, y):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def square_error_parallel(x, y):
     out = np.empty_like(x)
     xf = x.reshape(-1)
@@ -169,7 +169,7 @@ def square_error_parallel(x, y):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def square_error_grad(x, y, dout):
     """(dX, dY) = (2 (x - y) dout, -2 (x - y) dout)."""
     dx = np.empty_like(x)
@@ -182,7 +182,7 @@ def square_error_grad(x, y, dout):
     return dx, dy
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def square_error_grad_parallel(x, y, dout):
     dx = np.empty_like(x)
     dy = np.empty_like(x)
@@ -199,7 +199,7 @@ def square_error_grad_parallel(x, y, dout):
     return dx, dy
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def sigmoid_ce(x, z):
     """max(x, 0) - x z + log(1 + exp(-|x|)): the logistic loss without overflow."""
     out = np.empty_like(x)
@@ -210,7 +210,7 @@ def sigmoid_ce(x, z):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def sigmoid_ce_grad(x, z, dout):
     """(dX, dLabel) = ((sigmoid(x) - z) dout, -x dout)."""
     dx = np.empty_like(x)

@@ -3,7 +3,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _mm(a, b, ta, tb):
     # np.dot takes C- and F-ordered operands straight to BLAS, so transposes cost no copy
     if ta and tb:
@@ -15,14 +15,14 @@ def _mm(a, b, ta, tb):
     return np.dot(a, b)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _store(out, r, alpha):
     for i in range(r.shape[0]):
         for j in range(r.shape[1]):
             out[i, j] = r[i, j] * alpha
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def bmm(a, b, ai, bi, ta, tb, alpha):
     """out[k] = alpha * op(a[ai[k]]) @ op(b[bi[k]]) for 3-D a, b; op transposes when ta / tb."""
     m = a.shape[2] if ta else a.shape[1]
@@ -33,7 +33,7 @@ def bmm(a, b, ai, bi, ta, tb, alpha):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def bmm_parallel(a, b, ai, bi, ta, tb, alpha):
     """`bmm` with the batch spread over threads (each iteration writes its own out[k])."""
     m = a.shape[2] if ta else a.shape[1]
@@ -44,7 +44,7 @@ def bmm_parallel(a, b, ai, bi, ta, tb, alpha):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def batch_sum(g, idx, nb):
     """out[j] = sum of g[k] over k with idx[k] == j (undoes batch broadcasting)."""
     out = np.zeros((nb, g.shape[1], g.shape[2]), g.dtype)
@@ -53,7 +53,7 @@ def batch_sum(g, idx, nb):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def lookup(w, ids, padding_idx):
     """(rows of w picked by ids (zeros at padding_idx), -1) or (partial, position of the first bad id)."""
     flat = ids.reshape(-1)
@@ -69,7 +69,7 @@ def lookup(w, ids, padding_idx):
     return out, -1
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def lookup_grad(ids, dout, vocab, padding_idx):
     """Dense gradient of w: dout's rows added into the rows they were read from."""
     flat = ids.reshape(-1)
@@ -81,7 +81,7 @@ def lookup_grad(ids, dout, vocab, padding_idx):
     return dw
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def dropout(x, p, seed, keep_scale):
     """(x * mask * keep_scale, mask) with mask[i] = 1 with probability 1 - p, drawn after seeding."""
     np.random.seed(seed)
@@ -98,7 +98,7 @@ def dropout(x, p, seed, keep_scale):
     return out, mask
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def dropout_grad(mask, dout, keep_scale):
     dx = np.empty_like(dout)
     mf, gf, df = mask.reshape(-1), dout.reshape(-1), dx.reshape(-1)

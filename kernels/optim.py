@@ -8,7 +8,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def sgd(p, g, lr, p_out):
     rate = lr[0]
     pf = p.reshape(-1)
@@ -19,7 +19,7 @@ def sgd(p, g, lr, p_out):
     return p_out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def sgd_parallel(p, g, lr, p_out):
     rate = lr[0]
     pf = p.reshape(-1)
@@ -30,7 +30,7 @@ def sgd_parallel(p, g, lr, p_out):
     return p_out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def momentum(p, g, v, lr, mu, nesterov, p_out, v_out):
     rate = lr[0]
     pf = p.reshape(-1)
@@ -48,7 +48,7 @@ def momentum(p, g, v, lr, mu, nesterov, p_out, v_out):
     return p_out, v_out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def momentum_parallel(p, g, v, lr, mu, nesterov, p_out, v_out):
     rate = lr[0]
     pf = p.reshape(-1)
@@ -66,7 +66,7 @@ def momentum_parallel(p, g, v, lr, mu, nesterov, p_out, v_out):
     return p_out, v_out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def adam(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, p_out, m1_out, m2_out, b1p_out, b2p_out):
     pow1, pow2 = b1p[0], b2p[0]
     rate = lr[0] * np.sqrt(1.0 - pow2) / (1.0 - pow1)
@@ -89,7 +89,7 @@ def adam(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, p_out, m1_out, m2_out, b
     return p_out, m1_out, m2_out, b1p_out, b2p_out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def adam_parallel(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, p_out, m1_out, m2_out, b1p_out, b2p_out):
     pow1, pow2 = b1p[0], b2p[0]
     rate = lr[0] * np.sqrt(1.0 - pow2) / (1.0 - pow1)
@@ -112,7 +112,7 @@ def adam_parallel(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, p_out, m1_out, 
     return p_out, m1_out, m2_out, b1p_out, b2p_out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def sign(x):
     out = np.empty_like(x)
     xf = x.reshape(-1)

@@ -6,7 +6,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def reduce_pnp(x, pre, n, post, scale):
     """Flat [pre * post] sums of x viewed as (pre, n, post) over its middle axis."""
     out = np.zeros(pre * post, x.dtype)
@@ -27,7 +27,7 @@ def reduce_pnp(x, pre, n, post, scale):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def reduce_strided(x, shape, ost, nout, scale):
     """Flat [nout] sums: element i of x adds to out[offset], offset stepping by ost (0 on reduced dims)."""
     out = np.zeros(nout, x.dtype)
@@ -51,7 +51,7 @@ def reduce_strided(x, shape, ost, nout, scale):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def expand_pnp(g, pre, n, post, scale):
     """Flat [pre * n * post]: g (pre, post) repeated along the middle axis, times scale."""
     dx = np.empty(pre * n * post, g.dtype)
@@ -65,7 +65,7 @@ def expand_pnp(g, pre, n, post, scale):
     return dx
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def expand_strided(g, shape, ost, scale):
     total = 1
     for d in shape:

@@ -7,7 +7,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def put_step(out3, t, x2):
     """out3[:, t, :] = x2 (out3 is [pre, T, post], x2 is [pre, post])."""
     for a in range(out3.shape[0]):
@@ -15,7 +15,7 @@ def put_step(out3, t, x2):
             out3[a, t, b] = x2[a, b]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def take_step(x3, t):
     """A contiguous copy of x3[:, t, :]."""
     out = np.empty((x3.shape[0], x3.shape[2]), x3.dtype)
@@ -25,12 +25,12 @@ def take_step(x3, t):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _sigmoid(v):
     return 1.0 / (1.0 + np.exp(-v))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def lstm_unit(x, c_prev, forget_bias):
     """x [N, 4H] pre-activations, c_prev [N, H] -> (c, h)."""
     n, hid = c_prev.shape
@@ -48,7 +48,7 @@ def lstm_unit(x, c_prev, forget_bias):
     return c, h
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def lstm_unit_grad(x, c_prev, c, dh, dc, forget_bias):
     """Gradients of (c, h) = lstm_unit(x, c_prev) -> (dx, dc_prev); gates are recomputed from x."""
     n, hid = c_prev.shape
@@ -71,7 +71,7 @@ def lstm_unit_grad(x, c_prev, c, dh, dc, forget_bias):
     return dx, dcp
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def gru_unit(inp, h_prev, w, bias, origin_mode):
     """inp [N, 3H] (projected input), h_prev [N, H], w [H, 3H], bias [3H] -> (gate, reset_h_prev, h).
 
@@ -99,7 +99,7 @@ def gru_unit(inp, h_prev, w, bias, origin_mode):
     return gate, rh, h
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def gru_unit_grad(h_prev, w, gate, rh, dh, origin_mode):
     """Gradients of gru_unit -> (d_inp [N, 3H], d_h_prev, d_w, d_bias [3H])."""
     n, hid = h_prev.shape

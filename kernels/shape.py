@@ -3,7 +3,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def put_block(out, x, offset):
     """out (pre, N, post)[:, offset:offset + n, :] = x (pre, n, post)."""
     pre, n, post = x.shape
@@ -14,7 +14,7 @@ def put_block(out, x, offset):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def take_block(x, offset, n):
     """A contiguous copy of x (pre, N, post)[:, offset:offset + n, :]."""
     pre, _, post = x.shape
@@ -26,7 +26,7 @@ def take_block(x, offset, n):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def gather_strided(x, shape, strides):
     """Flat copy of x read in the order of `shape`, stepping by element `strides` (a permuted view)."""
     total = 1
@@ -51,6 +51,6 @@ def gather_strided(x, shape, strides):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def copy(x):
     return x.copy()

@@ -204,3 +204,11 @@ def test_forward_float32_stays_float32_for_strided_form():
     x = rng.standard_normal((2, 1, 4)).astype(np.float32)
     y = rng.standard_normal((3, 1)).astype(np.float32)
     check_forward("elementwise_div", {"X": x, "Y": y}, lambda X, Y: (X / Y).astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_division_by_zero_gives_inf_and_nan_like_numpy(dtype):
+    x = np.array([1.0, -1.0, 0.0], dtype)
+    y = np.zeros(3, dtype)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        check_forward("elementwise_div", {"X": x, "Y": y}, lambda X, Y: X / Y)

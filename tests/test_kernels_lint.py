@@ -32,3 +32,17 @@ def test_no_tuple_unpacked_views_in_parallel_kernels():
 def test_the_lint_can_fail():
     src = "@njit(cache=True, parallel=True)\ndef f(x, y):\n    a, b = x.reshape(-1), y.reshape(-1)\n"
     assert list(_parallel_tuple_unpacks(ast.parse(src))) == [("f", 3)]
+
+
+def test_every_kernel_uses_numpy_error_semantics():
+    # Numba's default error model raises ZeroDivisionError on x / 0 (and checks every division,
+    # which stops vectorization); kernels follow NumPy: x / 0 is inf or nan.
+    bad = []
+    for path in sorted(KERNELS.glob("*.py")):
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if isinstance(fn, ast.FunctionDef):
+                for d in fn.decorator_list:
+                    if isinstance(d, ast.Call) and getattr(d.func, "id", "") == "njit" and not any(
+                            k.arg == "error_model" and getattr(k.value, "value", None) == "numpy" for k in d.keywords):
+                        bad.append(f"{path.name}:{fn.name}")
+    assert not bad, f"add error_model='numpy' to: {bad}"
