@@ -78,7 +78,7 @@ def _lower_clip_by_norm(ctx):
         s = _scale_for(_norm(x, inf_norm), c)
         if s == 1.0 and inplace:
             return x
-        return K.scale_into(x, x if inplace else np.empty_like(x), dtype(s))
+        return K.scale_inplace(x, dtype(s)) if inplace else K.scale_into(x, np.empty_like(x), dtype(s))
 
     return run
 
@@ -184,8 +184,12 @@ def _lower_scale(ctx):
         s = _scale_for(gn, c) if math.isfinite(c) and c > 0 else math.nan
         if s == 1.0 and inplace:
             return xs if n > 1 else xs[0]
-        outs = xs if inplace else tuple(np.empty_like(x) for x in xs)
-        K.multi_scale(flat_list(xs, dtype), flat_list(outs, dtype), *table, dtype.type(s), zero)
+        if inplace:
+            K.multi_scale_inplace(flat_list(xs, dtype), *table, dtype.type(s), zero)
+            outs = xs
+        else:
+            outs = tuple(np.empty_like(x) for x in xs)
+            K.multi_scale(flat_list(xs, dtype), flat_list(outs, dtype), *table, dtype.type(s), zero)
         return outs if n > 1 else outs[0]
 
     return run
