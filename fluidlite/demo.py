@@ -162,7 +162,7 @@ def plot(runs, path) -> bool:
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="fluidlite demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--seq-len", type=int, default=30, help="sequence length of the adding problem (default 30)")
-    p.add_argument("--steps", type=int, default=1500, help="SGD steps per run (default 1500)")
+    p.add_argument("--steps", type=int, default=4000, help="SGD steps per run (default 4000)")
     p.add_argument("--hidden", type=int, default=32, help="hidden units (default 32)")
     p.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
     p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default 0.1)")

@@ -25,26 +25,41 @@ def take_step(x3, t):
     return out
 
 
-@njit(cache=True, error_model="numpy")
-def _sigmoid(v):
-    return 1.0 / (1.0 + np.exp(-v))
+# Gates go through exp only, in the data's dtype: libm's exp is several times faster than its tanh
+# (float32 tanhf slowest of all), and a bare 1.0 would turn float32 math into float64.
+@njit(cache=True, error_model="numpy", inline="always")
+def _sigmoid(v, one):
+    return one / (one + np.exp(-v))
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _tanh(v, one):
+    """tanh(v) = 2 sigmoid(2v) - 1: exact to an absolute rounding error, which gates can afford."""
+    return (one + one) * _sigmoid(v + v, one) - one
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _scalar(value, like):
+    """`value` in the dtype of array `like`."""
+    return np.full(1, value, like.dtype)[0]
 
 
 @njit(cache=True, error_model="numpy")
 def lstm_unit(x, c_prev, forget_bias):
     """x [N, 4H] pre-activations, c_prev [N, H] -> (c, h)."""
     n, hid = c_prev.shape
+    one, fb = _scalar(1, x), _scalar(forget_bias, x)
     c = np.empty_like(c_prev)
     h = np.empty_like(c_prev)
     for b in range(n):
         for k in range(hid):
-            i = _sigmoid(x[b, k])
-            f = _sigmoid(x[b, hid + k] + forget_bias)
-            o = _sigmoid(x[b, 2 * hid + k])
-            j = np.tanh(x[b, 3 * hid + k])
+            i = _sigmoid(x[b, k], one)
+            f = _sigmoid(x[b, hid + k] + fb, one)
+            o = _sigmoid(x[b, 2 * hid + k], one)
+            j = _tanh(x[b, 3 * hid + k], one)
             cv = f * c_prev[b, k] + i * j
             c[b, k] = cv
-            h[b, k] = o * np.tanh(cv)
+            h[b, k] = o * _tanh(cv, one)
     return c, h
 
 
@@ -52,21 +67,22 @@ def lstm_unit(x, c_prev, forget_bias):
 def lstm_unit_grad(x, c_prev, c, dh, dc, forget_bias):
     """Gradients of (c, h) = lstm_unit(x, c_prev) -> (dx, dc_prev); gates are recomputed from x."""
     n, hid = c_prev.shape
+    one, fb = _scalar(1, x), _scalar(forget_bias, x)
     dx = np.empty_like(x)
     dcp = np.empty_like(c_prev)
     for b in range(n):
         for k in range(hid):
-            i = _sigmoid(x[b, k])
-            f = _sigmoid(x[b, hid + k] + forget_bias)
-            o = _sigmoid(x[b, 2 * hid + k])
-            j = np.tanh(x[b, 3 * hid + k])
-            tc = np.tanh(c[b, k])
+            i = _sigmoid(x[b, k], one)
+            f = _sigmoid(x[b, hid + k] + fb, one)
+            o = _sigmoid(x[b, 2 * hid + k], one)
+            j = _tanh(x[b, 3 * hid + k], one)
+            tc = _tanh(c[b, k], one)
             # the cell's total gradient: directly, and through h = o * tanh(c)
-            g = dc[b, k] + dh[b, k] * o * (1 - tc * tc)
-            dx[b, k] = g * j * i * (1 - i)
-            dx[b, hid + k] = g * c_prev[b, k] * f * (1 - f)
-            dx[b, 2 * hid + k] = dh[b, k] * tc * o * (1 - o)
-            dx[b, 3 * hid + k] = g * i * (1 - j * j)
+            g = dc[b, k] + dh[b, k] * o * (one - tc * tc)
+            dx[b, k] = g * j * i * (one - i)
+            dx[b, hid + k] = g * c_prev[b, k] * f * (one - f)
+            dx[b, 2 * hid + k] = dh[b, k] * tc * o * (one - o)
+            dx[b, 3 * hid + k] = g * i * (one - j * j)
             dcp[b, k] = g * f
     return dx, dcp
 
@@ -77,25 +93,26 @@ def gru_unit(inp, h_prev, w, bias, origin_mode):
 
     gate holds the activated [u, r, c]; h = u*h_prev + (1-u)*c with origin_mode, else (1-u)*h_prev + u*c."""
     n, hid = h_prev.shape
+    one = _scalar(1, inp)
     pre = np.dot(h_prev, w[:, :2 * hid].copy())
     gate = np.empty_like(inp)
     rh = np.empty_like(h_prev)
     for b in range(n):
         for k in range(2 * hid):
-            gate[b, k] = _sigmoid(inp[b, k] + bias[k] + pre[b, k])
+            gate[b, k] = _sigmoid(inp[b, k] + bias[k] + pre[b, k], one)
         for k in range(hid):
             rh[b, k] = gate[b, hid + k] * h_prev[b, k]
     cand = np.dot(rh, w[:, 2 * hid:].copy())
     h = np.empty_like(h_prev)
     for b in range(n):
         for k in range(hid):
-            cv = np.tanh(inp[b, 2 * hid + k] + bias[2 * hid + k] + cand[b, k])
+            cv = _tanh(inp[b, 2 * hid + k] + bias[2 * hid + k] + cand[b, k], one)
             gate[b, 2 * hid + k] = cv
             u = gate[b, k]
             if origin_mode:
-                h[b, k] = u * h_prev[b, k] + (1 - u) * cv
+                h[b, k] = u * h_prev[b, k] + (one - u) * cv
             else:
-                h[b, k] = (1 - u) * h_prev[b, k] + u * cv
+                h[b, k] = (one - u) * h_prev[b, k] + u * cv
     return gate, rh, h
 
 
@@ -103,6 +120,7 @@ def gru_unit(inp, h_prev, w, bias, origin_mode):
 def gru_unit_grad(h_prev, w, gate, rh, dh, origin_mode):
     """Gradients of gru_unit -> (d_inp [N, 3H], d_h_prev, d_w, d_bias [3H])."""
     n, hid = h_prev.shape
+    one = _scalar(1, gate)
     dg = np.empty_like(gate)  # gradient of the pre-activations
     dhp = np.empty_like(h_prev)
     for b in range(n):
@@ -110,21 +128,21 @@ def gru_unit_grad(h_prev, w, gate, rh, dh, origin_mode):
             u, cv, hp = gate[b, k], gate[b, 2 * hid + k], h_prev[b, k]
             if origin_mode:
                 du = dh[b, k] * (hp - cv)
-                dcv = dh[b, k] * (1 - u)
+                dcv = dh[b, k] * (one - u)
                 dhp[b, k] = dh[b, k] * u
             else:
                 du = dh[b, k] * (cv - hp)
                 dcv = dh[b, k] * u
-                dhp[b, k] = dh[b, k] * (1 - u)
-            dg[b, k] = du * u * (1 - u)
-            dg[b, 2 * hid + k] = dcv * (1 - cv * cv)
+                dhp[b, k] = dh[b, k] * (one - u)
+            dg[b, k] = du * u * (one - u)
+            dg[b, 2 * hid + k] = dcv * (one - cv * cv)
     wc = w[:, 2 * hid:].copy()
     dgc = dg[:, 2 * hid:].copy()
     drh = np.dot(dgc, wc.T.copy())
     for b in range(n):
         for k in range(hid):
             r = gate[b, hid + k]
-            dg[b, hid + k] = drh[b, k] * h_prev[b, k] * r * (1 - r)
+            dg[b, hid + k] = drh[b, k] * h_prev[b, k] * r * (one - r)
             dhp[b, k] += drh[b, k] * r
     dgur = dg[:, :2 * hid].copy()
     dhp += np.dot(dgur, w[:, :2 * hid].T.copy())
