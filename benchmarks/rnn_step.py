@@ -95,7 +95,7 @@ def run_torch(cfg, weights, data):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, CLIP)
         opt.step()
-        return float(loss)
+        return loss.item()
 
     losses, times = [], []
     for xs, ys in data:

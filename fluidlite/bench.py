@@ -10,10 +10,10 @@ BENCHMARKS = ("executor_overhead", "mlp_step", "clip", "rnn_step")
 
 def _ratios(result: dict) -> dict:
     """label -> ratio (fluidlite time / peer time; below 1 means fluidlite is faster)."""
-    ratios = dict(result.get("ratios", {}))
+    ratios = {key.replace("vs_", "vs ").replace("_", " "): v for key, v in result.get("ratios", {}).items()}
     for key, value in result.items():
         if key.startswith("ratio") and isinstance(value, (int, float)):
-            ratios.setdefault(key.replace("ratio_", "").replace("vs_", "vs "), value)
+            ratios.setdefault(key.replace("ratio_", "").replace("vs_", "vs ").replace("_", " "), value)
     return ratios
 
 

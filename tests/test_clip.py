@@ -364,3 +364,41 @@ def test_autoclip_uses_the_percentile_of_the_norm_history():
             assert np.isnan(got).all()
     count = fl.fetch_var("autoclip@AUTOCLIP_COUNT")
     assert count.tolist() == [6]
+
+
+# ---- the two bookkeeping ops behind skip_nonfinite and AutoClip, checked directly --------------
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_count_nonfinite_op_flags_and_counts(dtype):
+    for norms, bad in [([1.0, 2.0], False), ([1.0, np.inf], True), ([np.nan, 3.0], True)]:
+        got = run_op("count_nonfinite", {"X": [np.array([v], dtype) for v in norms], "Count": np.array([4])},
+                     outputs=("Found", "CountOut"))
+        np.testing.assert_array_equal(got["Found"], [bad])
+        np.testing.assert_array_equal(got["CountOut"], [4 + bad])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_autoclip_threshold_op_matches_numpy_percentile(dtype):
+    history = np.array([3.0, 1.0, 4.0, 0.0], dtype)
+    for norm, count, seen in [(2.0, 3, [3.0, 1.0, 4.0, 2.0]), (5.0, 6, [3.0, 1.0, 5.0, 0.0]),
+                              (np.nan, 2, [3.0, 1.0])]:
+        got = run_op("autoclip_threshold", {"Norm": np.array([norm], dtype), "History": history,
+                                            "Count": np.array([count])}, {"percentile": 30.0},
+                     outputs=("ClipNorm", "HistoryOut", "CountOut"))
+        np.testing.assert_allclose(got["ClipNorm"], [np.percentile(np.array(seen), 30.0)], rtol=1e-6)
+        assert got["ClipNorm"].dtype == dtype
+        np.testing.assert_array_equal(got["CountOut"], [count + np.isfinite(norm)])
+
+
+def test_bookkeeping_ops_reject_bad_inputs_at_build_time():
+    block = fl.default_main_program().global_block()
+    norm = block.create_var(name="n", shape=[1], dtype="float32")
+    hist = block.create_var(name="h", shape=[8], dtype="float32")
+    bad_count = block.create_var(name="c", shape=[1], dtype="float32")
+    with pytest.raises(ValueError, match="autoclip_threshold.*Count.*'c'"):
+        block.append_op("autoclip_threshold", {"Norm": norm, "History": hist, "Count": bad_count},
+                        {"ClipNorm": "cn", "HistoryOut": "h", "CountOut": "c"})
+    with pytest.raises(ValueError, match="percentile"):
+        block.append_op("autoclip_threshold", {"Norm": norm, "History": hist, "Count": bad_count},
+                        {"ClipNorm": "cn", "HistoryOut": "h", "CountOut": "c"}, {"percentile": 150.0})
+    assert "cn" not in block.vars
