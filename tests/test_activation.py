@@ -112,8 +112,8 @@ def test_fc_with_relu_activation():
 
 
 def test_large_parallel_kernels_agree_with_numpy():
-    x = rng.standard_normal((512, 512)).astype(np.float32)
-    g = rng.standard_normal((512, 512)).astype(np.float32)
+    x = rng.standard_normal((1024, 512)).astype(np.float32)
+    g = rng.standard_normal((1024, 512)).astype(np.float32)
     dx, out = _grad_of("sigmoid", x)
     got_out, got_dx = fl.Executor().run(feed={"x": x, "g": g}, fetch_list=[out, dx])
     s = 1 / (1 + np.exp(-x.astype(np.float64)))

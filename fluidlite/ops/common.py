@@ -5,7 +5,7 @@ from ..registry import GradOpSpec
 from ..shapes import numel
 
 # arrays of at least this many elements use the prange kernels
-PARALLEL_MIN = 1 << 18  # below this, thread start-up costs more than the work (measured on 2 cores)
+PARALLEL_MIN = 1 << 19  # below this, threads cost more than they save on memory-bound kernels (2 cores)
 
 
 def same_as(slot="X", out="Out"):
