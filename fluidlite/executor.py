@@ -74,10 +74,21 @@ class Plan:
                     metas[n] = Meta(n, shape, dtype)
                     produced.add(n)
             steps.append((op, opdef, ins))
-        overwritable = self._overwritable(block, [s[0] for s in steps], set(fed), fetch_names)
-        steps = [(op, opdef.bind(InferContext(opdef, ins, op.attrs, op.outputs, overwritable[i])),
-                  [n for names in op.inputs.values() for n in names], op.output_names)
-                 for i, (op, opdef, ins) in enumerate(steps)]
+        ops = [s[0] for s in steps]
+        overwritable = self._overwritable(block, ops, set(fed), fetch_names)
+        readers = {}
+        for op in ops:
+            for n in op.input_names:
+                readers[n] = readers.get(n, 0) + 1
+        bound = []
+        for i, (op, opdef, ins) in enumerate(steps):
+            ctx = InferContext(opdef, ins, op.attrs, op.outputs, overwritable[i])
+            names = [n for ns in op.inputs.values() for n in ns]
+            # fold as the inputs are made: each is ours alone (overwritable) and read by this op only
+            fold = (opdef.fold(ctx) if opdef.fold is not None and len(names) >= 3 and len(op.inputs) == 1
+                    and set(op.inputs) <= overwritable[i] and all(readers[n] == 1 for n in names) else None)
+            bound.append((op, opdef.bind(ctx), names, op.output_names, fold))
+        steps = bound
         for n in fetch_names:
             if n not in metas:
                 var = block._find_var(n)
@@ -87,11 +98,11 @@ class Plan:
                     raise ValueError(f"fetch target {n!r} is neither fed nor computed by the program")
                 metas[n] = Meta(n, var.shape, var.dtype)
                 self.scope_inputs.append(n)
-        self.persist_out = [n for n in dict.fromkeys(o for _, _, _, outs in steps for o in outs)
+        self.persist_out = [n for n in dict.fromkeys(o for op in ops for o in op.output_names)
                             if (v := block._find_var(n)) is not None and v.persistable]
         self.declared = {n: (block._find_var(n).shape, block._find_var(n).dtype) for n in self.persist_out}
         self.metas = metas
-        self.ops = [s[0] for s in steps]
+        self.ops = ops
         self._step, self._line_to_op = self._generate(list(fed), steps)
         self._checked_scopes = set()
 
@@ -167,9 +178,18 @@ class Plan:
             return local[name]
 
         last_use = {}
-        for i, (_, _, ins, outs) in enumerate(steps):
+        for i, (_, _, ins, outs, _) in enumerate(steps):
             for n in ins + outs:
                 last_use[n] = i
+        producer = {}
+        for j, (_, _, _, outs, _) in enumerate(steps):
+            for n in outs:
+                producer.setdefault(n, j)
+        folds = {}  # producer step -> [(folding step, input name)]
+        for i, (_, _, ins, _, fold) in enumerate(steps):
+            if fold is not None:
+                for n in ins:
+                    folds.setdefault(producer[n], []).append((i, n))
         keep_alive = set(self.fetch_names) | set(self.persist_out)
         lines = ["def _step(F, A):"]
         for n in feed_names:
@@ -178,15 +198,30 @@ class Plan:
             lines.append(f"    {ref(n)} = A[{n!r}]")
         env = {}
         line_to_op = {}
-        for i, (op, kernel, ins, outs) in enumerate(steps):
-            env[f"K{i}"] = kernel
-            args = ", ".join(ref(n) for n in ins)
+        started = set()
+        for i, (op, kernel, ins, outs, fold) in enumerate(steps):
             targets = ", ".join(ref(n) for n in outs)
-            lines.append(f"    {targets} = K{i}({args})")
+            if fold is None:
+                env[f"K{i}"] = kernel
+                lines.append(f"    {targets} = K{i}({', '.join(ref(n) for n in ins)})")
+            else:  # its inputs were folded into acc{i} as they were made
+                lines.append(f"    {targets} = acc{i}")
             line_to_op[len(lines)] = op
-            dead = [ref(n) for n in dict.fromkeys(ins + outs) if last_use[n] == i and n not in keep_alive]
+            dead = [ref(n) for n in dict.fromkeys(ins + outs)
+                    if last_use[n] == i and n not in keep_alive and not (fold is not None and n in ins)]
+            if fold is not None:
+                dead.append(f"acc{i}")
             if dead:
                 lines.append(f"    del {', '.join(dead)}")
+            for k, n in folds.get(i, ()):
+                if k in started:
+                    env[f"F{k}"] = steps[k][4]
+                    lines.append(f"    acc{k} = F{k}(acc{k}, {ref(n)})")
+                else:
+                    started.add(k)
+                    lines.append(f"    acc{k} = {ref(n)}")
+                line_to_op[len(lines)] = steps[k][0]
+                lines.append(f"    del {ref(n)}")
         for n in self.persist_out:
             lines.append(f"    A[{n!r}] = {ref(n)}")
         persist = set(self.persist_out) | set(self.scope_inputs)

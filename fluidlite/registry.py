@@ -196,6 +196,9 @@ class OpDef:
     - `grad(GradContext) -> [GradOpSpec]`, or `NO_GRAD`, or None (no rule: backward raises).
     - `returns_view`: the kernel may return its input or a view of it (reshape); the executor then
       never lets a later kernel overwrite either buffer while the other is alive.
+    - `fold`: for an op that reduces its one (duplicable) input slot with an associative in-place
+      step, `fold(ctx)` returns that step `f(acc, x) -> acc`; the executor may then accumulate each
+      input as soon as it is made (cache-hot, freed at once) instead of keeping all until the op.
     Lowering sees `ctx.overwritable`: input slots whose buffers the kernel may reuse for its output.
     """
 
@@ -211,6 +214,7 @@ class OpDef:
     duplicable: frozenset = frozenset()  # slots holding any number of variables
     optional: frozenset = frozenset()  # slots that may be empty
     returns_view: bool = False  # the kernel may return a view of (or the same array as) an input
+    fold: Callable | None = None  # fold(ctx) -> f(acc, x) -> acc: the op is a fold of its one slot
     doc: str = ""
 
     def bind(self, ctx: InferContext) -> Callable:

@@ -1,4 +1,6 @@
 """Executor: feeds, fetches, plan caching and pruning, scope access."""
+import re
+
 import numpy as np
 import pytest
 
@@ -203,3 +205,45 @@ def test_steady_state_steps_do_not_fault_in_fresh_pages():
         exe.run(feed=feed, fetch_list=[loss])
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
     assert faults < 100, f"{faults:.0f} page faults per step: freed outputs are not being reused"
+
+
+def _shared_weight_net(n_uses=4):
+    x = layers.data(name="x", shape=[3], dtype="float64")
+    attr = fl.ParamAttr(name="w", initializer=fl.initializer.Normal(0.0, 1.0, seed=3))
+    outs = [layers.fc(layers.scale(x, scale=float(k + 1)), size=3, param_attr=attr, bias_attr=False)
+            for k in range(n_uses)]
+    loss = layers.mean(layers.tanh(layers.sums(outs)))
+    (_, grad), = fl.append_backward(loss)
+    return loss, grad
+
+
+def _numpy_shared_weight_grad(xs, w, n_uses=4):
+    s = sum((k + 1) for k in range(n_uses)) * xs  # sum_k (k+1) x @ w = (sum_k (k+1)) x @ w
+    t = np.tanh(s @ w)
+    dz = (1 - t ** 2) / t.size
+    return sum(((k + 1) * xs).T @ dz for k in range(n_uses))
+
+
+def test_sum_of_parts_is_folded_as_they_are_made_and_stays_exact():
+    loss, grad = _shared_weight_net()
+    exe = fl.Executor()
+    exe.run(fl.default_startup_program())
+    xs = np.random.default_rng(1).standard_normal((5, 3))
+    g, = exe.run(feed={"x": xs}, fetch_list=[grad])
+    np.testing.assert_allclose(g, _numpy_shared_weight_grad(xs, fl.fetch_var("w")), rtol=1e-10, atol=1e-14)
+    src = list(exe._plans.values())[-1].source
+    # both 4-part sums (forward `sums`, backward w@GRAD) became running accumulations
+    assert len(set(re.findall(r"acc\d+", src))) == 2 and " = F" in src
+
+
+def test_fetching_a_part_keeps_the_plain_sum():
+    loss, grad = _shared_weight_net()
+    part = next(n for n in fl.default_main_program().global_block().vars if "@PART" in n)
+    exe = fl.Executor()
+    exe.run(fl.default_startup_program())
+    xs = np.random.default_rng(1).standard_normal((5, 3))
+    g, p = exe.run(feed={"x": xs}, fetch_list=[grad, part])
+    np.testing.assert_allclose(g, _numpy_shared_weight_grad(xs, fl.fetch_var("w")), rtol=1e-10, atol=1e-14)
+    src = list(exe._plans.values())[-1].source
+    assert len(set(re.findall(r"acc\d+", src))) == 1  # only the forward sum: a fetched part stays whole
+    assert p.shape == (3, 3)

@@ -127,6 +127,7 @@ def _lower_sum(ctx):
 
 
 defop("sum", inputs=("X",), duplicable=("X",), infer=_sum_infer, lower=_lower_sum,
+      fold=lambda ctx: K.add_into_parallel if is_large(ctx.meta("X")) else K.add_into,
       grad=lambda g: [grad_op("scale", g, {"X": g.og("Out")}, {"Out": [n]}, {"scale": 1.0})
                       for n in g.ig("X") if n is not None],
       doc="Out = X[0] + X[1] + ... (same shapes); also accumulates a gradient's contributions.")
