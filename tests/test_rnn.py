@@ -4,7 +4,7 @@ import pytest
 
 import fluidlite as fl
 from fluidlite import layers
-from op_test import build_op, check_forward, check_op, run_op
+from op_test import check_forward, check_op, run_op
 
 rng = np.random.default_rng(0)
 
