@@ -200,3 +200,17 @@ def test_clone_does_not_share_parameter_settings():
     copy = main.clone()
     copy.global_block().var("fc_0.w_0").optimize_attr["learning_rate"] = 0.5
     assert main.global_block().var("fc_0.w_0").optimize_attr["learning_rate"] == 1.0
+
+
+def test_verify_accepts_a_program_after_error_clip_gradient_clip_and_optimize():
+    x = layers.data(name="x", shape=[3], dtype="float32")
+    y = layers.data(name="y", shape=[1], dtype="float32")
+    h = layers.fc(x, size=4, act="tanh")
+    h.error_clip = fl.clip.ErrorClipByValue(0.1)
+    loss = layers.mean(layers.square_error_cost(layers.fc(h, size=1), y))
+    fl.optimizer.Adam(0.01).minimize(loss, grad_clip=fl.clip.GradientClipByGlobalNorm(1.0, skip_nonfinite=True),
+                                     callback=fl.clip.error_clip_callback)
+    program = fl.default_main_program()
+    fl.verify(program)
+    roles = {op.role for op in program.global_block().ops}
+    assert roles == {"forward", "backward", "error_clip", "grad_clip", "optimize"}
