@@ -199,6 +199,9 @@ class OpDef:
     - `fold`: for an op that reduces its one (duplicable) input slot with an associative in-place
       step, `fold(ctx)` returns that step `f(acc, x) -> acc`; the executor may then accumulate each
       input as soon as it is made (cache-hot, freed at once) instead of keeping all until the op.
+    - `batch(attrs, batched)`: when the inputs in slots `batched` gain one leading dimension (the
+      same op applied to every slice), the attributes that compute it in one op; None if it cannot.
+      StaticRNN uses it to run step ops that read no state once over the whole sequence.
     Lowering sees `ctx.overwritable`: input slots whose buffers the kernel may reuse for its output.
     """
 
@@ -215,6 +218,7 @@ class OpDef:
     optional: frozenset = frozenset()  # slots that may be empty
     returns_view: bool = False  # the kernel may return a view of (or the same array as) an input
     fold: Callable | None = None  # fold(ctx) -> f(acc, x) -> acc: the op is a fold of its one slot
+    batch: Callable | None = None  # batch(attrs, batched_slots) -> attrs with one more leading dim, or None
     doc: str = ""
 
     def bind(self, ctx: InferContext) -> Callable:

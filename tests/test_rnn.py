@@ -354,3 +354,58 @@ def test_unroll_cost_is_linear():
     step_ops = [op for op in ops if op.type == "tanh"]
     assert len(step_ops) == 50
     assert [op.output("Out")[0].rsplit("@step", 1)[1] for op in step_ops] == [str(t) for t in range(50)]
+
+
+def _projection_rnn(T=4, hidden=3, clip_projection=False):
+    x = fl.layers.data("x", [T, -1, 2], dtype="float64", append_batch_size=False)
+    rnn = fl.layers.StaticRNN()
+    with rnn.step():
+        x_t = rnn.step_input(x)
+        h_prev = rnn.memory(shape=[-1, hidden], batch_ref=x_t)
+        proj = fl.layers.fc(x_t, size=hidden, bias_attr=False, param_attr=fl.ParamAttr(name="wx"))
+        if clip_projection:
+            proj.error_clip = fl.clip.ErrorClipByValue(1.0)
+        h = fl.layers.tanh(proj + fl.layers.fc(h_prev, size=hidden, bias_attr=False, param_attr=fl.ParamAttr(name="wh")))
+        rnn.update_memory(h_prev, h)
+        rnn.step_output(h)
+    return proj, rnn, rnn()
+
+
+def test_state_free_step_ops_run_once_over_the_sequence():
+    T = 4
+    proj, rnn, hs = _projection_rnn(T)
+    block = fl.default_main_program().global_block()
+    muls = [op for op in block.ops if op.type == "mul"]
+    assert len(muls) == T + 1  # one projection of all of x, T recurrent products
+    assert muls[0].input("X") == ["x"] and muls[0].attrs["x_num_col_dims"] == 2
+    loss = fl.layers.mean(hs)
+    (wx, gwx), (wh, gwh) = fl.append_backward(loss)
+    exe = fl.Executor()
+    exe.run(fl.default_startup_program())
+    xs = np.random.default_rng(0).standard_normal((T, 2, 2))
+    out, g1, g2 = exe.run(feed={"x": xs}, fetch_list=[hs, gwx, gwh])
+    Wx, Wh = fl.fetch_var("wx"), fl.fetch_var("wh")
+    h, want, hs_np = np.zeros((2, 3)), [], []
+    for t in range(T):  # the same net as a NumPy loop, and its backward
+        h = np.tanh(xs[t] @ Wx + h @ Wh)
+        hs_np.append(h)
+    np.testing.assert_allclose(out, np.stack(hs_np), rtol=1e-12)
+    dh = np.zeros((2, 3))
+    dWx, dWh = np.zeros_like(Wx), np.zeros_like(Wh)
+    for t in reversed(range(T)):
+        dz = (dh + 1.0 / out.size) * (1 - hs_np[t] ** 2)
+        dWx += xs[t].T @ dz
+        dWh += (hs_np[t - 1] if t else np.zeros((2, 3))).T @ dz
+        dh = dz @ Wh.T
+    np.testing.assert_allclose(g1, dWx, rtol=1e-10)
+    np.testing.assert_allclose(g2, dWh, rtol=1e-10)
+    assert rnn.step_var(proj, 2).name == f"{proj.name}@step2"  # a hoisted variable is still per step
+
+
+def test_an_op_whose_output_carries_an_error_clip_stays_in_the_loop():
+    T = 3
+    _projection_rnn(T, clip_projection=True)
+    block = fl.default_main_program().global_block()
+    assert sum(op.type == "mul" for op in block.ops) == 2 * T
+    clipped = [v for v in block.vars.values() if v.error_clip is not None]
+    assert len(clipped) == T  # every step's projection keeps its clip

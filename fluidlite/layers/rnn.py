@@ -5,6 +5,7 @@ import contextlib
 
 from .. import unique_name
 from ..framework import Variable, default_main_program
+from ..registry import get_op_def
 from .basic import fc
 from .helper import LayerHelper, check_variable
 
@@ -159,14 +160,18 @@ class StaticRNN:
             parent.append_op("unstack", {"X": x}, {"Out": names}, {"axis": 0})
             sliced.append(names)
         local = block.vars
+        hoisted = self._hoist()
         copied = [(n, v.error_clip, v.stop_gradient) for n, v in local.items()
                   if v.error_clip is not None or v.stop_gradient]
         prev = None
         for t in steps:
             m = {x_t.name: names[t] for (x_t, _), names in zip(self._inputs, sliced)}
+            m.update({n: f"{n}@step{t}" for n in hoisted})
             for mem in self._memories.values():
                 m[mem.pre.name] = mem.init if t == 0 else prev[mem.updated]
             for op in block.ops:
+                if op.output_names[0] in hoisted:
+                    continue
                 ins = {}
                 for slot, names in op.inputs.items():
                     ins[slot] = [m.get(n, n) for n in names]
@@ -189,6 +194,38 @@ class StaticRNN:
                     v.error_clip, v.stop_gradient = clip, stop
             self._maps.append(m)
             prev = m
+
+    def _hoist(self) -> set:
+        """Run the step ops that read no state once over the whole sequence; returns their outputs.
+
+        An op qualifies when it reads only step inputs, variables from outside the step and outputs
+        of ops already hoisted, its outputs carry no per-step attribute (error_clip, stop_gradient)
+        and its op type has a batch rule. Each step then reads slice t of the result, under the
+        name the unrolled copy would have had. One [seq_len*batch, in] @ [in, out] product instead
+        of seq_len small ones is what makes an input projection, and its weight gradient, fast."""
+        block, parent, local = self._block, self._parent, self._block.vars
+        seq = {x_t.name: x.name for x_t, x in self._inputs}  # step var -> its [seq_len, ...] variable
+        per_step = {n for n, v in local.items() if v.error_clip is not None or v.stop_gradient}
+        hoisted = set()
+        for op in block.ops:
+            rule = get_op_def(op.type).batch
+            reads = op.input_names
+            batched = {slot for slot, names in op.inputs.items() if any(n in seq for n in names)}
+            if (rule is None or not batched or any(n in local and n not in seq for n in reads)
+                    or any(n in per_step for n in op.output_names)):
+                continue
+            attrs = rule(op.attrs, batched)
+            if attrs is None:
+                continue
+            outs = {slot: [f"{n}@steps" for n in names] for slot, names in op.outputs.items()}
+            parent.append_op(op.type, {slot: [seq.get(n, n) for n in names] for slot, names in op.inputs.items()},
+                             outs, attrs, role=op.role)
+            for n in op.output_names:
+                seq[n] = f"{n}@steps"
+                hoisted.add(n)
+                parent.append_op("unstack", {"X": seq[n]}, {"Out": [f"{n}@step{t}" for t in range(self.seq_len)]},
+                                 {"axis": 0})
+        return hoisted
 
     def step_var(self, var, t=-1):
         """The enclosing block's variable holding step variable `var` at step `t` (default: the last)."""

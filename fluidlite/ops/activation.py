@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..kernels import activation as K
 from ..registry import Attr, defop
 from ..shapes import numel
-from .common import float_same_as, grad_op, is_large
+from .common import batch_elementwise, float_same_as, grad_op, is_large
 
 # name -> (kernel op code, the forward value its gradient reads, formula)
 _UNARY = {
@@ -46,7 +46,7 @@ def _unary_grad_rule(slot):
 
 for _name, (_code, _slot, _formula) in _UNARY.items():
     defop(_name, inputs=("X",), infer=float_same_as("X"), lower=_lower_unary(_code), grad=_unary_grad_rule(_slot),
-          doc=f"Out = {_formula}, elementwise.")
+          batch=batch_elementwise, doc=f"Out = {_formula}, elementwise.")
     defop(_name + "_grad", inputs=(_slot, "Out@GRAD"), outputs=("X@GRAD",), infer=float_same_as(_slot, "X@GRAD"),
           lower=_lower_unary_grad(_code, _slot))
 

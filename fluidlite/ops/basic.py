@@ -2,7 +2,7 @@
 from ..kernels import basic as K
 from ..registry import Attr, defop
 from ..shapes import dims_match, numel
-from .common import float_same_as, grad_op, is_large
+from .common import batch_elementwise, float_same_as, grad_op, is_large
 
 
 def _lower_scale(ctx):
@@ -15,12 +15,12 @@ def _lower_scale(ctx):
 
 defop("scale", inputs=("X",),
       attrs={"scale": Attr(float, 1.0), "bias": Attr(float, 0.0), "bias_after_scale": Attr(bool, True)},
-      infer=float_same_as("X"), lower=_lower_scale,
+      infer=float_same_as("X"), lower=_lower_scale, batch=batch_elementwise,
       grad=lambda g: [grad_op("scale", g, {"X": g.og("Out")}, {"Out": g.ig("X")},
                               {"scale": g.attrs["scale"], "bias": 0.0, "bias_after_scale": True})],
       doc="Out = scale * X + bias (or scale * (X + bias) when bias_after_scale is false).")
 
-defop("tanh", inputs=("X",), infer=float_same_as("X"), kernel=K.tanh,
+defop("tanh", inputs=("X",), infer=float_same_as("X"), kernel=K.tanh, batch=batch_elementwise,
       grad=lambda g: [grad_op("tanh_grad", g, {"Out": g.o("Out"), "Out@GRAD": g.og("Out")}, {"X@GRAD": g.ig("X")})])
 defop("tanh_grad", inputs=("Out", "Out@GRAD"), outputs=("X@GRAD",), infer=float_same_as("Out", "X@GRAD"),
       kernel=K.tanh_grad)
@@ -77,8 +77,13 @@ def _lower_mul_grad(ctx):
     return lambda x, y, dout: dy(x, dout)
 
 
+def _batch_mul(attrs, batched):
+    """X's rows gain a leading dimension: flatten one more; a batched weight Y cannot be batched."""
+    return None if "Y" in batched else {**attrs, "x_num_col_dims": attrs["x_num_col_dims"] + 1}
+
+
 _MUL_ATTRS = {"x_num_col_dims": Attr(int, 1), "y_num_col_dims": Attr(int, 1)}
-defop("mul", inputs=("X", "Y"), attrs=_MUL_ATTRS, infer=_mul_infer, lower=_lower_mul,
+defop("mul", inputs=("X", "Y"), attrs=_MUL_ATTRS, infer=_mul_infer, lower=_lower_mul, batch=_batch_mul,
       grad=lambda g: [grad_op("mul_grad", g, {"X": g.i("X"), "Y": g.i("Y"), "Out@GRAD": g.og("Out")},
                               {"X@GRAD": g.ig("X"), "Y@GRAD": g.ig("Y")})],
       doc="Out = flatten(X, x_num_col_dims) @ flatten(Y, y_num_col_dims), reshaped back (fc's product).")

@@ -38,3 +38,18 @@ def grad_op(type, g, inputs, outputs, attrs=None) -> GradOpSpec:
 
 def positive(v):
     return None if v > 0 else "must be > 0"
+
+
+def batch_elementwise(attrs, batched):
+    """Unary ops: nothing changes when every input gains a leading dimension."""
+    return dict(attrs)
+
+
+def batch_binary(attrs, batched):
+    """Paddle-axis binary ops: Y aligned at `axis` of X moves one dim right when only X gains one."""
+    if "X" not in batched:
+        return None
+    axis = attrs.get("axis", -1)
+    if axis >= 0 and "Y" not in batched:
+        return {**attrs, "axis": axis + 1}
+    return dict(attrs)

@@ -10,7 +10,7 @@ import numpy as np
 from ..kernels import elementwise as K
 from ..registry import Attr, defop
 from ..shapes import broadcast, numel
-from .common import PARALLEL_MIN, grad_op, is_large
+from .common import PARALLEL_MIN, batch_binary, grad_op, is_large
 
 OPCODES = {"elementwise_add": 0, "elementwise_sub": 1, "elementwise_mul": 2, "elementwise_div": 3,
            "elementwise_max": 4}
@@ -166,6 +166,7 @@ _DOCS = {"add": "X + Y", "sub": "X - Y", "mul": "X * Y", "div": "X / Y",
          "max": "max(X, Y) (gradient split 0.5/0.5 at ties)"}
 for _name, _formula in _DOCS.items():
     defop(f"elementwise_{_name}", inputs=("X", "Y"), attrs=_ATTRS, infer=_infer, lower=_lower, grad=_grad_rule,
+          batch=batch_binary,
           doc=f"Out = {_formula}, broadcasting Y per `axis` (Paddle) or NumPy when axis=-1.")
     defop(f"elementwise_{_name}_grad", inputs=("X", "Y", "Out@GRAD"), outputs=("X@GRAD", "Y@GRAD"), attrs=_ATTRS,
           optional=("X@GRAD", "Y@GRAD"), infer=_grad_infer, lower=_lower_grad)
