@@ -170,8 +170,8 @@ def parse_args(argv):
     p.add_argument("--radius", type=float, default=1.5, help="spectral radius of the recurrent weight (default 1.5)")
     p.add_argument("--input-scale", type=float, default=1.0, help="std of the input weights (default 1)")
     p.add_argument("--clip-norm", type=float, default=1.0, help="global-norm clip threshold (default 1)")
-    p.add_argument("--error-clip", type=float, default=0.1,
-                   help="error clip bound on dloss/dh_t and dloss/dprediction (default 0.1)")
+    p.add_argument("--error-clip", type=float, default=0.05,
+                   help="error clip bound on dloss/dh_t and dloss/dprediction (default 0.05)")
     p.add_argument("--out", default="fluidlite_demo", help="output directory (default ./fluidlite_demo)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
