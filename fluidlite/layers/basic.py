@@ -30,10 +30,12 @@ def fc(input, size, num_flatten_dims=1, param_attr=None, bias_attr=None, act=Non
         w = helper.create_parameter(attr, (in_features, size), x.dtype)
         products.append(helper.append_op("mul", {"X": x, "Y": w},
                                          {"x_num_col_dims": num_flatten_dims, "y_num_col_dims": 1}))
-    out = products[0] if len(products) == 1 else helper.append_op("sum", {"X": products})
     if bias_attr is not False:
-        b = helper.create_parameter(bias_attr, (size,), out.dtype, is_bias=True)
-        out = helper.append_op("elementwise_add", {"X": out, "Y": b}, {"axis": num_flatten_dims})
+        # the bias joins the first product, before the sum: in a StaticRNN step that is x_t @ W + b,
+        # which reads no state and is computed once for the whole sequence
+        b = helper.create_parameter(bias_attr, (size,), products[0].dtype, is_bias=True)
+        products[0] = helper.append_op("elementwise_add", {"X": products[0], "Y": b}, {"axis": num_flatten_dims})
+    out = products[0] if len(products) == 1 else helper.append_op("sum", {"X": products})
     return helper.append_activation(out, act)
 
 
