@@ -160,9 +160,7 @@ class _Builder:
 
         for i in reversed(path):
             op = ops[i]
-            output_grads = {}
-            for slot, names in op.outputs.items():
-                output_grads[slot] = [grad_of.get(n) or self.zero_grad(n) for n in names]
+            output_grads = _OutputGrads(op, grad_of, self.zero_grad)
             input_grads = {slot: [None] * len(names) for slot, names in op.inputs.items()}
             touched = []
             for slot, k, n in wanted[i]:
@@ -198,6 +196,20 @@ class _Builder:
             with self.block.program._role_guard(ROLE_BACKWARD):
                 self.block.append_op("fill_zeros_like", {"X": name}, {"Out": zero})
         return zero
+
+
+class _OutputGrads(dict):
+    """slot -> the gradients of an op's outputs; an output no gradient reaches gets a zero-filled
+    one, appended only if the op's rule reads that slot (an unused side output costs nothing)."""
+
+    def __init__(self, op, grad_of, zero):
+        super().__init__()
+        self.op, self.grad_of, self.zero = op, grad_of, zero
+
+    def get(self, slot, default=None):
+        if slot not in self and slot in self.op.outputs:
+            self[slot] = [self.grad_of.get(n) or self.zero(n) for n in self.op.outputs[slot]]
+        return super().get(slot, default)
 
 
 def _seed(block, target: Variable, name: str) -> str:
