@@ -93,12 +93,14 @@ class _Builder:
                         dag.add_edge(w, i)
                     if n in sources:  # a source may also be computed (an intermediate listed in gradients())
                         dag.add_edge("S", i)
-            differentiable = get_op_def(op.type).grad is not NO_GRAD
-            for n in op.output_names:
-                if differentiable and not self.blocked(n, sources):
-                    writer[n] = i
-                else:
-                    writer.pop(n, None)
+            opdef = get_op_def(op.type)
+            for slot, names in op.outputs.items():
+                differentiable = opdef.grad is not NO_GRAD and slot not in opdef.nondiff_outputs
+                for n in names:
+                    if differentiable and not self.blocked(n, sources):
+                        writer[n] = i
+                    else:
+                        writer.pop(n, None)
         for t in targets:
             if t in writer:
                 dag.add_edge(writer[t], "T")

@@ -219,6 +219,7 @@ class OpDef:
     returns_view: bool = False  # the kernel may return a view of (or the same array as) an input
     fold: Callable | None = None  # fold(ctx) -> f(acc, x) -> acc: the op is a fold of its one slot
     batch: Callable | None = None  # batch(attrs, batched_slots) -> attrs with one more leading dim, or None
+    nondiff_outputs: frozenset = frozenset()  # output slots no gradient flows back through (saved values)
     doc: str = ""
 
     def bind(self, ctx: InferContext) -> Callable:
@@ -271,7 +272,7 @@ def register(opdef: OpDef) -> OpDef:
 
 def defop(type: str, **kw) -> OpDef:
     """Declare and register an op type (see `OpDef`)."""
-    for key in ("duplicable", "optional"):
+    for key in ("duplicable", "optional", "nondiff_outputs"):
         if key in kw:
             kw[key] = frozenset(kw[key])
     return register(OpDef(type, **kw))

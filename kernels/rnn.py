@@ -46,11 +46,12 @@ def _scalar(value, like):
 
 @njit(cache=True, error_model="numpy")
 def lstm_unit(x, c_prev, forget_bias):
-    """x [N, 4H] pre-activations, c_prev [N, H] -> (c, h)."""
+    """x [N, 4H] pre-activations, c_prev [N, H] -> (c, h, gate): gate holds the activated [i, f, o, j]."""
     n, hid = c_prev.shape
     one, fb = _scalar(1, x), _scalar(forget_bias, x)
     c = np.empty_like(c_prev)
     h = np.empty_like(c_prev)
+    gate = np.empty_like(x)
     for b in range(n):
         for k in range(hid):
             i = _sigmoid(x[b, k], one)
@@ -60,22 +61,26 @@ def lstm_unit(x, c_prev, forget_bias):
             cv = f * c_prev[b, k] + i * j
             c[b, k] = cv
             h[b, k] = o * _tanh(cv, one)
-    return c, h
+            gate[b, k] = i
+            gate[b, hid + k] = f
+            gate[b, 2 * hid + k] = o
+            gate[b, 3 * hid + k] = j
+    return c, h, gate
 
 
 @njit(cache=True, error_model="numpy")
-def lstm_unit_grad(x, c_prev, c, dh, dc, forget_bias):
-    """Gradients of (c, h) = lstm_unit(x, c_prev) -> (dx, dc_prev); gates are recomputed from x."""
+def lstm_unit_grad(gate, c_prev, c, dh, dc):
+    """Gradients of (c, h) = lstm_unit(x, c_prev) -> (dx, dc_prev), from the saved activated gates."""
     n, hid = c_prev.shape
-    one, fb = _scalar(1, x), _scalar(forget_bias, x)
-    dx = np.empty_like(x)
+    one = _scalar(1, gate)
+    dx = np.empty_like(gate)
     dcp = np.empty_like(c_prev)
     for b in range(n):
         for k in range(hid):
-            i = _sigmoid(x[b, k], one)
-            f = _sigmoid(x[b, hid + k] + fb, one)
-            o = _sigmoid(x[b, 2 * hid + k], one)
-            j = _tanh(x[b, 3 * hid + k], one)
+            i = gate[b, k]
+            f = gate[b, hid + k]
+            o = gate[b, 2 * hid + k]
+            j = gate[b, 3 * hid + k]
             tc = _tanh(c[b, k], one)
             # the cell's total gradient: directly, and through h = o * tanh(c)
             g = dc[b, k] + dh[b, k] * o * (one - tc * tc)

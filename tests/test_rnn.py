@@ -87,7 +87,8 @@ def lstm_ref(X, C_prev, forget_bias):
     h = C_prev.shape[1]
     i, f, o, j = (X[:, k * h:(k + 1) * h] for k in range(4))
     c = sigmoid(f + forget_bias) * C_prev + sigmoid(i) * np.tanh(j)
-    return {"C": c.astype(X.dtype), "H": (sigmoid(o) * np.tanh(c)).astype(X.dtype)}
+    gate = np.concatenate([sigmoid(i), sigmoid(f + forget_bias), sigmoid(o), np.tanh(j)], axis=1)
+    return {"C": c.astype(X.dtype), "H": (sigmoid(o) * np.tanh(c)).astype(X.dtype), "Gate": gate.astype(X.dtype)}
 
 
 @pytest.mark.parametrize("forget_bias", [0.0, 1.0])
@@ -95,18 +96,19 @@ def test_lstm_unit_op(forget_bias):
     x, c = rng.standard_normal((3, 8)), rng.standard_normal((3, 2))
     check_op("lstm_unit", lambda dt: {"X": x.astype(dt), "C_prev": c.astype(dt)},
              lambda X, C_prev: lstm_ref(X, C_prev, forget_bias), attrs={"forget_bias": forget_bias},
-             wrt=("X", "C_prev"), outputs=("C", "H"))
+             wrt=("X", "C_prev"), outputs=("C", "H", "Gate"), grad_outputs=("C", "H"))
 
 
 def test_lstm_unit_infer_and_errors():
     block = fl.default_main_program().global_block()
     x = block.create_var(name="x", shape=(-1, 8), dtype="float32")
     c = block.create_var(name="c", shape=(-1, 2), dtype="float32")
-    block.append_op("lstm_unit", {"X": x, "C_prev": c}, {"C": "c1", "H": "h1"})
+    block.append_op("lstm_unit", {"X": x, "C_prev": c}, {"C": "c1", "H": "h1", "Gate": "g1"})
     assert block.var("h1").shape == (-1, 2) and block.var("c1").dtype == np.float32
+    assert block.var("g1").shape == (-1, 8)
     c3 = block.create_var(name="c3", shape=(-1, 3), dtype="float32")
     with pytest.raises(ValueError, match=r"lstm_unit.*X='x' shape=\[-1, 8\].*C_prev='c3' shape=\[-1, 3\]"):
-        block.append_op("lstm_unit", {"X": x, "C_prev": c3}, {"C": "bad_c", "H": "bad_h"})
+        block.append_op("lstm_unit", {"X": x, "C_prev": c3}, {"C": "bad_c", "H": "bad_h", "Gate": "bad_g"})
     assert "bad_h" not in block.vars
 
 
@@ -409,3 +411,12 @@ def test_an_op_whose_output_carries_an_error_clip_stays_in_the_loop():
     assert sum(op.type == "mul" for op in block.ops) == 2 * T
     clipped = [v for v in block.vars.values() if v.error_clip is not None]
     assert len(clipped) == T  # every step's projection keeps its clip
+
+
+def test_no_gradient_flows_back_through_the_saved_lstm_gates():
+    x = fl.layers.data("x", [8], dtype="float64", stop_gradient=False)
+    c = fl.layers.data("c", [2], dtype="float64", stop_gradient=False)
+    block = fl.default_main_program().global_block()
+    block.append_op("lstm_unit", {"X": x, "C_prev": c}, {"C": "c1", "H": "h1", "Gate": "g1"})
+    dx, = fl.gradients([block.var("g1")], [x])
+    assert dx is None  # Gate is a saved value, not a differentiable output

@@ -267,8 +267,8 @@ def lstm_unit(x_t, hidden_t_prev, cell_t_prev, forget_bias=0.0, param_attr=None,
                          f"cell_t_prev {cell_t_prev.name!r} {list(cell_t_prev.shape)} must have the same size")
     gates = fc([x_t, hidden_t_prev], size=4 * size, param_attr=param_attr, bias_attr=bias_attr,
                name=helper.name + ".fc")
-    cell, hidden = helper.append_op("lstm_unit", {"X": gates, "C_prev": cell_t_prev},
-                                    {"forget_bias": forget_bias}, outputs=("C", "H"))
+    cell, hidden, _ = helper.append_op("lstm_unit", {"X": gates, "C_prev": cell_t_prev},
+                                       {"forget_bias": forget_bias}, outputs=("C", "H", "Gate"))
     return hidden, cell
 
 

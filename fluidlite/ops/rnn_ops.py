@@ -135,29 +135,26 @@ def _lstm_infer(ctx):
             xs[1] >= 0 and cs[1] >= 0 and xs[1] != 4 * cs[1]):
         raise ctx.error("X must be [N, 4H] and C_prev [N, H]", "X", "C_prev")
     shape = (max(xs[0], cs[0]), cs[1])
-    return {"C": (shape, ctx.dtype("X")), "H": (shape, ctx.dtype("X"))}
+    return {"C": (shape, ctx.dtype("X")), "H": (shape, ctx.dtype("X")), "Gate": (xs, ctx.dtype("X"))}
 
 
-defop("lstm_unit", inputs=("X", "C_prev"), outputs=("C", "H"), attrs={"forget_bias": Attr(float, 0.0)},
-      infer=_lstm_infer, kernel=K.lstm_unit, kernel_attrs=("forget_bias",),
+defop("lstm_unit", inputs=("X", "C_prev"), outputs=("C", "H", "Gate"), attrs={"forget_bias": Attr(float, 0.0)},
+      infer=_lstm_infer, kernel=K.lstm_unit, kernel_attrs=("forget_bias",), nondiff_outputs=("Gate",),
       grad=lambda g: [grad_op("lstm_unit_grad", g,
-                              {"X": g.i("X"), "C_prev": g.i("C_prev"), "C": g.o("C"),
+                              {"Gate": g.o("Gate"), "C_prev": g.i("C_prev"), "C": g.o("C"),
                                "H@GRAD": g.og("H"), "C@GRAD": g.og("C")},
-                              {"X@GRAD": g.ig("X"), "C_prev@GRAD": g.ig("C_prev")})],
+                              {"X@GRAD": g.ig("X"), "C_prev@GRAD": g.ig("C_prev")}, attrs={})],
       doc="One LSTM step. X holds the gate pre-activations [i, f, o, j] ([N, 4H]); "
-          "C = sigmoid(f + forget_bias) * C_prev + sigmoid(i) * tanh(j), H = sigmoid(o) * tanh(C).")
+          "C = sigmoid(f + forget_bias) * C_prev + sigmoid(i) * tanh(j), H = sigmoid(o) * tanh(C). "
+          "Gate saves the activated gates for the gradient (no gradient flows back through it).")
 
 
-def _lower_lstm_grad(ctx):
-    fb = ctx.attrs["forget_bias"]
-    return lambda x, cp, c, dh, dc: _pick(ctx, ("X@GRAD", "C_prev@GRAD"), K.lstm_unit_grad(x, cp, c, dh, dc, fb))
-
-
-defop("lstm_unit_grad", inputs=("X", "C_prev", "C", "H@GRAD", "C@GRAD"), outputs=("X@GRAD", "C_prev@GRAD"),
-      optional=("X@GRAD", "C_prev@GRAD"), attrs={"forget_bias": Attr(float, 0.0)},
-      infer=lambda ctx: {"X@GRAD": (ctx.shape("X"), ctx.dtype("X")),
+defop("lstm_unit_grad", inputs=("Gate", "C_prev", "C", "H@GRAD", "C@GRAD"), outputs=("X@GRAD", "C_prev@GRAD"),
+      optional=("X@GRAD", "C_prev@GRAD"),
+      infer=lambda ctx: {"X@GRAD": (ctx.shape("Gate"), ctx.dtype("Gate")),
                          "C_prev@GRAD": (ctx.shape("C_prev"), ctx.dtype("C_prev"))},
-      lower=_lower_lstm_grad)
+      lower=lambda ctx: lambda gate, cp, c, dh, dc: _pick(ctx, ("X@GRAD", "C_prev@GRAD"),
+                                                          K.lstm_unit_grad(gate, cp, c, dh, dc)))
 
 
 # ---- gru_unit -----------------------------------------------------------------------------------
