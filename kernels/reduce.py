@@ -5,6 +5,8 @@
 import numpy as np
 from numba import njit
 
+from .shape import advance
+
 
 @njit(cache=True, error_model="numpy")
 def reduce_pnp(x, pre, n, post, scale):
@@ -37,15 +39,7 @@ def reduce_strided(x, shape, ost, nout, scale):
     o = 0
     for i in range(xf.size):
         out[o] += xf[i]
-        d = nd - 1
-        while d >= 0:
-            idx[d] += 1
-            o += ost[d]
-            if idx[d] < shape[d]:
-                break
-            o -= ost[d] * shape[d]
-            idx[d] = 0
-            d -= 1
+        o = advance(idx, shape, ost, o)
     for k in range(nout):
         out[k] *= scale
     return out
@@ -77,13 +71,5 @@ def expand_strided(g, shape, ost, scale):
     o = 0
     for i in range(total):
         dx[i] = gf[o] * scale
-        d = nd - 1
-        while d >= 0:
-            idx[d] += 1
-            o += ost[d]
-            if idx[d] < shape[d]:
-                break
-            o -= ost[d] * shape[d]
-            idx[d] = 0
-            d -= 1
+        o = advance(idx, shape, ost, o)
     return dx

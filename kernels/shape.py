@@ -3,6 +3,22 @@ import numpy as np
 from numba import njit
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def advance(idx, shape, strides, o):
+    """Step the multi-index `idx` over `shape` by one (last dim fastest); returns offset `o` moved
+    by the matching `strides`."""
+    d = len(shape) - 1
+    while d >= 0:
+        idx[d] += 1
+        o += strides[d]
+        if idx[d] < shape[d]:
+            break
+        o -= strides[d] * shape[d]
+        idx[d] = 0
+        d -= 1
+    return o
+
+
 @njit(cache=True, error_model="numpy")
 def put_block(out, x, offset):
     """out (pre, N, post)[:, offset:offset + n, :] = x (pre, n, post)."""
@@ -39,15 +55,7 @@ def gather_strided(x, shape, strides):
     o = 0
     for i in range(total):
         out[i] = xf[o]
-        d = nd - 1
-        while d >= 0:
-            idx[d] += 1
-            o += strides[d]
-            if idx[d] < shape[d]:
-                break
-            o -= strides[d] * shape[d]
-            idx[d] = 0
-            d -= 1
+        o = advance(idx, shape, strides, o)
     return out
 
 
