@@ -1,7 +1,7 @@
 """Optimizers: SGD, Momentum and Adam.
 
-`minimize(loss)` appends, in this order: the gradient ops (`append_backward`), weight decay
-(`fluidlite.regularizer`), gradient clipping (`fluidlite.clip`) and one update op per parameter.
+`minimize(loss)` appends, in this order: the gradient ops (`append_backward`), gradient clipping
+(`fluidlite.clip`), weight decay (`fluidlite.regularizer`) and one update op per parameter.
 Update ops write their parameter and accumulators in place (same variable names in and out).
 
 The learning rate is a persistable variable of shape [1] (`optimizer.learning_rate_var`, named

@@ -1,8 +1,8 @@
 """Weight decay: L2Decay and L1Decay add a penalty's gradient to a parameter's gradient.
 
 A regularizer is set per parameter (`ParamAttr(regularizer=...)`, which wins) or for the rest by
-the optimizer (`SGD(..., regularization=...)`). The ops are appended after backward and before
-gradient clipping: backward -> regularization -> clip -> update (see docs/backward.md).
+the optimizer (`SGD(..., regularization=...)`). The ops are appended after gradient clipping, as
+in Paddle Fluid and PyTorch: backward -> clip -> regularization -> update (see docs/backward.md).
 """
 from __future__ import annotations
 
