@@ -57,19 +57,3 @@ def expand_pnp(g, pre, n, post, scale):
                 dx[k] = gf[p * post + q] * scale
                 k += 1
     return dx
-
-
-@njit(cache=True, error_model="numpy")
-def expand_strided(g, shape, ost, scale):
-    total = 1
-    for d in shape:
-        total *= d
-    dx = np.empty(total, g.dtype)
-    gf = g.reshape(-1)
-    nd = shape.size
-    idx = np.zeros(nd, np.int64)
-    o = 0
-    for i in range(total):
-        dx[i] = gf[o] * scale
-        o = advance(idx, shape, ost, o)
-    return dx

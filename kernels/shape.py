@@ -43,8 +43,9 @@ def take_block(x, offset, n):
 
 
 @njit(cache=True, error_model="numpy")
-def gather_strided(x, shape, strides):
-    """Flat copy of x read in the order of `shape`, stepping by element `strides` (a permuted view)."""
+def gather_strided(x, shape, strides, scale):
+    """Flat copy of x * scale read in the order of `shape`, stepping by element `strides` (a permuted
+    or broadcast view: a reduction's gradient spread back over the reduced dims)."""
     total = 1
     for d in shape:
         total *= d
@@ -54,7 +55,7 @@ def gather_strided(x, shape, strides):
     idx = np.zeros(nd, np.int64)
     o = 0
     for i in range(total):
-        out[i] = xf[o]
+        out[i] = xf[o] * scale
         o = advance(idx, shape, strides, o)
     return out
 

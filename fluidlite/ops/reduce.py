@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import reduce as K
+from ..kernels import shape as KS
 from ..registry import Attr, defop
 from ..shapes import numel
 from .common import grad_op
@@ -85,7 +86,7 @@ def _lower_grad(ctx):
         _, pre, n, post = form
         return lambda x, g: K.expand_pnp(g, pre, n, post, scale).reshape(xs)
     _, sizes, ost, _ = form
-    return lambda x, g: K.expand_strided(g, sizes, ost, scale).reshape(xs)
+    return lambda x, g: KS.gather_strided(g, sizes, ost, g.dtype.type(scale)).reshape(xs)
 
 
 def _grad_infer(ctx):

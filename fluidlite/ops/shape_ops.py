@@ -213,7 +213,7 @@ def _lower_transpose(ctx):
     out_shape = tuple(xs[p] for p in perm)
     shape = np.array(out_shape, np.int64)
     st = np.array([strides[p] for p in perm], np.int64)
-    return lambda x: K.gather_strided(x, shape, st).reshape(out_shape)
+    return lambda x: K.gather_strided(x, shape, st, x.dtype.type(1)).reshape(out_shape)
 
 
 def _transpose_grad(g):
