@@ -7,7 +7,8 @@ Global-norm clip (clip_norm below the norm, so every gradient is rescaled) on
   - "large": 20 tensors, 100.7M floats
 and clip by value on 100M floats. Peers: NumPy per tensor (np.linalg.norm, *=), NumPy on one flat
 buffer, torch.nn.utils.clip_grad_norm_ (foreach True/False) and clamp_ when torch imports.
-Every implementation works in place on float32 gradients restored from a pristine copy before each
+Every implementation works in place on the same float32 gradients, views of one working buffer
+(fluidlite_own_buffers: the scope's own arrays instead), restored from a pristine copy before each
 timed call (outside the timed region, followed by a cache flush); each result is checked against a
 float64 reference. The floor is the bytes moved (norm: read; scale: read + write) at the copy
 bandwidth measured in the same run (np.copyto of a large buffer, read + write bytes).
@@ -83,14 +84,14 @@ class Work:
         np.copyto(self.flat, self.pristine)
 
 
-def fluidlite_global(shapes, work):
+def fluidlite_global(shapes, work, shared=True):
     """A program clipping persistable gradients g0..gN in place; returns (run, arrays-getter)."""
     main = fl.Program()
     block = main.global_block()
     gs = [block.create_var(name=f"g{i}", shape=s, dtype="float32", persistable=True) for i, s in enumerate(shapes)]
     block.append_op("global_norm", {"X": gs}, {"Out": "norm"})
     block.append_op("scale_by_global_norm", {"X": gs, "GlobalNorm": "norm"}, {"Out": gs}, {"clip_norm": CLIP})
-    return _fluidlite_runner(main, work, [g.name for g in gs], ["norm"])
+    return _fluidlite_runner(main, work, [g.name for g in gs], ["norm"], shared)
 
 
 def fluidlite_value(work):
@@ -100,20 +101,25 @@ def fluidlite_value(work):
     return _fluidlite_runner(main, work, ["g"], [])
 
 
-def _fluidlite_runner(main, work, names, fetch):
+def _fluidlite_runner(main, work, names, fetch, shared=True):
+    """Run `main` on the gradients g0..gN. shared: they alias the working buffer the peers use (as torch's
+    .grad do), so every implementation touches the same memory; else each is its own allocation."""
     scope, exe = fl.Scope(), fl.Executor()
     views = work.views if len(names) > 1 else [work.flat]
     for n, v in zip(names, views):
         scope.var(n).get_tensor().set(v)
+        if shared:
+            scope._arrays[n] = v  # Tensor.set copies; alias the buffer itself
+    arrays = [scope.var(n).get_tensor().__array__(copy=False) for n in names]
 
-    def restore():  # fresh pristine values in the scope (the in-place ops change them)
+    def restore():  # pristine values, in place (the clip ops work in place)
         off = 0
-        for n, v in zip(names, views):
-            scope.var(n).get_tensor().set(work.pristine[off:off + v.size].reshape(v.shape))
-            off += v.size
+        for a in arrays:
+            np.copyto(a.reshape(-1), work.pristine[off:off + a.size])
+            off += a.size
 
     def result():
-        return np.concatenate([np.asarray(scope.var(n).get_tensor()).reshape(-1) for n in names])
+        return np.concatenate([a.reshape(-1) for a in arrays])
 
     return (lambda: exe.run(main, fetch_list=fetch, scope=scope)), restore, result
 
@@ -145,6 +151,7 @@ def bench_global(case, shapes, repeats, flush, rng, torch):
     impls = {}
     run, restore, result = fluidlite_global(shapes, work)
     impls["fluidlite"] = (run, restore, result)
+    impls["fluidlite_own_buffers"] = fluidlite_global(shapes, work, shared=False)
     impls["numpy_per_tensor"] = (lambda: numpy_per_tensor(work.views), work.restore, lambda: work.flat)
     impls["numpy_flat"] = (lambda: numpy_flat(work.flat), work.restore, lambda: work.flat)
     if torch is not None:
@@ -161,7 +168,7 @@ def bench_global(case, shapes, repeats, flush, rng, torch):
     for name, (fn, rest, res) in impls.items():
         rest()
         fn()
-        errors[name] = _check(f"{case}/{name}", res(), expected, 2e-6 if name == "fluidlite" else 1e-2)
+        errors[name] = _check(f"{case}/{name}", res(), expected, 2e-6 if name.startswith("fluidlite") else 1e-2)
         ms[name] = _time(fn, rest, flush, repeats)
     return work.flat.size, ms, errors
 

@@ -3,8 +3,11 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import fluidlite as fl
+from fluidlite.ops.clip_ops import chunk_table
 from fluidlite.ops.common import PARALLEL_MIN
 from fluidlite import clip as C
 from fluidlite import layers
@@ -82,6 +85,50 @@ def test_scale_by_global_norm_op(clip_norm):
     check_op("scale_by_global_norm", lambda dt: {"X": [x.astype(dt)], "GlobalNorm": gn.astype(dt)},
              lambda X, GlobalNorm: (X[0] * (clip_norm / max(float(GlobalNorm[0]), clip_norm))).astype(X[0].dtype),
              {"clip_norm": clip_norm}, wrt=("X", "GlobalNorm"))
+
+
+def test_multi_tensor_ops_on_many_chunks_non_contiguous_and_in_place():
+    big = rng.standard_normal((400, 500))  # several kernel chunks
+    xs = [big, big.T[::2], rng.standard_normal(3), np.zeros((0, 4))]  # one non-contiguous, one empty
+    norm = math.sqrt(sum(float(np.sum(a * a)) for a in xs))
+    assert not xs[1].flags.c_contiguous
+    main = fl.Program()
+    block = main.global_block()
+    ins = [block.create_var(name=f"x{i}", shape=a.shape, dtype="float64", is_data=True) for i, a in enumerate(xs)]
+    block.append_op("global_norm", {"X": ins}, {"Out": "norm"})
+    block.append_op("scale_by_global_norm", {"X": ins, "GlobalNorm": "norm"},
+                    {"Out": [f"o{i}" for i in range(len(xs))]}, {"clip_norm": 2.0})
+    got = fl.Executor().run(main, feed={v.name: a for v, a in zip(ins, xs)},
+                            fetch_list=["norm"] + [f"o{i}" for i in range(len(xs))], scope=fl.Scope())
+    np.testing.assert_allclose(got[0], [norm], rtol=1e-12)
+    for o, a in zip(got[1:], xs):
+        np.testing.assert_allclose(o, a * (2.0 / norm), rtol=1e-12)
+
+    # persistable gradients are rescaled in place, in the scope's own arrays
+    main, scope = fl.Program(), fl.Scope()
+    block = main.global_block()
+    gs = [block.create_var(name=f"g{i}", shape=a.shape, dtype="float64", persistable=True) for i, a in enumerate(xs)]
+    for g, a in zip(gs, xs):
+        scope.var(g.name).get_tensor().set(a)
+    held = [np.asarray(scope.var(g.name).get_tensor(), copy=False) for g in gs]
+    block.append_op("global_norm", {"X": gs}, {"Out": "norm"})
+    block.append_op("scale_by_global_norm", {"X": gs, "GlobalNorm": "norm"}, {"Out": gs}, {"clip_norm": 2.0})
+    fl.Executor().run(main, scope=scope)
+    for h, a in zip(held, xs):
+        np.testing.assert_allclose(h, a * (2.0 / norm), rtol=1e-12)
+
+
+@given(st.lists(st.integers(0, 40), max_size=8), st.integers(1, 16))
+def test_chunk_table_covers_every_element_once_in_equal_work_items(sizes, chunk):
+    tid, start, stop, parts = chunk_table([(n,) for n in sizes], chunk)
+    seen = [np.zeros(n, int) for n in sizes]
+    for t, a, b in zip(tid, start, stop):
+        assert a < b
+        seen[t][a:b] += 1
+    assert all((s == 1).all() for s in seen)
+    work = [int(np.sum(stop[p:q] - start[p:q])) for p, q in zip(parts[:-1], parts[1:])]
+    assert all(w == chunk for w in work[:-1]) and (not work or 0 < work[-1] <= chunk)
+    assert parts[0] == 0 and parts[-1] == len(tid)
 
 
 def test_layer_clip_by_global_norm_forward_and_gradient():
