@@ -195,6 +195,38 @@ def multi_scale(addrs, out_addrs, like, tid, start, stop, parts, s, zero):
                 scale_into(_chunk(addrs, like, tid[k], start[k], stop[k]), out, s)
 
 
+# serial twins, for groups too small to repay waking the thread pool (~70 us on the development machine)
+
+@njit(cache=True, error_model="numpy")
+def multi_sq_sum_serial(addrs, like, tid, start, stop, parts):
+    acc = 0.0
+    for s in range(tid.size):
+        acc += sq_sum(_chunk(addrs, like, tid[s], start[s], stop[s]))
+    return acc
+
+
+@njit(cache=True, error_model="numpy")
+def multi_abs_max_serial(addrs, like, tid, start, stop, parts):
+    m = 0.0
+    for s in range(tid.size):
+        v = abs_max(_chunk(addrs, like, tid[s], start[s], stop[s]))
+        if v > m or v != v:
+            m = v
+    return m
+
+
+@njit(cache=True, error_model="numpy")
+def multi_scale_serial(addrs, out_addrs, like, tid, start, stop, parts, s, zero):
+    for k in range(tid.size):
+        out = _chunk(out_addrs, like, tid[k], start[k], stop[k])
+        if zero:
+            _fill_zero(out)
+        elif out_addrs[tid[k]] == addrs[tid[k]]:
+            scale_inplace(out, s)
+        else:
+            scale_into(_chunk(addrs, like, tid[k], start[k], stop[k]), out, s)
+
+
 @njit(cache=True, error_model="numpy")
 def global_norm_scale_grad(addrs, dout_addrs, like, sizes, gn, c):
     """d/d gn of sum_t <douts[t], xs[t] * c / max(gn, c)>: -c / gn**2 * sum <x, dout> when gn > c."""

@@ -87,15 +87,23 @@ def test_scale_by_global_norm_op(clip_norm):
              {"clip_norm": clip_norm}, wrt=("X", "GlobalNorm"))
 
 
-def test_multi_tensor_ops_on_many_chunks_non_contiguous_and_in_place():
-    big = rng.standard_normal((400, 500))  # several kernel chunks
+@pytest.mark.parametrize("rows", [400, 1200])  # below and above PARALLEL_MIN in all: serial and parallel kernels
+@pytest.mark.parametrize("norm_type", [2.0, INF])
+def test_multi_tensor_ops_on_many_chunks_non_contiguous_and_in_place(rows, norm_type):
+    big = rng.standard_normal((rows, 500))  # several work items
     xs = [big, big.T[::2], rng.standard_normal(3), np.zeros((0, 4))]  # one non-contiguous, one empty
-    norm = math.sqrt(sum(float(np.sum(a * a)) for a in xs))
     assert not xs[1].flags.c_contiguous
+    assert (sum(a.size for a in xs) >= PARALLEL_MIN) == (rows > 1000)
+    if norm_type == INF:
+        xs[2][1] = 40.0  # the maximum sits in a small tensor
+        norm = max(float(np.abs(a).max(initial=0)) for a in xs)
+    else:
+        norm = math.sqrt(sum(float(np.sum(a * a)) for a in xs))
+    attrs = {"norm_type": norm_type}
     main = fl.Program()
     block = main.global_block()
     ins = [block.create_var(name=f"x{i}", shape=a.shape, dtype="float64", is_data=True) for i, a in enumerate(xs)]
-    block.append_op("global_norm", {"X": ins}, {"Out": "norm"})
+    block.append_op("global_norm", {"X": ins}, {"Out": "norm"}, attrs)
     block.append_op("scale_by_global_norm", {"X": ins, "GlobalNorm": "norm"},
                     {"Out": [f"o{i}" for i in range(len(xs))]}, {"clip_norm": 2.0})
     got = fl.Executor().run(main, feed={v.name: a for v, a in zip(ins, xs)},
@@ -111,11 +119,20 @@ def test_multi_tensor_ops_on_many_chunks_non_contiguous_and_in_place():
     for g, a in zip(gs, xs):
         scope.var(g.name).get_tensor().set(a)
     held = [np.asarray(scope.var(g.name).get_tensor(), copy=False) for g in gs]
-    block.append_op("global_norm", {"X": gs}, {"Out": "norm"})
+    block.append_op("global_norm", {"X": gs}, {"Out": "norm"}, attrs)
     block.append_op("scale_by_global_norm", {"X": gs, "GlobalNorm": "norm"}, {"Out": gs}, {"clip_norm": 2.0})
     fl.Executor().run(main, scope=scope)
     for h, a in zip(held, xs):
         np.testing.assert_allclose(h, a * (2.0 / norm), rtol=1e-12)
+
+
+@pytest.mark.parametrize("size", [1000, PARALLEL_MIN + 1000])
+@pytest.mark.parametrize("norm_type", [2.0, INF])
+def test_global_norm_is_nan_when_any_element_is_nan_serial_and_parallel(size, norm_type):
+    xs = [np.ones(size), np.ones(5)]
+    xs[0][size - 7] = np.nan  # deep inside the last work item
+    got = run_op("global_norm", {"X": xs}, {"norm_type": norm_type})["Out"]
+    assert np.isnan(got).all()
 
 
 @given(st.lists(st.integers(0, 40), max_size=8), st.integers(1, 16))

@@ -11,7 +11,7 @@ import numpy as np
 from ..kernels import clip as K
 from ..registry import NO_GRAD, REQUIRED, Attr, defop
 from ..shapes import numel
-from .common import float_same_as, grad_op, is_large, positive
+from .common import PARALLEL_MIN, float_same_as, grad_op, is_large, positive
 
 CHUNK = 1 << 18  # elements per parallel work item of the multi-tensor kernels (measured: 2^16 is 5% slower)
 INF = float("inf")
@@ -128,6 +128,10 @@ def address_table(arrays):
     return arrays, addrs
 
 
+def _is_large_group(metas):
+    return sum(numel(m.shape) for m in metas) >= PARALLEL_MIN
+
+
 def _multi_infer(ctx):
     dtype = ctx.expect_dtype("X")
     return dtype
@@ -141,8 +145,12 @@ def _lower_global_norm(ctx):
     table = chunk_table([m.shape for m in ctx.metas("X")])
     dtype = ctx.dtype("X")
     like = np.empty(0, dtype)
-    kernel = K.multi_abs_max if ctx.attrs["norm_type"] == INF else K.multi_sq_sum
-    finish = (lambda v: v) if kernel is K.multi_abs_max else math.sqrt
+    inf_norm, large = ctx.attrs["norm_type"] == INF, _is_large_group(ctx.metas("X"))
+    if inf_norm:
+        kernel = K.multi_abs_max if large else K.multi_abs_max_serial
+    else:
+        kernel = K.multi_sq_sum if large else K.multi_sq_sum_serial
+    finish = (lambda v: v) if inf_norm else math.sqrt
 
     def run(*xs):
         xs, addrs = address_table(xs)
@@ -181,6 +189,7 @@ def _scale_infer(ctx):
 def _lower_scale(ctx):
     metas = ctx.metas("X")
     table = chunk_table([m.shape for m in metas])
+    kernel = K.multi_scale if _is_large_group(metas) else K.multi_scale_serial
     dtype = ctx.dtype("X")
     like = np.empty(0, dtype)
     inplace = "X" in ctx.overwritable
@@ -201,7 +210,7 @@ def _lower_scale(ctx):
         else:
             outs = tuple(np.empty(m.shape, dtype) for m in metas)
             out_addrs = np.fromiter(map(K.address_of, outs), np.int64, n)
-        K.multi_scale(addrs, out_addrs, like, *table, dtype.type(s), zero)
+        kernel(addrs, out_addrs, like, *table, dtype.type(s), zero)
         return outs if n > 1 else outs[0]
 
     return run
