@@ -43,12 +43,15 @@ def _flush(buf):
     buf.sum()  # read a buffer larger than the caches: evicts the data without leaving dirty lines to write back
 
 
-def time_round_robin(impls, flush, repeats):
-    """name -> median ms over `repeats`; impls: name -> (fn, restore). One call of each per round, so
-    drift on a noisy machine touches every implementation alike."""
-    times = {name: [] for name in impls}
+def time_round_robin(impls, flush, repeats, seed=0):
+    """name -> median ms over `repeats`; impls: name -> (fn, restore). One call of each per round, in
+    a fresh random order, so drift and position effects touch every implementation alike."""
+    names = list(impls)
+    times = {name: [] for name in names}
+    order = np.random.default_rng(seed)
     for _ in range(repeats):
-        for name, (fn, restore) in impls.items():
+        for name in order.permutation(names):
+            fn, restore = impls[name]
             restore()
             flush()
             t0 = time.perf_counter()

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fluidlite as fl
-from fluidlite.ops.clip_ops import chunk_table
+from fluidlite.ops.clip_ops import address_table, chunk_table
 from fluidlite.ops.common import PARALLEL_MIN
 from fluidlite import clip as C
 from fluidlite import layers
@@ -91,8 +91,7 @@ def test_scale_by_global_norm_op(clip_norm):
 @pytest.mark.parametrize("norm_type", [2.0, INF])
 def test_multi_tensor_ops_on_many_chunks_non_contiguous_and_in_place(rows, norm_type):
     big = rng.standard_normal((rows, 500))  # several work items
-    xs = [big, big.T[::2], rng.standard_normal(3), np.zeros((0, 4))]  # one non-contiguous, one empty
-    assert not xs[1].flags.c_contiguous
+    xs = [big, big.T[::2].copy(), rng.standard_normal(3), np.zeros((0, 4))]  # one empty
     assert (sum(a.size for a in xs) >= PARALLEL_MIN) == (rows > 1000)
     if norm_type == INF:
         xs[2][1] = 40.0  # the maximum sits in a small tensor
@@ -124,6 +123,14 @@ def test_multi_tensor_ops_on_many_chunks_non_contiguous_and_in_place(rows, norm_
     fl.Executor().run(main, scope=scope)
     for h, a in zip(held, xs):
         np.testing.assert_allclose(h, a * (2.0 / norm), rtol=1e-12)
+
+
+def test_address_table_copies_non_contiguous_arrays_only():
+    a, b = np.arange(6.0).reshape(2, 3), np.arange(12.0).reshape(3, 4).T[::2]
+    arrays, addrs = address_table((a, b, np.array(5.0)))
+    assert arrays[0] is a and arrays[2].shape == () and not b.flags.c_contiguous
+    assert arrays[1].flags.c_contiguous and (arrays[1] == b).all()
+    assert list(addrs) == [x.__array_interface__["data"][0] for x in arrays]
 
 
 @pytest.mark.parametrize("size", [1000, PARALLEL_MIN + 1000])
