@@ -147,7 +147,7 @@ def save_persistables(dirname, program=None, scope=None):
         entries = []
         for i, (name, value) in enumerate(arrays.items()):
             buf = _stdio.BytesIO()
-            np.save(buf, np.ascontiguousarray(value), allow_pickle=False)
+            np.save(buf, np.asarray(value, order="C"), allow_pickle=False)
             data = buf.getvalue()
             entries.append({"name": name, "file": f"{i:05d}.npy", "shape": list(value.shape),
                             "dtype": value.dtype.name, "sha256": hashlib.sha256(data).hexdigest()})
@@ -221,7 +221,7 @@ def load_persistables(dirname, program=None, scope=None) -> list:
         _need(arr.dtype.name == e["dtype"] and list(arr.shape) == e["shape"], where,
               f"variable {name!r}: file holds {arr.dtype}{list(arr.shape)}, the manifest says {e['dtype']}{e['shape']}")
         _check_declared(var, arr.shape, arr.dtype, where)
-        staged[name] = np.ascontiguousarray(arr)
+        staged[name] = np.asarray(arr, order="C")
     scope._arrays.update(staged)
     return list(staged)
 

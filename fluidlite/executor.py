@@ -295,7 +295,7 @@ class Executor:
         except AttributeError:
             arrays_ok = False
         if not arrays_ok:
-            feed = {n: np.ascontiguousarray(a) for n, a in feed.items()}
+            feed = {n: np.asarray(a, order="C") for n, a in feed.items()}  # ascontiguousarray would make 0-d 1-d
             sig = tuple([(n, a.shape, a.dtype) for n, a in feed.items()])
         key = (program._uid, program._version, fetch_names, sig)
         plan = self._plans.get(key)

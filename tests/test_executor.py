@@ -40,6 +40,19 @@ def test_fetch_by_name_and_several_targets():
     np.testing.assert_allclose(yv, 2 * hv, rtol=1e-6)
 
 
+def test_scalar_and_non_contiguous_feeds_keep_their_shape():
+    main = fl.Program()
+    block = main.global_block()
+    s = block.create_var(name="s", shape=(), dtype="float64", is_data=True)
+    m = block.create_var(name="m", shape=(2, 2), dtype="float64", is_data=True)
+    block.append_op("scale", {"X": s}, {"Out": "s2"}, {"scale": 2.0})
+    block.append_op("scale", {"X": m}, {"Out": "m2"}, {"scale": 2.0})
+    wide = np.arange(8.0).reshape(2, 4)
+    s2, m2 = fl.Executor().run(main, feed={"s": 3.0, "m": wide[:, ::2]}, fetch_list=["s2", "m2"], scope=fl.Scope())
+    assert s2.shape == () and s2 == 6.0
+    np.testing.assert_array_equal(m2, 2 * wide[:, ::2])
+
+
 def test_feed_errors_name_the_variable_and_leave_scope_untouched():
     x, h, y = _net()
     exe = fl.Executor()

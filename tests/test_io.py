@@ -229,6 +229,18 @@ def test_checkpoint_roundtrip(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["ck"]  # no temporary siblings left
 
 
+def test_checkpoint_keeps_a_scalar_persistable_scalar(tmp_path):
+    main = fl.Program()
+    main.global_block().create_var(name="step", shape=(), dtype="int64", persistable=True)
+    scope = fl.Scope()
+    scope.var("step").get_tensor().set(np.array(7, np.int64))
+    io.save_persistables(tmp_path / "ck", main, scope)
+    fresh = fl.Scope()
+    io.load_persistables(tmp_path / "ck", main, fresh)
+    value = np.asarray(fresh.var("step").get_tensor())
+    assert value.shape == () and value == 7
+
+
 def test_checkpoint_defaults_use_default_program_and_global_scope(tmp_path):
     main, startup, loss = _build()
     with fl.program_guard(main, startup):

@@ -123,7 +123,7 @@ def address_table(arrays):
     by a contiguous copy (the kernels read each array as one flat block)."""
     addrs = np.fromiter(map(K.address_of, arrays), np.int64, len(arrays))
     if len(arrays) and addrs.min() < 0:
-        arrays = tuple(np.ascontiguousarray(a) for a in arrays)
+        arrays = tuple(a if a.flags.c_contiguous else a.copy() for a in arrays)  # ascontiguousarray makes 0-d 1-d
         addrs = np.fromiter(map(K.address_of, arrays), np.int64, len(arrays))
     return arrays, addrs
 
