@@ -5,7 +5,7 @@
 Global-norm clip (clip_norm below the norm, so every gradient is rescaled) on
   - "transformer": 200 tensors, 10.5M floats (a 12-layer d=256 transformer's parameter shapes)
   - "large": 20 tensors, 100.7M floats
-and clip by value on 100M floats. Peers: NumPy per tensor (np.linalg.norm, *=), NumPy on one flat
+clip by norm (the clip_by_norm op) on one tensor of 100M floats, and clip by value on 100M floats. Peers: NumPy per tensor (np.linalg.norm, *=), NumPy on one flat
 buffer, torch.nn.utils.clip_grad_norm_ (foreach True/False) and clamp_ when torch imports.
 Every implementation works in place on the same float32 gradients, views of one working buffer
 (fluidlite_own_buffers: the scope's own arrays instead), restored from a pristine copy before each
@@ -36,7 +36,7 @@ def transformer_shapes(layers=12, d=256, vocab=3200, positions=512):
     return shapes
 
 
-CASES = {"transformer": transformer_shapes(), "large": [(1024, 4917)] * 20}
+CASES = {"transformer": transformer_shapes(), "large": [(1024, 4917)] * 20, "by_norm": [(100_000_000,)]}
 
 
 def _flush(buf):
@@ -135,6 +135,13 @@ def fluidlite_global(shapes, work, shared=True):
     return _fluidlite_runner(main, work, [g.name for g in gs], ["norm"], shared)
 
 
+def fluidlite_by_norm(work):
+    main = fl.Program()
+    g = main.global_block().create_var(name="g", shape=work.flat.shape, dtype="float32", persistable=True)
+    main.global_block().append_op("clip_by_norm", {"X": g}, {"Out": g}, {"max_norm": CLIP})
+    return _fluidlite_runner(main, work, ["g"], [])
+
+
 def fluidlite_value(work):
     main = fl.Program()
     g = main.global_block().create_var(name="g", shape=work.flat.shape, dtype="float32", persistable=True)
@@ -197,20 +204,25 @@ def _checked_timings(case, impls, references, expected, tol, flush, repeats):
 
 
 def bench_global(case, shapes, repeats, flush, rng, torch, copies):
+    """The global-norm clip of `shapes`; case "by_norm" (one tensor) clips with the clip_by_norm op."""
     work = Work(shapes, rng)
     coef = CLIP / max(work.norm64, CLIP)
     expected = (work.pristine.astype(np.float64) * coef).astype(np.float32)
-    impls = {"fluidlite": fluidlite_global(shapes, work),
-             "fluidlite_own_buffers": fluidlite_global(shapes, work, shared=False),
-             "numpy_per_tensor": (lambda: numpy_per_tensor(work.views), work.restore, lambda: work.flat),
-             "numpy_flat": (lambda: numpy_flat(work.flat), work.restore, lambda: work.flat)}
+    if case == "by_norm":
+        impls = {"fluidlite": fluidlite_by_norm(work),
+                 "numpy": (lambda: numpy_per_tensor(work.views), work.restore, lambda: work.flat)}
+    else:
+        impls = {"fluidlite": fluidlite_global(shapes, work),
+                 "fluidlite_own_buffers": fluidlite_global(shapes, work, shared=False),
+                 "numpy_per_tensor": (lambda: numpy_per_tensor(work.views), work.restore, lambda: work.flat),
+                 "numpy_flat": (lambda: numpy_flat(work.flat), work.restore, lambda: work.flat)}
     if torch is not None:
         params = []
         for v in work.views:
             p = torch.nn.Parameter(torch.empty(v.shape))
             p.grad = torch.from_numpy(v)  # shares the working buffer
             params.append(p)
-        for foreach in (True, False):
+        for foreach in (True, False)[case == "by_norm":]:
             impls[f"torch_foreach_{foreach}"] = (
                 lambda f=foreach: torch.nn.utils.clip_grad_norm_(params, CLIP, foreach=f), work.restore,
                 lambda: work.flat)
@@ -250,13 +262,14 @@ def run(quick: bool = False) -> list:
     copies = copy_references(copy_n)
     results = []
     cases = dict(CASES)
-    if quick:  # the large case at a quarter of its size
+    if quick:  # the large cases at a quarter of their size
         cases["large"] = [(1024, 4917)] * 5
+        cases["by_norm"] = [(25_000_000,)]
     for case, shapes in cases.items():
         n, ms, errors = bench_global(case, shapes, repeats, flush, rng, torch, copies)
         bw = copy_bandwidth(ms, copy_n)
         two_pass = ms.pop("two_pass")
-        results.append(_result(f"clip_global_norm_{case}", ms, 1e3 * 3 * 4 * n / bw, n, len(shapes), bw))
+        results.append(_result("clip_by_norm" if case == "by_norm" else f"clip_global_norm_{case}", ms, 1e3 * 3 * 4 * n / bw, n, len(shapes), bw))
         results[-1]["two_pass_reference_ms"] = two_pass
         results[-1]["ratios"]["vs_two_pass_reference"] = ms["fluidlite"] / two_pass
         results[-1]["max_rel_error_vs_float64"] = errors

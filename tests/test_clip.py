@@ -70,6 +70,28 @@ def test_clip_by_norm_inf_norm_op():
              dtypes=("float64",))
 
 
+@pytest.mark.parametrize("norm_type", [2.0, INF])
+@pytest.mark.parametrize("max_norm", [0.5, 1e6])
+def test_clip_by_norm_on_a_large_tensor_runs_the_parallel_passes(norm_type, max_norm):
+    x = rng.standard_normal((PARALLEL_MIN // 64 + 3, 64))
+    x[5, 7] = 9.0
+    n = np.abs(x).max() if norm_type == INF else np.sqrt(np.sum(x * x))
+    want = x * (max_norm / max(n, max_norm))
+    for dt in ("float32", "float64"):
+        check_forward("clip_by_norm", {"X": x.astype(dt)}, lambda X: want.astype(X.dtype),
+                      {"max_norm": max_norm, "norm_type": norm_type})
+    # in place on a persistable gradient
+    main, scope = fl.Program(), fl.Scope()
+    g = main.global_block().create_var(name="g", shape=x.shape, dtype="float64", persistable=True)
+    main.global_block().append_op("clip_by_norm", {"X": g}, {"Out": g}, {"max_norm": max_norm, "norm_type": norm_type})
+    scope.var("g").get_tensor().set(x)
+    held = np.asarray(scope.var("g").get_tensor(), copy=False)
+    fl.Executor().run(main, scope=scope)
+    np.testing.assert_allclose(held, want, rtol=1e-12)
+    x[0, 0] = np.nan
+    assert np.isnan(run_op("clip_by_norm", {"X": x}, {"max_norm": max_norm, "norm_type": norm_type})["Out"]).all()
+
+
 def test_global_norm_op_and_gradient():
     xs = [rng.standard_normal((2, 3)), rng.standard_normal(4), rng.standard_normal((1, 2, 2))]
     ref = lambda X: np.array([np.sqrt(sum(np.sum(a.astype(np.float64) ** 2) for a in X))], X[0].dtype)  # noqa: E731

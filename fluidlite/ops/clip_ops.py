@@ -69,13 +69,27 @@ def _scale_for(norm, c):
 def _lower_clip_by_norm(ctx):
     c, inf_norm = ctx.attrs["max_norm"], ctx.attrs["norm_type"] == INF
     inplace = "X" in ctx.overwritable
-    dtype = ctx.dtype("X").type
+    dtype = ctx.dtype("X")
+    if is_large(ctx.meta("X")):  # the global norm's parallel passes, on a group of one
+        norm, scale = group_norm([ctx.meta("X")], inf_norm), group_scale([ctx.meta("X")])
+        like = np.empty(0, dtype)
+
+        def run_large(x):
+            (x,), addrs = address_table((x,))
+            s = _scale_for(norm(addrs, like), c)
+            if s == 1.0 and inplace:
+                return x
+            out = x if inplace else np.empty_like(x)
+            scale(addrs, addrs if inplace else address_table((out,))[1], like, dtype.type(s), False)
+            return out
+
+        return run_large
 
     def run(x):
         s = _scale_for(_norm(x, inf_norm), c)
         if s == 1.0 and inplace:
             return x
-        return K.scale_inplace(x, dtype(s)) if inplace else K.scale_into(x, np.empty_like(x), dtype(s))
+        return K.scale_inplace(x, dtype.type(s)) if inplace else K.scale_into(x, np.empty_like(x), dtype.type(s))
 
     return run
 
@@ -128,6 +142,25 @@ def address_table(arrays):
     return arrays, addrs
 
 
+def group_norm(metas, inf_norm):
+    """norm(addrs, like): the L2 (or max-abs) norm over a group of tensors with these metas, one pass
+    (parallel for a large group), float64."""
+    table = chunk_table([m.shape for m in metas])
+    large = _is_large_group(metas)
+    if inf_norm:
+        kernel = K.multi_abs_max if large else K.multi_abs_max_serial
+        return lambda addrs, like: kernel(addrs, like, *table)
+    kernel = K.multi_sq_sum if large else K.multi_sq_sum_serial
+    return lambda addrs, like: math.sqrt(kernel(addrs, like, *table))
+
+
+def group_scale(metas):
+    """scale(addrs, out_addrs, like, s, zero): out = x * s (or 0) over a group, one pass."""
+    table = chunk_table([m.shape for m in metas])
+    kernel = K.multi_scale if _is_large_group(metas) else K.multi_scale_serial
+    return lambda addrs, out_addrs, like, s, zero: kernel(addrs, out_addrs, like, *table, s, zero)
+
+
 def _is_large_group(metas):
     return sum(numel(m.shape) for m in metas) >= PARALLEL_MIN
 
@@ -142,19 +175,13 @@ def _global_norm_infer(ctx):
 
 
 def _lower_global_norm(ctx):
-    table = chunk_table([m.shape for m in ctx.metas("X")])
+    norm = group_norm(ctx.metas("X"), ctx.attrs["norm_type"] == INF)
     dtype = ctx.dtype("X")
     like = np.empty(0, dtype)
-    inf_norm, large = ctx.attrs["norm_type"] == INF, _is_large_group(ctx.metas("X"))
-    if inf_norm:
-        kernel = K.multi_abs_max if large else K.multi_abs_max_serial
-    else:
-        kernel = K.multi_sq_sum if large else K.multi_sq_sum_serial
-    finish = (lambda v: v) if inf_norm else math.sqrt
 
     def run(*xs):
         xs, addrs = address_table(xs)
-        return np.array([finish(kernel(addrs, like, *table))], dtype)
+        return np.array([norm(addrs, like)], dtype)
 
     return run
 
@@ -188,8 +215,7 @@ def _scale_infer(ctx):
 
 def _lower_scale(ctx):
     metas = ctx.metas("X")
-    table = chunk_table([m.shape for m in metas])
-    kernel = K.multi_scale if _is_large_group(metas) else K.multi_scale_serial
+    scale = group_scale(metas)
     dtype = ctx.dtype("X")
     like = np.empty(0, dtype)
     inplace = "X" in ctx.overwritable
@@ -210,7 +236,7 @@ def _lower_scale(ctx):
         else:
             outs = tuple(np.empty(m.shape, dtype) for m in metas)
             out_addrs = np.fromiter(map(K.address_of, outs), np.int64, n)
-        kernel(addrs, out_addrs, like, *table, dtype.type(s), zero)
+        scale(addrs, out_addrs, like, dtype.type(s), zero)
         return outs if n > 1 else outs[0]
 
     return run
