@@ -230,7 +230,7 @@ def bench_global(case, shapes, repeats, flush, rng, torch, copies):
     two_pass_reference(work.flat)
     _check(f"{case}/two_pass_reference", work.flat, expected, 2e-6)
     references = {**copies, "two_pass": (lambda: two_pass_reference(work.flat), work.restore)}
-    tol = lambda name: 2e-6 if name.startswith("fluidlite") else 1e-2  # noqa: E731
+    tol = lambda name: 2e-6 if name.startswith("fluidlite") else 5e-2  # noqa: E731  (float32 sums: torch is off 1% on 100M)
     ms, errors = _checked_timings(case, impls, references, expected, tol, flush, repeats)
     return work.flat.size, ms, errors
 
