@@ -241,34 +241,68 @@ def global_norm_scale_grad(addrs, dout_addrs, like, sizes, gn, c):
 
 
 @njit(cache=True, error_model="numpy")
-def adaptive_clip(param, grad, out, clipping, eps):
-    """AGC on (units, fan_in)-transposed views: param/grad are 2-D (fan_in, units); each column is a unit.
-
-    g_u <- g_u * clipping * max(|w_u|, eps) / |g_u| where |g_u| exceeds that; any non-finite unit
-    norm makes the whole gradient NaN."""
-    rows, cols = grad.shape
-    wn = np.zeros(cols)
-    gn = np.zeros(cols)
-    for r in range(rows):
-        for u in range(cols):
-            w = np.float64(param[r, u])
-            g = np.float64(grad[r, u])
-            wn[u] += w * w
-            gn[u] += g * g
+def _agc_limits(wn, gn, clipping, eps):
+    """From per-unit squared norms: (limit, bad); wn becomes clipping * max(|w_u|, eps), gn |g_u|.
+    bad: some unit norm is not finite, which makes the whole gradient NaN."""
     bad = False
-    for u in range(cols):
+    for u in range(wn.size):
         wn[u] = max(np.sqrt(wn[u]), eps) * clipping
         gn[u] = np.sqrt(gn[u])
         if not np.isfinite(gn[u]) or not np.isfinite(wn[u]):
             bad = True
-    for r in range(rows):
-        for u in range(cols):
+    return bad
+
+
+@njit(cache=True, error_model="numpy")
+def _agc_scale_rows(grad, out, wn, gn, bad, r0, r1):
+    for r in range(r0, r1):
+        for u in range(grad.shape[1]):
             if bad:
                 out[r, u] = np.nan
             elif gn[u] > wn[u]:
                 out[r, u] = grad[r, u] * (wn[u] / gn[u])
             else:
                 out[r, u] = grad[r, u]
+
+
+@njit(cache=True, error_model="numpy")
+def _agc_sq_norms(param, grad, wn, gn, r0, r1):
+    for r in range(r0, r1):
+        for u in range(grad.shape[1]):
+            w = np.float64(param[r, u])
+            g = np.float64(grad[r, u])
+            wn[u] += w * w
+            gn[u] += g * g
+
+
+@njit(cache=True, error_model="numpy")
+def adaptive_clip(param, grad, out, clipping, eps):
+    """AGC on (units, fan_in)-transposed views: param/grad are 2-D (fan_in, units); each column is a unit.
+
+    g_u <- g_u * clipping * max(|w_u|, eps) / |g_u| where |g_u| exceeds that; any non-finite unit
+    norm makes the whole gradient NaN."""
+    rows, cols = grad.shape
+    wn, gn = np.zeros(cols), np.zeros(cols)
+    _agc_sq_norms(param, grad, wn, gn, 0, rows)
+    bad = _agc_limits(wn, gn, clipping, eps)
+    _agc_scale_rows(grad, out, wn, gn, bad, 0, rows)
+    return out
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def adaptive_clip_parallel(param, grad, out, clipping, eps):
+    """adaptive_clip with row blocks in parallel: per-block partial unit norms, summed, then the scale."""
+    rows, cols = grad.shape
+    blocks = min(rows, 64)
+    wpart = np.zeros((blocks, cols))
+    gpart = np.zeros((blocks, cols))
+    for b in prange(blocks):
+        _agc_sq_norms(param, grad, wpart[b], gpart[b], b * rows // blocks, (b + 1) * rows // blocks)
+    wn = wpart.sum(axis=0)
+    gn = gpart.sum(axis=0)
+    bad = _agc_limits(wn, gn, clipping, eps)
+    for b in prange(blocks):
+        _agc_scale_rows(grad, out, wn, gn, bad, b * rows // blocks, (b + 1) * rows // blocks)
     return out
 
 

@@ -228,6 +228,13 @@ def test_adaptive_clip_op():
     bad = g.copy()
     bad[0, 0] = np.inf
     assert np.isnan(run_op("adaptive_clip", {"Param": w, "X": bad}, {"clipping": 0.1})["Out"]).all()
+    # a weight big enough for the parallel kernel, its rows not a multiple of the 64 row blocks
+    wl, gl = rng.standard_normal((PARALLEL_MIN // 256 + 37, 256)), rng.standard_normal((PARALLEL_MIN // 256 + 37, 256))
+    wl[:, :100] *= 100  # units that are not clipped beside ones that are
+    for dt in ("float32", "float64"):
+        check_forward("adaptive_clip", {"Param": wl.astype(dt), "X": gl.astype(dt)}, ref, {"clipping": 0.1})
+    gl[-1, 3] = np.nan
+    assert np.isnan(run_op("adaptive_clip", {"Param": wl, "X": gl}, {"clipping": 0.1})["Out"]).all()
 
 
 def test_op_errors_name_op_and_vars():

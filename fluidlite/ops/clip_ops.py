@@ -294,10 +294,11 @@ def _lower_agc(ctx):
     shape = ctx.shape("X")
     as2d = (numel(shape[:-1]), shape[-1]) if len(shape) >= 2 else (1, numel(shape))  # vectors: per element
     clipping, eps = ctx.attrs["clipping"], ctx.attrs["eps"]
+    kernel = K.adaptive_clip_parallel if is_large(ctx.meta("X")) and as2d[0] >= 64 else K.adaptive_clip
 
     def run(p, g):
         out = _out_buffer(ctx, "X", g)
-        K.adaptive_clip(p.reshape(as2d), g.reshape(as2d), out.reshape(as2d), clipping, eps)
+        kernel(p.reshape(as2d), g.reshape(as2d), out.reshape(as2d), clipping, eps)
         return out
 
     return run
