@@ -12,8 +12,11 @@ from numba.extending import intrinsic
 
 
 @njit(cache=True, error_model="numpy")
-def address_of(a):
-    """The data address of a C-contiguous array; -1 if it is not contiguous."""
+def address_of(a, size, itemsize):
+    """The data address of `a`; -1 if it is not C-contiguous, -2 if it does not hold `size` elements
+    of `itemsize` bytes (the kernels would read past it)."""
+    if a.size != size or a.itemsize != itemsize:
+        return -2
     return a.ctypes.data if a.flags.c_contiguous else -1
 
 

@@ -147,12 +147,17 @@ def test_multi_tensor_ops_on_many_chunks_non_contiguous_and_in_place(rows, norm_
         np.testing.assert_allclose(h, a * (2.0 / norm), rtol=1e-12)
 
 
-def test_address_table_copies_non_contiguous_arrays_only():
+def test_address_table_copies_non_contiguous_arrays_only_and_checks_sizes():
     a, b = np.arange(6.0).reshape(2, 3), np.arange(12.0).reshape(3, 4).T[::2]
-    arrays, addrs = address_table((a, b, np.array(5.0)))
+    like = np.empty(0)
+    arrays, addrs = address_table((a, b, np.array(5.0)), (6, 6, 1), like)
     assert arrays[0] is a and arrays[2].shape == () and not b.flags.c_contiguous
     assert arrays[1].flags.c_contiguous and (arrays[1] == b).all()
     assert list(addrs) == [x.__array_interface__["data"][0] for x in arrays]
+    with pytest.raises(ValueError, match=r"float64\[2, 3\].*expects 7 elements"):
+        address_table((a,), (7,), like)  # the kernel would read past the array
+    with pytest.raises(ValueError, match=r"float32\[2, 3\].*float64"):
+        address_table((a.astype(np.float32),), (6,), like)
 
 
 @pytest.mark.parametrize("size", [1000, PARALLEL_MIN + 1000])

@@ -6,6 +6,7 @@ float64 accumulation) writes a fetchable [1] norm; `scale_by_global_norm` rescal
 one more pass, in place where the executor allows it and not at all when nothing is clipped.
 """
 import math
+from itertools import repeat
 
 import numpy as np
 from ..kernels import clip as K
@@ -73,14 +74,15 @@ def _lower_clip_by_norm(ctx):
     if is_large(ctx.meta("X")):  # the global norm's parallel passes, on a group of one
         norm, scale = group_norm([ctx.meta("X")], inf_norm), group_scale([ctx.meta("X")])
         like = np.empty(0, dtype)
+        sizes = sizes_of([ctx.meta("X")])
 
         def run_large(x):
-            (x,), addrs = address_table((x,))
+            (x,), addrs = address_table((x,), sizes, like)
             s = _scale_for(norm(addrs, like), c)
             if s == 1.0 and inplace:
                 return x
             out = x if inplace else np.empty_like(x)
-            scale(addrs, addrs if inplace else address_table((out,))[1], like, dtype.type(s), False)
+            scale(addrs, addrs if inplace else address_table((out,), sizes, like)[1], like, dtype.type(s), False)
             return out
 
         return run_large
@@ -132,14 +134,23 @@ def chunk_table(shapes, chunk=CHUNK):
     return tuple(np.array(v, dtype=np.int64) for v in (tid, start, stop, parts))
 
 
-def address_table(arrays):
+def address_table(arrays, sizes, like):
     """(arrays, int64 data addresses) for the multi-tensor kernels; a non-contiguous array is replaced
-    by a contiguous copy (the kernels read each array as one flat block)."""
-    addrs = np.fromiter(map(K.address_of, arrays), np.int64, len(arrays))
+    by a contiguous copy (the kernels read each array as one flat block). `sizes`: the element counts
+    the kernel's table assumes, checked, since the kernels read raw memory."""
+    addrs = np.fromiter(map(K.address_of, arrays, sizes, repeat(like.itemsize)), np.int64, len(arrays))
     if len(arrays) and addrs.min() < 0:
+        for a, n, code in zip(arrays, sizes, addrs):
+            if code == -2:
+                raise ValueError(f"multi-tensor clip kernel: got a {a.dtype}{list(a.shape)} array where its plan "
+                                 f"expects {n} elements of {like.dtype}")
         arrays = tuple(a if a.flags.c_contiguous else a.copy() for a in arrays)  # ascontiguousarray makes 0-d 1-d
-        addrs = np.fromiter(map(K.address_of, arrays), np.int64, len(arrays))
+        addrs = np.fromiter(map(K.address_of, arrays, sizes, repeat(like.itemsize)), np.int64, len(arrays))
     return arrays, addrs
+
+
+def sizes_of(metas):
+    return tuple(numel(m.shape) for m in metas)
 
 
 def group_norm(metas, inf_norm):
@@ -178,9 +189,10 @@ def _lower_global_norm(ctx):
     norm = group_norm(ctx.metas("X"), ctx.attrs["norm_type"] == INF)
     dtype = ctx.dtype("X")
     like = np.empty(0, dtype)
+    sizes = sizes_of(ctx.metas("X"))
 
     def run(*xs):
-        xs, addrs = address_table(xs)
+        xs, addrs = address_table(xs, sizes, like)
         return np.array([norm(addrs, like)], dtype)
 
     return run
@@ -218,6 +230,7 @@ def _lower_scale(ctx):
     scale = group_scale(metas)
     dtype = ctx.dtype("X")
     like = np.empty(0, dtype)
+    sizes = sizes_of(metas)
     inplace = "X" in ctx.overwritable
     zero_bad = ctx.attrs["nonfinite"] == "zero"
     n = len(metas)
@@ -230,12 +243,12 @@ def _lower_scale(ctx):
         s = _scale_for(gn, c) if math.isfinite(c) and c > 0 else math.nan
         if s == 1.0 and inplace:
             return xs if n > 1 else xs[0]
-        xs, addrs = address_table(xs)  # contiguous copies, if any, are written in place: they are new
+        xs, addrs = address_table(xs, sizes, like)  # contiguous copies, if any, are written in place: they are new
         if inplace:
             outs, out_addrs = xs, addrs
         else:
             outs = tuple(np.empty(m.shape, dtype) for m in metas)
-            out_addrs = np.fromiter(map(K.address_of, outs), np.int64, n)
+            outs, out_addrs = address_table(outs, sizes, like)
         scale(addrs, out_addrs, like, dtype.type(s), zero)
         return outs if n > 1 else outs[0]
 
@@ -264,8 +277,8 @@ def _lower_scale_grad(ctx):
     c = ctx.attrs["clip_norm"]
 
     def run(*args):
-        xs, addrs = address_table(args[:n])
-        douts, dout_addrs = address_table(args[n + 1:])
+        xs, addrs = address_table(args[:n], sizes, like)
+        douts, dout_addrs = address_table(args[n + 1:], sizes, like)
         return np.array([K.global_norm_scale_grad(addrs, dout_addrs, like, sizes, float(args[n][0]), c)], dtype)
 
     return run
