@@ -1,10 +1,11 @@
 """Kernels for clipping: by value, by norm, multi-tensor global norm, adaptive (AGC) and AutoClip.
 
 Norms accumulate in float64. The multi-tensor kernels take an address table (`address_of` each
-C-contiguous array), a zero-length array of the element dtype (`like`) and a chunk table (tensor
-index, start, stop) over all of them: one parallel pass, one partial result per chunk. Addresses, not a
-typed List: building a List costs ~2 us per array per call and its getitem inside prange ~20% of the
-pass; the caller keeps the arrays alive during the call.
+C-contiguous array), a zero-length array of the element dtype (`like`) and a work table: segments
+(tensor index, start, stop) and `parts`, work item p being segments parts[p]:parts[p+1]. One
+parallel pass, one partial result per work item. Addresses, not a typed List: building a List costs
+~2 us per array per call and its getitem inside prange ~20% of the pass; the caller keeps the arrays
+alive during the call.
 """
 import numpy as np
 from numba import carray, njit, prange, types
@@ -152,30 +153,22 @@ def global_norm_grad(x, norm, dnorm, inf_norm):
     return dx
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
-def multi_sq_sum(addrs, like, tid, start, stop, parts):
-    """sum over all arrays of x**2, in float64: one prange over the work items of the table."""
-    out = np.zeros(parts.size - 1)
-    for p in prange(parts.size - 1):
-        acc = 0.0
-        for s in range(parts[p], parts[p + 1]):
-            acc += sq_sum(_chunk(addrs, like, tid[s], start[s], stop[s]))  # a helper vectorizes; inline does not
-        out[p] = acc
-    return out.sum()
+@njit(cache=True, error_model="numpy")
+def _sq_sum_segments(addrs, like, tid, start, stop, lo, hi):
+    acc = 0.0
+    for s in range(lo, hi):
+        acc += sq_sum(_chunk(addrs, like, tid[s], start[s], stop[s]))  # a helper vectorizes; inline does not
+    return acc
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
-def multi_abs_max(addrs, like, tid, start, stop, parts):
-    """max |x| over all arrays; NaN if any element is NaN."""
-    out = np.zeros(parts.size - 1)
-    for p in prange(parts.size - 1):
-        m = 0.0
-        for s in range(parts[p], parts[p + 1]):
-            v = abs_max(_chunk(addrs, like, tid[s], start[s], stop[s]))
-            if v > m or v != v:
-                m = v
-        out[p] = m
-    return abs_max(out)
+@njit(cache=True, error_model="numpy")
+def _abs_max_segments(addrs, like, tid, start, stop, lo, hi):
+    m = 0.0
+    for s in range(lo, hi):
+        v = abs_max(_chunk(addrs, like, tid[s], start[s], stop[s]))
+        if v > m or v != v:  # NaN wins
+            m = v
+    return m
 
 
 @njit(cache=True, error_model="numpy")
@@ -184,50 +177,58 @@ def _fill_zero(o):
         o[i] = 0
 
 
+@njit(cache=True, error_model="numpy")
+def _scale_segments(addrs, out_addrs, like, tid, start, stop, lo, hi, s, zero):
+    for k in range(lo, hi):
+        out = _chunk(out_addrs, like, tid[k], start[k], stop[k])
+        if zero:
+            _fill_zero(out)
+        elif out_addrs[tid[k]] == addrs[tid[k]]:
+            scale_inplace(out, s)  # one array, so the loop vectorizes without an alias check
+        else:
+            scale_into(_chunk(addrs, like, tid[k], start[k], stop[k]), out, s)
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def multi_sq_sum(addrs, like, tid, start, stop, parts):
+    """sum over all arrays of x**2, in float64: one prange over the work items of the table."""
+    out = np.zeros(parts.size - 1)
+    for p in prange(parts.size - 1):
+        out[p] = _sq_sum_segments(addrs, like, tid, start, stop, parts[p], parts[p + 1])
+    return out.sum()
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def multi_abs_max(addrs, like, tid, start, stop, parts):
+    """max |x| over all arrays; NaN if any element is NaN."""
+    out = np.zeros(parts.size - 1)
+    for p in prange(parts.size - 1):
+        out[p] = _abs_max_segments(addrs, like, tid, start, stop, parts[p], parts[p + 1])
+    return abs_max(out)
+
+
 @njit(cache=True, error_model="numpy", parallel=True)
 def multi_scale(addrs, out_addrs, like, tid, start, stop, parts, s, zero):
-    """out[t] = x[t] * s (or 0 where `zero`) for every segment; an output may be its input."""
+    """out[t] = x[t] * s (or 0 where `zero`) over all arrays; an output may be its input."""
     for p in prange(parts.size - 1):
-        for k in range(parts[p], parts[p + 1]):
-            out = _chunk(out_addrs, like, tid[k], start[k], stop[k])
-            if zero:
-                _fill_zero(out)
-            elif out_addrs[tid[k]] == addrs[tid[k]]:
-                scale_inplace(out, s)  # one array, so the loop vectorizes without an alias check
-            else:
-                scale_into(_chunk(addrs, like, tid[k], start[k], stop[k]), out, s)
+        _scale_segments(addrs, out_addrs, like, tid, start, stop, parts[p], parts[p + 1], s, zero)
 
 
 # serial twins, for groups too small to repay waking the thread pool (~70 us on the development machine)
 
 @njit(cache=True, error_model="numpy")
 def multi_sq_sum_serial(addrs, like, tid, start, stop, parts):
-    acc = 0.0
-    for s in range(tid.size):
-        acc += sq_sum(_chunk(addrs, like, tid[s], start[s], stop[s]))
-    return acc
+    return _sq_sum_segments(addrs, like, tid, start, stop, 0, tid.size)
 
 
 @njit(cache=True, error_model="numpy")
 def multi_abs_max_serial(addrs, like, tid, start, stop, parts):
-    m = 0.0
-    for s in range(tid.size):
-        v = abs_max(_chunk(addrs, like, tid[s], start[s], stop[s]))
-        if v > m or v != v:
-            m = v
-    return m
+    return _abs_max_segments(addrs, like, tid, start, stop, 0, tid.size)
 
 
 @njit(cache=True, error_model="numpy")
 def multi_scale_serial(addrs, out_addrs, like, tid, start, stop, parts, s, zero):
-    for k in range(tid.size):
-        out = _chunk(out_addrs, like, tid[k], start[k], stop[k])
-        if zero:
-            _fill_zero(out)
-        elif out_addrs[tid[k]] == addrs[tid[k]]:
-            scale_inplace(out, s)
-        else:
-            scale_into(_chunk(addrs, like, tid[k], start[k], stop[k]), out, s)
+    _scale_segments(addrs, out_addrs, like, tid, start, stop, 0, tid.size, s, zero)
 
 
 @njit(cache=True, error_model="numpy")

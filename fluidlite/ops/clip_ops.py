@@ -273,7 +273,7 @@ def _lower_scale_grad(ctx):
     n = len(metas)
     dtype = ctx.dtype("X")
     like = np.empty(0, dtype)
-    sizes = np.array([numel(m.shape) for m in metas], np.int64)
+    sizes = np.array(sizes_of(metas), np.int64)
     c = ctx.attrs["clip_norm"]
 
     def run(*args):
