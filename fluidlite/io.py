@@ -7,7 +7,10 @@ with `Block.append_op`, so shapes are inferred and checked again. Objects hangin
 variables (`error_clip`, a parameter's `regularizer`, `gradient_clip_attr`, `initializer`)
 are stored as `{"class", "fields"}` when they are plain objects of a fluidlite module whose
 fields are JSON scalars, and rebuilt from that allow-list only; anything else is stored as
-`{"repr"}` and loads as None with a warning.
+`{"repr"}` and loads as None with a warning. Clip objects are the exact classes of
+`fluidlite.clip.SAVABLE_CLASSES`, stored as `fluidlite.clip.<name>` with their constructor
+arguments (`_config()`) and rebuilt through their constructors. What gradient-clip builds made
+(`program._clip_records`, variable names) is saved as `clip_records`.
 
 Checkpoints (`save_persistables`/`load_persistables`) live in `fluidlite.checkpoint` and are
 re-exported here.
@@ -27,16 +30,37 @@ from .framework import ROLES, Block, Parameter, Program, Variable
 from .registry import get_op_def
 
 FORMAT_VERSION = 1
-_OBJ_MODULES = ("fluidlite.clip", "fluidlite.regularizer", "fluidlite.initializer")
+_OBJ_MODULES = ("fluidlite.regularizer", "fluidlite.initializer")
+_CLIP = "fluidlite.clip."
 _SCALARS = (bool, int, float, str, type(None))
 
 
 # ---------------------------------------------------------------- programs
 
+def _clip_classes() -> dict:
+    from .clip import SAVABLE_CLASSES  # the allow-list: public name -> exact class
+
+    return SAVABLE_CLASSES
+
+
+def _clip_from_json(name, fields, where):
+    cls = _clip_classes().get(name[len(_CLIP):])
+    _need(cls is not None and isinstance(fields, dict), where,
+          f"cannot rebuild class {name!r} (clip classes: {', '.join(_clip_classes())})")
+    fields = {k: v for k, v in fields.items() if k != "global_norm"}  # a link files from before 2026-11-29 held
+    _need(all(isinstance(v, _SCALARS) for v in fields.values()), where, f"fields of {name} must be JSON scalars")
+    try:
+        return cls(**fields)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: cannot rebuild {name} from {fields}: {exc}") from None
+
+
 def _obj_to_json(obj):
     if obj is None:
         return None
     cls = type(obj)
+    if _clip_classes().get(cls.__name__) is cls:
+        return {"class": _CLIP + cls.__name__, "fields": obj._config()}
     fields = getattr(obj, "__dict__", None)
     if (cls.__module__ in _OBJ_MODULES and isinstance(fields, dict)
             and all(isinstance(v, _SCALARS + (Variable,)) for v in fields.values())):
@@ -54,6 +78,8 @@ def _obj_from_json(data, where, pending):
     if "class" not in data:
         warnings.warn(f"{where}: {data['repr']} was saved only as its repr; left unset")
         return None
+    if str(data["class"]).startswith(_CLIP):
+        return _clip_from_json(str(data["class"]), data.get("fields"), where)
     module, _, name = str(data["class"]).rpartition(".")
     fields = data.get("fields")
     if module not in _OBJ_MODULES or not isinstance(fields, dict):
@@ -120,7 +146,10 @@ def program_to_dict(program: Program) -> dict:
                for i, op in enumerate(b.ops)]
         blocks.append({"idx": b.idx, "parent_idx": b.parent_idx,
                        "vars": [_var_to_dict(v) for v in b.vars.values()], "ops": ops})
-    return {"format_version": FORMAT_VERSION, "random_seed": program.random_seed, "blocks": blocks}
+    out = {"format_version": FORMAT_VERSION, "random_seed": program.random_seed, "blocks": blocks}
+    if program._clip_records:
+        out["clip_records"] = program._clip_records
+    return out
 
 
 def save_program(program: Program, path):
@@ -190,6 +219,13 @@ def program_from_dict(data, source="<program>") -> Program:
         for j, od in enumerate(_typed(bd, "ops", list, f"{source}: blocks[{block.idx}]", "a list")):
             _add_op(block, od, f"{source}: blocks[{block.idx}].ops[{j}]")
     program._current_block_idx = 0
+    if "clip_records" in data:
+        from .clip import check_records
+
+        try:
+            program._clip_records = check_records(data["clip_records"], program)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{source}: clip_records: {exc}") from None
     return program
 
 
