@@ -30,6 +30,8 @@ ALLOWED = (
     "fluidlite.initializer.Uniform",
     "fluidlite.initializer.Normal",
     "fluidlite.initializer.Xavier",
+    "fluidlite.initializer.MSRA",
+    "fluidlite.initializer.TruncatedNormal",
 )
 _SCALARS = (bool, int, float, str, type(None))
 
