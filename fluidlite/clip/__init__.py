@@ -28,17 +28,16 @@ from .gradient import (
 )
 from .zscore import GradientClipZScore
 
-# The classes fl.io.save_program stores (as "fluidlite.clip.<name>" and their `_config()`) and
-# load_program rebuilds through their constructors; nothing else under fluidlite.clip is rebuilt.
-SAVABLE_CLASSES = {cls.__name__: cls for cls in (
-    ErrorClipByValue, GradientClipByValue, GradientClipByNorm, GradientClipByGlobalNorm, GradientClipAdaptive,
-    GradientClipAutoClip, GradientClipZScore,
-)}
+# The public classes are known by their public name, fluidlite.clip.<name>, wherever they are
+# defined: that is how fl.io saves them (fluidlite.io_objects.ALLOWED lists which it rebuilds).
+for _cls in (BaseErrorClip, GradientClipBase, ErrorClipByValue, GradientClipByValue, GradientClipByNorm,
+             GradientClipByGlobalNorm, GradientClipAdaptive, GradientClipAutoClip, GradientClipZScore):
+    _cls.__module__ = __name__
 
 __all__ = [
     "BaseErrorClip", "ClipGroup", "ClipResult", "ErrorClipByValue", "GradientClipAdaptive", "GradientClipAutoClip",
     "GradientClipBase", "GradientClipByGlobalNorm", "GradientClipByNorm", "GradientClipByValue",
-    "GradientClipZScore", "SAVABLE_CLASSES", "append_gradient_clip_ops", "build_gradient_clip",
+    "GradientClipZScore", "append_gradient_clip_ops", "build_gradient_clip",
     "error_clip_callback", "error_norm_callback", "error_norm_vars", "global_norm_var", "gradient_norms",
     "norm_var_name", "set_gradient_clip", "skipped_steps_var", "update_gate",
 ]

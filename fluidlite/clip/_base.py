@@ -118,7 +118,8 @@ class ClipGroup:
 
     def to_record(self) -> dict:
         return {"norm": self.norm.name, "tensor_norms": self.tensor_norms.name, "inputs": [v.name for v in self.inputs],
-                "outputs": [v.name for v in self.outputs], "scale": self.scale.name, "norm_type": self.norm_type}
+                "outputs": [v.name for v in self.outputs], "scale": self.scale.name,
+                "norm_type": str(float(self.norm_type))}  # "2.0" or "inf": strict JSON
 
 
 @dataclass

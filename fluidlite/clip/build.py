@@ -131,6 +131,8 @@ def check_records(records, program) -> list:
                 raise ValueError(f"bad group {g!r}")
             for k in ("norm", "tensor_norms", "scale"):
                 name(g[k], k)
+            if g["norm_type"] not in ("2.0", "inf"):
+                raise ValueError(f"bad norm_type {g['norm_type']!r}")
             for n in g["inputs"] + g["outputs"]:
                 name(n, "gradient")
     return records
@@ -195,7 +197,7 @@ def gradient_norms(params_grads, norm_type=2.0) -> dict:
     known = {}  # gradient name -> (tensor norms name, index, scale name or None)
     for rec in block.program._clip_records:  # later builds win
         for grp in rec["groups"].values():
-            if grp["norm_type"] == nt:
+            if float(grp["norm_type"]) == nt:
                 known.update((n, (grp["tensor_norms"], i, None)) for i, n in enumerate(grp["inputs"]))
                 known.update((n, (grp["tensor_norms"], i, grp["scale"])) for i, n in enumerate(grp["outputs"]))
     out = {}
