@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from . import unique_name
+from .atomic import atomic
 from .backward import append_backward
 from .framework import ROLE_GRAD_CLIP, ROLE_OPTIMIZE, Variable, default_startup_program
 from .regularizer import WeightDecayRegularizer, append_regularization_ops
@@ -103,7 +104,9 @@ class Optimizer:
 
     def apply_gradients(self, params_grads, startup_program=None):
         """Appends one update op per (parameter, gradient) pair, nothing else; returns the ops appended."""
-        return self._append_updates(params_grads, startup_program, _update_gate(params_grads))
+        programs = {id(g.block.program): g.block.program for _, g in params_grads if g is not None}
+        with atomic(*programs.values(), startup_program or default_startup_program(), objects=(self,)):
+            return self._append_updates(params_grads, startup_program, _update_gate(params_grads))
 
     def _append_updates(self, params_grads, startup_program, gate):
         startup = startup_program or default_startup_program()
@@ -138,9 +141,14 @@ class Optimizer:
 
     def minimize(self, loss, startup_program=None, parameter_list=None, no_grad_set=None, grad_clip=None,
                  callback=None):
-        """backward -> clip -> regularization -> update ops; returns (update ops, [(param, final grad)])."""
-        params_grads = self.backward(loss, startup_program, parameter_list, no_grad_set, callback)
-        return self.apply_optimize(loss, startup_program, params_grads, grad_clip)
+        """backward -> clip -> regularization -> update ops; returns (update ops, [(param, final grad)]).
+
+        All or nothing: if any step raises, the programs are left as they were (fluidlite.atomic)."""
+        program = loss.block.program if isinstance(loss, Variable) else None
+        clips = [getattr(p, "gradient_clip_attr", None) for p in (program.all_parameters() if program else ())]
+        with atomic(program, startup_program or default_startup_program(), objects=(self, grad_clip, *clips)):
+            params_grads = self.backward(loss, startup_program, parameter_list, no_grad_set, callback)
+            return self.apply_optimize(loss, startup_program, params_grads, grad_clip)
 
     def _update(self, param, grad, lr, startup):
         raise NotImplementedError
