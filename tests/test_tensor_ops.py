@@ -53,6 +53,7 @@ def test_where():
     y = rng.standard_normal(X.shape)
     check_op("where", lambda dt: {"Condition": cond, "X": X.astype(dt), "Y": y.astype(dt)},
              lambda Condition, X, Y: np.where(Condition, X, Y), wrt=("X", "Y"))
+    check_grad("where", {"Condition": cond, "X": X, "Y": y}, wrt=("Y",))  # one side only: an optional output
 
 
 @pytest.mark.parametrize("times", [(1, 2, 1), (2, 1, 3)])

@@ -129,7 +129,7 @@ def _lower_gather_grad(ctx):
 
 defop("gather", inputs=("X", "Index"), infer=_gather_infer, lower=_lower_gather,
       grad=lambda g: [grad_op("gather_grad", g, {"X": g.i("X"), "Index": g.i("Index"), "Out@GRAD": g.og("Out")},
-                              {"X@GRAD": g.ig("X")})],
+                              {"X@GRAD": g.ig("X")})] if g.wants("X") else [],
       doc="Out[i] = X[Index[i]] (rows of the first dimension); the gradient adds back into the rows taken.")
 defop("gather_grad", inputs=("X", "Index", "Out@GRAD"), outputs=("X@GRAD",),
       infer=lambda ctx: {"X@GRAD": (ctx.shape("X"), ctx.dtype("Out@GRAD"))}, lower=_lower_gather_grad)
@@ -151,13 +151,23 @@ def _where_infer(ctx):
     return {"Out": (ctx.shape("X"), dtype)}
 
 
+def _lower_where_grad(ctx):
+    wanted = (ctx.has_output("X@GRAD"), ctx.has_output("Y@GRAD"))
+
+    def run(cond, g):
+        outs = tuple(d for d, w in zip(K.select_grad(cond, g), wanted) if w)
+        return outs if len(outs) > 1 else outs[0]
+
+    return run
+
+
 defop("where", inputs=("Condition", "X", "Y"), infer=_where_infer, kernel=K.select,
       grad=lambda g: [grad_op("where_grad", g, {"Condition": g.i("Condition"), "Out@GRAD": g.og("Out")},
-                              {"X@GRAD": g.ig("X"), "Y@GRAD": g.ig("Y")})],
+                              {"X@GRAD": g.ig("X"), "Y@GRAD": g.ig("Y")})] if g.wants("X") or g.wants("Y") else [],
       doc="Out = X where Condition else Y (all three the same shape).")
-defop("where_grad", inputs=("Condition", "Out@GRAD"), outputs=("X@GRAD", "Y@GRAD"),
+defop("where_grad", inputs=("Condition", "Out@GRAD"), outputs=("X@GRAD", "Y@GRAD"), optional=("X@GRAD", "Y@GRAD"),
       infer=lambda ctx: {s: (ctx.shape("Out@GRAD"), ctx.dtype("Out@GRAD")) for s in ("X@GRAD", "Y@GRAD")},
-      kernel=K.select_grad)
+      lower=_lower_where_grad)
 
 
 def _accuracy_infer(ctx):

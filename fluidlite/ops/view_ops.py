@@ -131,12 +131,10 @@ def _cast_infer(ctx):
     return {"Out": (ctx.shape("X"), dst)}
 
 
-def _cast_grad(g):
-    back = g.op.block._find_var(g.i("X")[0]).dtype
-    return [grad_op("cast", g, {"X": g.og("Out")}, {"Out": g.ig("X")}, {"out_dtype": back.name})]
-
-
 defop("cast", inputs=("X",), attrs={"out_dtype": Attr("dtype", REQUIRED)}, infer=_cast_infer,
       lower=lambda ctx: (lambda x, d=np.dtype(ctx.attrs["out_dtype"]): K.cast_into(x, np.empty(x.shape, d))),
-      grad=_cast_grad, doc="Out = X converted to out_dtype (floats to ints truncate toward zero); the gradient "
-                           "is cast back.")
+      grad=lambda g: [grad_op("cast_grad", g, {"X": g.i("X"), "Out@GRAD": g.og("Out")}, {"X@GRAD": g.ig("X")})],
+      doc="Out = X converted to out_dtype (floats to ints truncate toward zero); the gradient is cast back.")
+defop("cast_grad", inputs=("X", "Out@GRAD"), outputs=("X@GRAD",), attrs={"out_dtype": Attr("dtype", REQUIRED)},
+      infer=lambda ctx: {"X@GRAD": (ctx.shape("X"), ctx.dtype("X"))},
+      lower=lambda ctx: (lambda x, g: K.cast_into(g, np.empty(g.shape, x.dtype))))
