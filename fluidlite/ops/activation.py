@@ -61,17 +61,23 @@ def _pnp(shape, axis):
     return numel(shape[:axis]), shape[axis], numel(shape[axis + 1:])
 
 
-def _softmax_lowering(serial, parallel, slot):
-    def lower(ctx):
-        pre, n, post = _pnp(ctx.shape(slot), ctx.attrs["axis"])
-        kernel = parallel if is_large(ctx.meta(slot)) and pre > 1 else serial
-        return lambda *arrays: kernel(*arrays, pre, n, post)
+def _lower_softmax(ctx):
+    pre, n, post = _pnp(ctx.shape("X"), ctx.attrs["axis"])
+    large = is_large(ctx.meta("X")) and pre > 1
+    if post == 1:  # the last axis: contiguous rows
+        kernel = K.softmax_rows_parallel if large else K.softmax_rows
+        return lambda x: kernel(x, pre, n)
+    kernel = K.softmax_parallel if large else K.softmax
+    return lambda x: kernel(x, pre, n, post)
 
-    return lower
+
+def _lower_softmax_grad(ctx):
+    pre, n, post = _pnp(ctx.shape("Out"), ctx.attrs["axis"])
+    kernel = K.softmax_grad_parallel if is_large(ctx.meta("Out")) and pre > 1 else K.softmax_grad
+    return lambda out, g: kernel(out, g, pre, n, post)
 
 
 defop("softmax", inputs=("X",), attrs={"axis": Attr(int, -1)}, infer=_softmax_infer,
-      lower=_softmax_lowering(K.softmax, K.softmax_parallel, "X"),
-      grad_reads=("Out",), grad_lower=_softmax_lowering(K.softmax_grad, K.softmax_grad_parallel, "Out"),
+      lower=_lower_softmax, grad_reads=("Out",), grad_lower=_lower_softmax_grad,
       grad_infer={"X@GRAD": "Out"},
       doc="Out = exp(X - max) / sum(exp(X - max)) along `axis` (numerically stable).")
