@@ -61,5 +61,25 @@ def gather_strided(x, shape, strides, scale):
 
 
 @njit(cache=True, error_model="numpy")
+def gather_rows(x, shape, strides, inner):
+    """Flat copy of x read as rows of `inner` contiguous elements, the rows in the order of `shape` and
+    stepping by element `strides` (a permutation that keeps the last axis: one loop step per row, not
+    per element)."""
+    rows = 1
+    for d in shape:
+        rows *= d
+    out = np.empty(rows * inner, x.dtype)
+    xf = x.reshape(-1)
+    idx = np.zeros(shape.size, np.int64)
+    o = 0
+    for r in range(rows):
+        base = r * inner
+        for j in range(inner):
+            out[base + j] = xf[o + j]
+        o = advance(idx, shape, strides, o)
+    return out
+
+
+@njit(cache=True, error_model="numpy")
 def copy(x):
     return x.copy()

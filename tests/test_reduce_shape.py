@@ -198,6 +198,22 @@ def test_transpose(perm):
     check_op("transpose", lambda dt: {"X": X234.astype(dt)}, lambda X: np.transpose(X, perm), attrs={"axis": perm})
 
 
+def test_transpose_of_attention_heads_copies_rows():
+    """[B, T, H, dh] -> [B, H, T, dh] and back (the last axis stays: the row-copy kernel), also on a view."""
+    x = rng.standard_normal((2, 5, 3, 4))
+    check_op("transpose", lambda dt: {"X": x.astype(dt)}, lambda X: X.transpose(0, 2, 1, 3),
+             attrs={"axis": (0, 2, 1, 3)})
+    main = fl.Program()
+    with fl.program_guard(main, fl.Program()):
+        v = layers.data("v", [5, 12], dtype="float64")
+        heads = layers.transpose(layers.reshape(v, [0, 0, 3, 4]), [0, 2, 1, 3])
+        back = layers.reshape(layers.transpose(heads, [0, 2, 1, 3]), [0, 0, 12])
+    xs = rng.standard_normal((2, 5, 12))
+    h, b = fl.Executor().run(main, feed={"v": xs}, fetch_list=[heads, back])
+    np.testing.assert_array_equal(h, xs.reshape(2, 5, 3, 4).transpose(0, 2, 1, 3))
+    np.testing.assert_array_equal(b, xs)
+
+
 def test_transpose_infer_and_errors():
     block = fl.default_main_program().global_block()
     x = block.create_var(name="xt", shape=[-1, 3, 4], dtype="float32")

@@ -211,6 +211,10 @@ def _lower_transpose(ctx):
     xs, perm = ctx.shape("X"), ctx.attrs["axis"]
     strides = [numel(xs[i + 1:]) for i in range(len(xs))]
     out_shape = tuple(xs[p] for p in perm)
+    if perm and perm[-1] == len(xs) - 1 and xs[-1] > 1:  # the last axis stays: copy whole rows
+        shape = np.array(out_shape[:-1], np.int64)
+        st = np.array([strides[p] for p in perm[:-1]], np.int64)
+        return lambda x: K.gather_rows(np.ascontiguousarray(x), shape, st, xs[-1]).reshape(out_shape)
     shape = np.array(out_shape, np.int64)
     st = np.array([strides[p] for p in perm], np.int64)
     return lambda x: K.gather_strided(x, shape, st, x.dtype.type(1)).reshape(out_shape)
