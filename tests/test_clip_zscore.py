@@ -112,6 +112,21 @@ def test_zclip_skip_spikes_skips_the_update_and_counts_it():
     assert fl.fetch_var(C.skipped_steps_var(main).name).tolist() == [skipped]
 
 
+def test_zclip_skip_spikes_also_skips_a_nonfinite_norm_and_keeps_its_state():
+    main, startup, result = clip_program(C.GradientClipZScore(warmup_steps=2, skip_spikes=True))
+    exe = fl.Executor()
+    exe.run(startup)
+    state = ["default_group@ZCLIP_MU", "default_group@ZCLIP_VAR", "default_group@ZCLIP_STEP"]
+    for g in ([1.0, 0, 0], [2.0, 0, 0], [1.5, 0, 0]):
+        exe.run(main, feed={"p@GRAD": np.array(g)})
+    before = [fl.fetch_var(n).copy() for n in state]
+    (_, out), = result.params_grads
+    got, found = exe.run(main, feed={"p@GRAD": np.array([np.nan, 1.0, 0.0])}, fetch_list=[out, result.skip])
+    assert found.tolist() == [True] and not got.any()  # zeros, and the update is skipped
+    assert all(np.array_equal(fl.fetch_var(n), b) for n, b in zip(state, before))
+    assert fl.fetch_var(C.skipped_steps_var(main).name).tolist() == [1]
+
+
 def build_training(seed=7):
     main, startup = fl.Program(), fl.Program()
     startup.random_seed = seed
