@@ -179,3 +179,19 @@ def test_checkpoint_resumes_zclip_bit_for_bit(tmp_path):
 def test_bad_zclip_arguments_raise_when_made(kwargs):
     with pytest.raises(ValueError):
         C.GradientClipZScore(**kwargs)
+
+
+def test_the_zclip_example_runs_and_zclip_beats_no_clipping(tmp_path):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "examples" / "zclip_spikes.py"
+    spec = importlib.util.spec_from_file_location("example_zclip_spikes", path)
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    pytest.importorskip("matplotlib")
+    results = ex.main(["--steps", "50", "--spike-every", "5", "--out", str(tmp_path / "z.png")])
+    assert (tmp_path / "z.png").stat().st_size > 10_000
+    final = {run: np.mean(r["held_out"][-8:]) for run, r in results.items()}
+    assert final["ZClip"] < 0.1 * final["no clipping"]
+    assert final["ZClip skip_spikes"] < 0.1 * final["no clipping"]
