@@ -323,8 +323,18 @@ def update_gate(params_grads):
 
 from .clip_extra import GradientClipAdaptive, GradientClipAutoClip  # noqa: E402
 
+
+def __getattr__(name):
+    # DP-SGD's clip lives in fluidlite.privacy (which imports this module), so it is looked up lazily
+    if name in ("GradientClipPerExample", "per_example_norm_var"):
+        from . import privacy
+
+        return getattr(privacy, name)
+    raise AttributeError(f"module 'fluidlite.clip' has no attribute {name!r}")
+
 __all__ = [
     "BaseErrorClip", "ErrorClipByValue", "error_clip_callback", "GradientClipBase", "GradientClipByValue",
     "GradientClipByNorm", "GradientClipByGlobalNorm", "GradientClipAdaptive", "GradientClipAutoClip",
     "set_gradient_clip", "append_gradient_clip_ops", "global_norm_var", "skipped_steps_var", "update_gate",
+    "GradientClipPerExample", "per_example_norm_var",
 ]

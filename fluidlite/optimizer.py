@@ -139,6 +139,8 @@ class Optimizer:
     def minimize(self, loss, startup_program=None, parameter_list=None, no_grad_set=None, grad_clip=None,
                  callback=None):
         """backward -> clip -> regularization -> update ops; returns (update ops, [(param, final grad)])."""
+        if getattr(grad_clip, "replaces_backward", False):  # per-example clipping builds its own backward
+            return grad_clip._minimize(self, loss, startup_program, parameter_list, no_grad_set, callback)
         params_grads = self.backward(loss, startup_program, parameter_list, no_grad_set, callback)
         return self.apply_optimize(loss, startup_program, params_grads, grad_clip)
 
