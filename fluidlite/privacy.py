@@ -91,6 +91,8 @@ def epsilon(noise_multiplier, sample_rate, steps, delta, accountant="rdp"):
         acc = dp_accounting.pld.PLDAccountant()
     else:
         raise ValueError(f"epsilon: accountant must be 'rdp' or 'pld', got {accountant!r}")
+    if steps == 0:
+        return 0.0
     event = dp_accounting.PoissonSampledDpEvent(sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier))
     acc.compose(dp_accounting.SelfComposedDpEvent(event, steps))
     return float(acc.get_epsilon(delta))

@@ -131,10 +131,12 @@ def clip_factors(sq, factor, clip):
 
 
 @njit(cache=True, error_model="numpy")
-def add_noise(x, z, std, scale):
-    """(x + std * z) * scale, elementwise."""
+def add_noise(x, z, std):
+    """x + std * z, elementwise."""
     out = np.empty_like(x)
-    xf, zf, of = x.reshape(-1), z.reshape(-1), out.reshape(-1)
+    xf = x.reshape(-1)
+    zf = z.reshape(-1)
+    of = out.reshape(-1)
     for k in range(xf.size):
-        of[k] = (xf[k] + std * zf[k]) * scale
+        of[k] = xf[k] + std * zf[k]
     return out

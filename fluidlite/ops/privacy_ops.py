@@ -184,8 +184,9 @@ def _lower_noise(ctx):
     def run(x, state, ref):
         key, counter = int(state[0]), int(state[1])
         z = np.random.default_rng([key, counter, stream]).standard_normal(x.shape, dtype=dtype)
-        out = K.add_noise(np.ascontiguousarray(x), z, dtype.type(std),
-                          dtype.type(1.0 / ref.shape[0] if mean else 1.0))
+        # X is already the clipped sum divided by B (the backward's gradients carry 1/B), so only the
+        # noise is divided here
+        out = K.add_noise(np.ascontiguousarray(x), z, dtype.type(std / ref.shape[0] if mean else std))
         return (out, np.array([key, counter + 1], np.int64)) if advance else out
 
     return run
@@ -200,7 +201,7 @@ def _noise_infer(ctx):
 defop("dp_gaussian_noise", inputs=("X", "State", "BatchRef"), outputs=("Out", "StateOut"), optional=("StateOut",),
       attrs={"stddev": Attr(float, 0.0), "mean_loss": Attr(bool, True), "stream": Attr(int, 0)},
       infer=_noise_infer, lower=_lower_noise, grad=NO_GRAD,
-      doc="Out = (X + N(0, stddev^2 I)) / B (B = BatchRef's length; no division when mean_loss is false). "
+      doc="Out = X + N(0, stddev^2 I) / B (B = BatchRef's length; no division when mean_loss is false). "
           "The noise comes from the persistable State (key, counter) and `stream`; the op that writes "
           "StateOut advances the counter, so each run draws fresh noise and a checkpoint resumes it.")
 
