@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from .framework import ROLE_BACKWARD, Parameter, Variable
+from .atomic import atomic
+from .framework import ROLE_BACKWARD, Parameter, Variable, default_startup_program
 from .registry import GRAD_SUFFIX, NO_GRAD, GradContext, get_op_def, grad_var_name
 
 PART_SUFFIX = "@PART"  # one contribution to a gradient that several ops add to
@@ -239,8 +240,9 @@ def append_backward(loss, parameter_list=None, no_grad_set=None, callback=None):
         params = [block.var(n) for n in _as_names(parameter_list, "parameter_list")]
     names = [p.name for p in params]
     builder = _Builder(block, _as_names(no_grad_set, "no_grad_set"), _callbacks(callback))
-    seed = _seed(block, loss, builder.grad_name(loss.name))
-    grad_of = builder.run(names, [loss.name], [seed])
+    with atomic(program, default_startup_program()):  # a raising callback leaves no half backward
+        seed = _seed(block, loss, builder.grad_name(loss.name))
+        grad_of = builder.run(names, [loss.name], [seed])
     return [(p, block.var(grad_of[p.name])) for p in params if p.name in grad_of]
 
 
@@ -261,6 +263,11 @@ def gradients(targets, inputs, target_gradients=None, no_grad_set=None):
         raise ValueError(f"gradients: {len(targets)} targets but {len(target_gradients)} target_gradients")
     block = targets[0].block
     builder = _Builder(block, _as_names(no_grad_set, "no_grad_set"), [])
+    with atomic(block.program):
+        return _gradients(block, builder, targets, inputs, target_gradients)
+
+
+def _gradients(block, builder, targets, inputs, target_gradients):
     seeds = []
     for t, g in zip(targets, target_gradients):
         if g is None:

@@ -48,7 +48,8 @@ def _lower_clip(ctx):
     return lambda x: kernel(x, x if inplace else np.empty_like(x), lo, hi)
 
 
-_BOUNDS = {"min": Attr(float, REQUIRED, lambda v: None), "max": Attr(float, REQUIRED, lambda v: None)}
+_BOUND = Attr(float, REQUIRED, lambda v: None if v == v else "is NaN")  # +-inf allowed, as the clip classes do
+_BOUNDS = {"min": _BOUND, "max": _BOUND}
 defop("clip", inputs=("X",), attrs=_BOUNDS, infer=_clip_infer, lower=_lower_clip,
       grad=lambda g: [grad_op("clip_grad", g, {"X": g.i("X"), "Out@GRAD": g.og("Out")}, {"X@GRAD": g.ig("X")})],
       doc="Out = min(max(X, min), max); NaN stays NaN, +-Inf saturate. Gradient passes where min <= X <= max.")
