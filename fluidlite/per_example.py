@@ -31,7 +31,7 @@ STATE_NAME = "per_example@NOISE_STATE"  # the persistable (key, counter) of the 
 class Use:
     """One op's read of a parameter, as the per-example ops need it."""
 
-    kind: str  # "linear", "bias" or "embedding": the pair of dp_<kind>_* ops that handle it
+    kind: str  # "linear", "bias", "embedding" or "conv2d": the pair of dp_<kind>_* ops that handle it
     out: str  # the op output whose gradient G the rule reads
     operand: str | None  # A (linear: the activation) or Ids (embedding); None for a bias
     attrs: dict = field(default_factory=dict)  # per-use attribute values (one entry of each list attr)
@@ -102,13 +102,23 @@ def _lookup_rule(op, slot, block):
                                        "padding_idx": op.attrs["padding_idx"]})
 
 
-# op type -> rule(op, slot of the parameter, block) -> Use. conv2d and layer_norm join here.
-RULES = {"mul": _mul_rule, "matmul": _matmul_rule, "elementwise_add": _add_rule, "lookup_table": _lookup_rule}
+def _conv_rule(op, slot, block):
+    x = op.input("Input")[0]
+    if slot != "Filter" or op.attrs.get("groups", 1) != 1 or batch_axis(block, x, op) != 0:
+        raise _op_error(op, "per-example norms need the parameter as Filter, groups=1 and the batch first")
+    return Use("conv2d", op.output("Output")[0], x,
+               {k: op.attrs[k] for k in ("strides", "paddings", "dilations")})
+
+
+# op type -> rule(op, slot of the parameter, block) -> Use. layer_norm joins here.
+RULES = {"mul": _mul_rule, "matmul": _matmul_rule, "elementwise_add": _add_rule, "lookup_table": _lookup_rule,
+         "conv2d": _conv_rule}
 # op types that mix examples although their outputs keep a batch dimension
 MIXING = {"batch_norm"}
 _LIST_ATTRS = {"linear": ("batch_axes", "row_dims", "scales", "transposes"),
                "bias": ("batch_axes", "row_dims", "bias_ends"),
                "embedding": ("batch_axes", "row_dims", "padding_idx")}
+_SINGLE = {"conv2d": "Input"}  # kinds whose op takes one use (the parameter read once) and plain attributes
 
 
 def _loss_is_mean(loss):
@@ -174,6 +184,14 @@ def find_uses(block, loss, params, no_grad):
 
 
 def _per_param_op(block, kind, stage, uses, param, extra):
+    out = _fresh(block, f"{param.name}@PER_EXAMPLE_{'SQ' if stage == 'norm' else 'CLIPPED'}")
+    if kind in _SINGLE:
+        if len(uses) > 1:
+            raise ValueError(f"GradientClipPerExample: parameter {param.name!r} is read by {len(uses)} {kind} ops; "
+                             "per-example norms support one")
+        inputs = {_SINGLE[kind]: uses[0].operand, "G": uses[0].out_grad, "Param": param, **extra}
+        block.append_op(f"dp_{kind}_{stage}", inputs, {"Out": out}, uses[0].attrs)
+        return block.var(out)
     inputs = {"G": [u.out_grad for u in uses]}
     if kind != "bias":
         inputs["A" if kind == "linear" else "Ids"] = [u.operand for u in uses]
@@ -181,7 +199,6 @@ def _per_param_op(block, kind, stage, uses, param, extra):
     if kind == "linear" and len({u.attrs["transposes"] for u in uses}) > 1:
         raise ValueError(f"GradientClipPerExample: parameter {param.name!r} is read both transposed and not")
     inputs.update(extra)
-    out = _fresh(block, f"{param.name}@PER_EXAMPLE_{'SQ' if stage == 'norm' else 'CLIPPED'}")
     block.append_op(f"dp_{kind}_{stage}", inputs, {"Out": out}, attrs)
     return block.var(out)
 
@@ -217,6 +234,9 @@ def build(optimizer, loss, clip, startup_program=None, parameter_list=None, no_g
             us = [u for u in us if u.out in grad_of]
             for u in us:
                 u.out_grad = grad_of[u.out]
+            if len({u.kind for u in us}) > 1:
+                raise ValueError(f"GradientClipPerExample: parameter {name!r} is read by ops of different kinds "
+                                 f"({sorted({u.kind for u in us})}); per-example norms need one kind")
             if us:
                 uses[name] = us
                 sq[name] = _per_param_op(block, us[0].kind, "norm", us, block.var(name), {})

@@ -238,3 +238,44 @@ def test_the_checks_can_fail():
         _check(norms, grads, ref, 0.7, 1e-6)
     with pytest.raises(AssertionError):
         _check(norms * 1.01, grads, ref, 0.8, 1e-6)
+
+
+# ---- CNN: conv2d filters over unfolded patches ---------------------------------------------------------
+
+def _cnn(dtype):
+    x = layers.data("img", [2, 7, 7], dtype=dtype)
+    y = layers.data("y", [1], dtype="int64")
+    h = layers.conv2d(x, num_filters=3, filter_size=3, padding=1, act="tanh")
+    h = layers.conv2d(h, num_filters=4, filter_size=3, stride=2, padding=2, dilation=2, act="tanh")
+    h = layers.pool2d(h, pool_size=2, pool_type="max", pool_stride=1)
+    return layers.softmax_with_cross_entropy(layers.fc(h, 3), y)
+
+
+@pytest.mark.skipif(not hasattr(layers, "conv2d"), reason="conv2d has not landed")
+def test_cnn_matches_per_example_backward():
+    rng = np.random.default_rng(6)
+    feed = {"img": rng.standard_normal((5, 2, 7, 7)), "y": rng.integers(0, 3, (5, 1))}
+    norms, _, _, main, _ = _run_private(_cnn, feed, 1.0, "float64")
+    assert [op.type for op in main.global_block().ops].count("dp_conv2d_norm") == 2
+    clip_norm = float(np.median(norms))
+    norms, grads, params, _, _ = _run_private(_cnn, feed, clip_norm, "float64")
+    _check(norms, grads, _one_at_a_time(_cnn, params, feed, {}), clip_norm, 1e-9)
+
+
+# ---- matmul with a parameter: transposed, scaled, on a 3-D input -----------------------------------
+
+def _matmul_net(dtype):
+    x = layers.data("x3", [3, 4], dtype=dtype)  # [-1, 3, 4]: the weight is read at 3 positions
+    y = layers.data("y", [1], dtype="int64")
+    w = layers.create_parameter([5, 4], dtype)
+    h = layers.tanh(layers.matmul(x, w, transpose_y=True, alpha=0.5))  # [-1, 3, 5]
+    return layers.softmax_with_cross_entropy(layers.fc(layers.reduce_sum(h, dim=1), 2), y)
+
+
+def test_matmul_weight_transposed_and_scaled():
+    rng = np.random.default_rng(7)
+    feed = {"x3": rng.standard_normal((6, 3, 4)), "y": rng.integers(0, 2, (6, 1))}
+    norms, _, _, _, _ = _run_private(_matmul_net, feed, 1.0, "float64")
+    clip_norm = float(np.median(norms))
+    norms, grads, params, _, _ = _run_private(_matmul_net, feed, clip_norm, "float64")
+    _check(norms, grads, _one_at_a_time(_matmul_net, params, feed, {}), clip_norm, 1e-9)

@@ -74,20 +74,21 @@ def _lower_linear_norm(ctx):
 
 def _lower_linear_sum(ctx):
     dtype = ctx.dtype("Param")
+    transpose = bool(ctx.attrs["transposes"]) and ctx.attrs["transposes"][0]
 
     def run(*arrays):
         *arrays, _, c = arrays
-        out = None
-        for (x, y, ax, r, s), t in zip(_linear_operands(ctx, arrays), ctx.attrs["transposes"]):
+        rows_a, rows_g = [], []
+        for x, y, ax, r, s in _linear_operands(ctx, arrays):
             p, b, q = numel(y.shape[:ax]), y.shape[ax], numel(y.shape[ax + 1:])
             gs = K.scale_rows(np.ascontiguousarray(y).reshape(p, b, q), c)
-            f = numel(x.shape[r:])
-            part = KB.matmul2d_tn(np.ascontiguousarray(x).reshape(-1, f), gs.reshape(-1, numel(y.shape[r:])))
-            if s != 1.0:
-                part *= dtype.type(s)
-            part = np.ascontiguousarray(part.T) if t else part
-            out = part if out is None else out + part
-        return out
+            rows_a.append(np.ascontiguousarray(x).reshape(-1, numel(x.shape[r:])))
+            g2 = gs.reshape(-1, numel(y.shape[r:]))
+            rows_g.append(g2 * dtype.type(s) if s != 1.0 else g2)
+        if len(rows_a) > 1:  # every use's rows in one product (a weight shared by T steps: one BLAS call)
+            rows_a, rows_g = [np.concatenate(rows_a)], [np.concatenate(rows_g)]
+        out = KB.matmul2d_tn(rows_a[0], rows_g[0])
+        return np.ascontiguousarray(out.T) if transpose else out
 
     return run
 
@@ -219,3 +220,43 @@ def _lower_state(ctx):
 defop("dp_random_state", inputs=(), attrs={"seed": Attr(int, -1)}, lower=_lower_state, grad=NO_GRAD,
       infer=lambda ctx: {"Out": ((2,), np.dtype(np.int64))},
       doc="Out = [seed, 0]: a random stream's (key, counter); seed -1 draws the key from the OS's entropy.")
+
+
+# ---- conv2d: the linear rule over unfolded patches --------------------------------------------------
+
+_CONV = {"strides": Attr("ints", (1, 1)), "paddings": Attr("ints", (0, 0)), "dilations": Attr("ints", (1, 1))}
+
+
+def _unfold(ctx, x, g):
+    """(patches [B, Ho*Wo, C*kh*kw], output gradient [B, Ho*Wo, F]) of an NCHW conv2d (one group)."""
+    (sh, sw), (ph, pw), (dh, dw) = ctx.attrs["strides"], ctx.attrs["paddings"], ctx.attrs["dilations"]
+    kh, kw = ctx.shape("Param")[2:]
+    n, c = x.shape[:2]
+    ho, wo = g.shape[2:]
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    s = xp.strides
+    view = np.lib.stride_tricks.as_strided(xp, (n, ho, wo, c, kh, kw),
+                                           (s[0], s[2] * sh, s[3] * sw, s[1], s[2] * dh, s[3] * dw), writeable=False)
+    a = np.ascontiguousarray(view).reshape(n, ho * wo, c * kh * kw)
+    return a, np.ascontiguousarray(g.reshape(n, g.shape[1], ho * wo).transpose(0, 2, 1))
+
+
+def _lower_conv_sum(ctx):
+    shape = ctx.shape("Param")
+
+    def run(x, g, w, c):
+        a, g3 = _unfold(ctx, x, g)
+        gs = K.scale_rows(g3.reshape(1, g3.shape[0], -1), c).reshape(-1, g3.shape[2])
+        return np.ascontiguousarray(KB.matmul2d_tn(a.reshape(-1, a.shape[2]), gs).T).reshape(shape)
+
+    return run
+
+
+defop("dp_conv2d_norm", inputs=("Input", "G", "Param"), attrs=_CONV, grad=NO_GRAD,
+      infer=lambda ctx: {"Out": ((ctx.shape("G")[0],), ctx.dtype("G"))},
+      lower=lambda ctx: lambda x, g, w: K.linear_sq_norms(*_unfold(ctx, x, g)),
+      doc="Out[b] = ||example b's conv2d filter gradient||^2 from its unfolded input patches and output "
+          "gradient (the linear ghost norm with one row per output position); groups=1, batch first.")
+defop("dp_conv2d_clipped_sum", inputs=("Input", "G", "Param", "Scale"), attrs=_CONV, grad=NO_GRAD,
+      infer=_param_infer, lower=_lower_conv_sum,
+      doc="Out = sum_b Scale[b] * (example b's conv2d filter gradient), as one product of the unfolded patches.")
