@@ -33,6 +33,7 @@ class GradientClipPerExample(GradientClipBase):
     `seed=None` draws the noise key from the OS when the startup program runs; an int makes it repeatable."""
 
     replaces_backward = True  # Optimizer.minimize hands the whole build to `_minimize`
+    _ARGS = ("l2_norm_clip", "noise_multiplier", "seed")
 
     def __init__(self, l2_norm_clip, noise_multiplier=0.0, seed=None):
         self.l2_norm_clip = _real("l2_norm_clip", l2_norm_clip, 0.0, strict=True)
@@ -49,13 +50,13 @@ class GradientClipPerExample(GradientClipBase):
     def _group_key(self):
         return ("per_example",)
 
-    def _append(self, block, pairs, state):
+    def _append(self, block, pairs, build):
         raise ValueError("GradientClipPerExample works only as minimize(loss, grad_clip=...): it replaces the "
                          "backward pass, so it cannot be attached to parameters or combined with another clip")
 
-    def __repr__(self):
-        return (f"GradientClipPerExample(l2_norm_clip={self.l2_norm_clip}, noise_multiplier={self.noise_multiplier}, "
-                f"seed={self.seed})")
+
+
+GradientClipPerExample.__module__ = "fluidlite.clip"  # its public name, as fl.io saves it
 
 
 def per_example_norm_var(program=None):
