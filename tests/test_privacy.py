@@ -167,3 +167,14 @@ def test_epsilon_agrees_with_the_accountant():
     for bad in [(0.0, q, steps, delta), (sigma, 0.0, steps, delta), (sigma, q, -1, delta), (sigma, q, steps, 1.0)]:
         with pytest.raises(ValueError):
             fl.privacy.epsilon(*bad)
+
+
+def test_the_clip_object_round_trips_save_load(tmp_path):
+    main, startup = fl.Program(), fl.Program()
+    with fl.program_guard(main, startup), fl.unique_name.guard():
+        layers.mean(layers.fc(layers.data("x", [3]), 2))
+        clip = fl.clip.GradientClipPerExample(0.7, noise_multiplier=1.25, seed=5)
+        fl.clip.set_gradient_clip(clip)
+    fl.io.save_program(main, tmp_path / "p.json")
+    got = fl.io.load_program(tmp_path / "p.json").global_block().var("fc_0.w_0").gradient_clip_attr
+    assert type(got) is fl.privacy.GradientClipPerExample and got._config() == clip._config()

@@ -37,7 +37,8 @@ for _cls in (BaseErrorClip, GradientClipBase, ErrorClipByValue, GradientClipByVa
 
 
 def __getattr__(name):
-    # DP-SGD's clip lives in fluidlite.privacy (which imports this package), so it is looked up lazily
+    # DP-SGD's clip lives in fluidlite.privacy (which imports this package), so it is looked up lazily;
+    # it works only as minimize(grad_clip=...), so it is not among the per-parameter clips of __all__
     if name in ("GradientClipPerExample", "per_example_norm_var"):
         from .. import privacy
 
@@ -51,5 +52,4 @@ __all__ = [
     "GradientClipZScore", "append_gradient_clip_ops", "build_gradient_clip",
     "error_clip_callback", "error_norm_callback", "error_norm_vars", "global_norm_var", "gradient_norms",
     "norm_var_name", "set_gradient_clip", "skipped_steps_var", "update_gate",
-    "GradientClipPerExample", "per_example_norm_var",
 ]
