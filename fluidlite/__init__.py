@@ -26,8 +26,8 @@ __all__ = [
     "initializer", "layers", "program_guard", "role_guard", "scope_guard", "unique_name",
 ]
 
-_SUBMODULES = {"backward", "clip", "graph", "nets", "synthetic", "graphviz", "io", "optimizer", "regularizer",
-               "registry", "shapes", "datasets", "reader"}
+_SUBMODULES = {"backward", "clip", "datasets", "graph", "graphviz", "io", "nets", "optimizer", "privacy", "reader",
+               "regularizer", "registry", "shapes", "synthetic"}
 
 
 def __getattr__(name):
