@@ -30,7 +30,7 @@ __all__ = [
     "initializer", "layers", "program_guard", "scope_guard", "unique_name",
 ]
 
-_SUBMODULES = {"backward", "clip", "data", "graph", "graphviz", "io", "optimizer", "regularizer", "registry", "shapes"}
+_SUBMODULES = {"backward", "clip", "data", "distributed", "graph", "graphviz", "io", "optimizer", "regularizer", "registry", "shapes"}
 
 
 def __getattr__(name):

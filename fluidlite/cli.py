@@ -15,6 +15,7 @@ import sys
 PASSTHROUGH = {
     "demo": ("fluidlite.demo", "train a small model with gradient clipping (arguments go to the demo)"),
     "bench": ("fluidlite.bench", "run the benchmarks (arguments go to the benchmark)"),
+    "launch": ("fluidlite.distributed.launch", "run a script on K MPI workers: launch -n K script.py [args]"),
 }
 
 

@@ -28,6 +28,7 @@ ROLE_COLORS = {
     "grad_clip": "#d7b8ff",
     "optimize": "#b6e3c2",
 }
+TYPE_COLORS = {"allreduce": "#7fd1d9"}  # op types with a colour of their own, whatever their role
 VAR_STYLES = {  # var_kind -> DOT attributes
     "var": {"shape": "ellipse", "style": "solid"},
     "data": {"shape": "invhouse", "style": "filled", "fillcolor": "#eeeeee"},
@@ -226,7 +227,8 @@ def _draw_block(dot, block, g, keep, group_of, clustered, style):
         node = op_node(i)
         if node in keep and node not in shown:
             shown[node] = f"op{block.idx}_{i}"
-            attrs = dict(shape="box", style="rounded,filled", fillcolor=ROLE_COLORS.get(op.role, "#ffffff"),
+            fill = TYPE_COLORS.get(op.type) or ROLE_COLORS.get(op.role, "#ffffff")
+            attrs = dict(shape="box", style="rounded,filled", fillcolor=fill,
                          label=op.type, kind="op", role=op.role, optype=op.type, index=str(i))
             out.append(f"{indent}{shown[node]} {_attrs(**attrs, **(HIGHLIGHT if lit(op) else {}))};")
     pinned = style["hl_names"] | style["seeds"]

@@ -35,6 +35,9 @@ class Optimizer:
     accumulators and returns the update op's (inputs, outputs, attrs)."""
 
     type = None
+    # callables (loss, params_grads) -> params_grads that minimize runs between backward and clipping;
+    # fluidlite.distributed.DistributedOptimizer puts its gradient allreduce here
+    gradient_transforms = ()
 
     def __init__(self, learning_rate, regularization=None):
         owner = type(self).__name__
@@ -138,8 +141,11 @@ class Optimizer:
 
     def minimize(self, loss, startup_program=None, parameter_list=None, no_grad_set=None, grad_clip=None,
                  callback=None):
-        """backward -> clip -> regularization -> update ops; returns (update ops, [(param, final grad)])."""
+        """backward -> gradient_transforms -> clip -> regularization -> update ops; returns
+        (update ops, [(param, final grad)])."""
         params_grads = self.backward(loss, startup_program, parameter_list, no_grad_set, callback)
+        for transform in self.gradient_transforms:
+            params_grads = transform(loss, params_grads)
         return self.apply_optimize(loss, startup_program, params_grads, grad_clip)
 
     def _update(self, param, grad, lr, startup):
