@@ -71,8 +71,8 @@ def pair(clip, opt="sgd", split=None, steps=3, norm=None, **dist_kw):
         fl.distributed.broadcast_persistables(main, scope)
     ref_main, _, _, _ = build(clip, opt, distributed=False)
     ref_scope = fl.Scope()
-    start = {k: v.copy() for k, v in scope._arrays.items()}
-    ref_scope._arrays.update({k: v.copy() for k, v in start.items()})
+    start = {k: v.copy() for k, v in scope.arrays.items()}
+    ref_scope.arrays.update({k: v.copy() for k, v in start.items()})
     fetch = [norm] if norm is not None and main.global_block().has_var(norm) else []
     got = train(main, scope, steps, shard(split=split), fetch)
     want = train(ref_main, ref_scope, steps, slice(0, B), fetch)
@@ -82,7 +82,7 @@ def pair(clip, opt="sgd", split=None, steps=3, norm=None, **dist_kw):
     if split is not None and not dist_kw.get("weight_by_batch", True):  # each shard alone, from the same start
         for key, rows in (("shard0", slice(0, split)), ("shard1", slice(split, B))):
             alone = fl.Scope()
-            alone._arrays.update({k: v.copy() for k, v in start.items()})
+            alone.arrays.update({k: v.copy() for k, v in start.items()})
             train(ref_main, alone, steps, rows)
             result[key] = {k: v.tolist() for k, v in params(alone, names).items()}
     return result

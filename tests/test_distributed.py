@@ -134,8 +134,8 @@ def test_one_worker_trains_like_the_plain_optimizer(single, dtype):
             opt.minimize(loss, grad_clip=fl.clip.GradientClipByGlobalNorm(0.1))
             exe = fl.Executor()
             exe.run(startup)
-            start = start if results else {k: v.copy() for k, v in fl.global_scope()._arrays.items()}
-            fl.global_scope()._arrays.update({k: v.copy() for k, v in start.items()})
+            start = start if results else {k: v.copy() for k, v in fl.global_scope().arrays.items()}
+            fl.global_scope().arrays.update({k: v.copy() for k, v in start.items()})
             assert fl.distributed.broadcast_persistables(main)
             for _ in range(3):
                 exe.run(main, feed=feed)
@@ -241,4 +241,4 @@ def test_launch_names_a_killed_worker():
     assert proc.returncode != 0
     assert "worker rank 1 " in proc.stderr and "terminated" in proc.stderr, proc.stdout + proc.stderr
     assert "rank 0 step 2" not in proc.stdout
-    assert time.monotonic() - start < 30
+    assert time.monotonic() - start < 60  # hydra stops the others at once; 60 s leaves room for a loaded machine

@@ -167,16 +167,16 @@ def broadcast_persistables(program=None, scope=None, root=0) -> list:
     check_same_program(program, root)
     names = sorted(v.name for v in program.global_block().vars.values() if v.persistable)
     if world.comm is None:
-        return [n for n in names if n in scope._arrays]
-    have = [(n, a.shape, a.dtype.str) for n in names if (a := scope._arrays.get(n)) is not None]
+        return [n for n in names if scope.get_array(n) is not None]
+    have = [(n, a.shape, a.dtype.str) for n in names if (a := scope.get_array(n)) is not None]
     have = world.comm.bcast(have if world.rank == root else None, root=root)
     for name, shape, dtype in have:
-        value = scope._arrays.get(name)
+        value = scope.get_array(name)
         if world.rank != root and (value is None or value.shape != shape or value.dtype.str != dtype
                                    or not value.flags.c_contiguous):
             value = np.empty(shape, np.dtype(dtype))
         bcast_inplace(value, root, f"broadcast of {name!r}")
-        scope._arrays[name] = value
+        scope.set_array(name, value)
     return [n for n, _, _ in have]
 
 

@@ -146,13 +146,13 @@ def _unresponsive(comm, grace) -> list:
 
 def wait(request, what):
     """Poll a non-blocking MPI request until it completes or the deadline passes (DistributedError)."""
-    deadline = time.monotonic() + WORLD.timeout
-    spins = 0
-    while not request.Test():
-        spins += 1
-        if spins > 200:  # a short spin for fast collectives, then yield the core to the other workers
-            time.sleep(1e-4 if spins < 10000 else 1e-3)
-        if time.monotonic() > deadline:
+    start = time.monotonic()
+    deadline = start + WORLD.timeout
+    while not request.Test():  # each Test drives MPI's progress, as a blocking wait's busy poll does
+        now = time.monotonic()
+        if now > start + 0.2:  # a long wait (a slower peer): poll less often, free the core
+            time.sleep(1e-3)
+        if now > deadline:
             missing = _unresponsive(WORLD.comm, min(WORLD.timeout, 2.0))
             who = f"rank(s) {missing} did not reach it" if missing else "no rank answered in time"
             raise DistributedError(f"{what} on rank {WORLD.rank} timed out after {WORLD.timeout:g} s: {who} "
