@@ -14,9 +14,10 @@ if _util.find_spec("fluidlite.kernels") is None:
 
 from . import ops  # noqa: E402,F401  (registers every op)
 from . import initializer, layers, unique_name  # noqa: E402,F401
+from .data_feeder import DataFeeder, data  # noqa: E402
 from .executor import CPUPlace, Executor  # noqa: E402
 from .framework import (  # noqa: E402
-    Block, Operator, Parameter, Program, Variable, default_main_program, default_startup_program, program_guard,
+    Block, Operator, Parameter, Program, Variable, default_main_program, default_startup_program, program_guard, role_guard,
 )
 from .param_attr import ParamAttr  # noqa: E402
 from .registry import grad_var_name  # noqa: E402
@@ -25,12 +26,12 @@ from .scope import Scope, fetch_var, global_scope, scope_guard  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
-    "Block", "CPUPlace", "Executor", "Operator", "ParamAttr", "Parameter", "Program", "Scope", "Variable",
-    "default_main_program", "default_startup_program", "fetch_var", "global_scope", "grad_var_name",
-    "initializer", "layers", "program_guard", "scope_guard", "unique_name",
+    "Block", "CPUPlace", "DataFeeder", "Executor", "Operator", "ParamAttr", "Parameter", "Program", "Scope", "Variable",
+    "data", "default_main_program", "default_startup_program", "fetch_var", "global_scope", "grad_var_name",
+    "initializer", "layers", "program_guard", "role_guard", "scope_guard", "unique_name",
 ]
 
-_SUBMODULES = {"backward", "clip", "data", "distributed", "graph", "graphviz", "io", "optimizer", "regularizer", "registry", "shapes"}
+_SUBMODULES = {"backward", "clip", "distributed", "graph", "synthetic", "graphviz", "io", "optimizer", "regularizer", "registry", "shapes"}
 
 
 def __getattr__(name):

@@ -58,8 +58,8 @@ def _coerce(op_type: str, name: str, spec: Attr, value):
         if not isinstance(value, _ATTR_TYPES[kind]):
             raise bad
         value = kind(value)
-        if kind is float and math.isnan(value) and spec.check is None:
-            raise ValueError(f"{op_type}: attribute {name!r} is NaN")
+        if kind is float and not math.isfinite(value) and spec.check is None:  # a check may allow +-inf
+            raise ValueError(f"{op_type}: attribute {name!r} is {value} (it must be finite)")
     elif kind in ("ints", "shape"):
         if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
             value = [value]
@@ -69,9 +69,12 @@ def _coerce(op_type: str, name: str, spec: Attr, value):
             raise bad
         value = tuple(int(v) for v in value)
     elif kind == "floats":
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, _ATTR_TYPES[float]) for v in value):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, _ATTR_TYPES[float])
+                                                           and not isinstance(v, bool) for v in value):
             raise bad
         value = tuple(float(v) for v in value)
+        if spec.check is None and not all(map(math.isfinite, value)):
+            raise ValueError(f"{op_type}: attribute {name!r}={list(value)} holds a non-finite value")
     elif kind == "dtype":
         try:
             value = np.dtype(value).name
