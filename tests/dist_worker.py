@@ -62,7 +62,7 @@ def params(scope, names):
     return {n: np.array(scope.var(n).get_tensor()) for n in names}
 
 
-def pair(clip, opt="sgd", split=None, steps=3, norm=None, **dist_kw):
+def pair(clip, opt="sgd", split=None, steps=4, norm=None, **dist_kw):
     """Distributed run on this rank's shard vs one process on the whole batch from the same start."""
     main, startup, loss, names = build(clip, opt, **dist_kw)
     scope = fl.Scope()
@@ -76,9 +76,16 @@ def pair(clip, opt="sgd", split=None, steps=3, norm=None, **dist_kw):
     fetch = [norm] if norm is not None and main.global_block().has_var(norm) else []
     got = train(main, scope, steps, shard(split=split), fetch)
     want = train(ref_main, ref_scope, steps, slice(0, B), fetch)
+    if clip is not None:  # the same run without the clip: the clip must change the result
+        plain_main, _, _, _ = build(None, opt, distributed=False)
+        plain = fl.Scope()
+        plain.arrays.update({k: v.copy() for k, v in start.items()})
+        train(plain_main, plain, steps, slice(0, B))
+        effect = max(float(np.max(np.abs(a - b))) for a, b in zip(params(plain, names).values(),
+                                                                    params(ref_scope, names).values()))
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(params(scope, names).values(),
                                                                 params(ref_scope, names).values()))
-    result = {"diff": diff, "norms": got, "ref_norms": want, "params": {k: v.tolist() for k, v in params(scope, names).items()}}
+    result = {"diff": diff, "effect": effect if clip is not None else 0.0, "norms": got, "ref_norms": want, "params": {k: v.tolist() for k, v in params(scope, names).items()}}
     if split is not None and not dist_kw.get("weight_by_batch", True):  # each shard alone, from the same start
         for key, rows in (("shard0", slice(0, split)), ("shard1", slice(split, B))):
             alone = fl.Scope()
@@ -94,8 +101,8 @@ def clip_kinds():
              "global_inf_norm": c.GradientClipByGlobalNorm(0.02, norm_type=float("inf")),
              "norm": c.GradientClipByNorm(0.05), "value": c.GradientClipByValue(0.01),
              "agc": c.GradientClipAdaptive(0.01), "autoclip": c.GradientClipAutoClip(percentile=50)}
-    if hasattr(c, "GradientClipZClip"):
-        kinds["zclip"] = c.GradientClipZClip()
+    if hasattr(c, "GradientClipZScore"):  # ZClip: warm up on one step, then clip a norm above a fast mean
+        kinds["zclip"] = c.GradientClipZScore(alpha=0.1, warmup_steps=1, z_thresh=0.01)
     return kinds
 
 
@@ -104,7 +111,7 @@ def check(outdir):
     for name, clip in clip_kinds().items():
         norm = None if clip is None or not hasattr(clip, "group_name") else clip.group_name + "@GLOBAL_NORM"
         r = pair(clip, opt="adam" if name == "autoclip" else "sgd", norm=norm)
-        out[name] = {k: r[k] for k in ("diff", "norms", "ref_norms", "params")}
+        out[name] = {k: r[k] for k in ("diff", "effect", "norms", "ref_norms", "params")}
     out["momentum_unbucketed"] = {"diff": pair(fl.clip.GradientClipByGlobalNorm(0.05), "momentum",
                                                bucket_size_mb=0)["diff"]}
     out["uneven_weighted"] = {"diff": pair(None, split=5)["diff"]}

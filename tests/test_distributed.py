@@ -183,21 +183,19 @@ def two_workers(tmp_path_factory):
 def test_two_workers_on_half_batches_match_one_process_on_the_whole_batch(two_workers):
     r0, r1 = two_workers
     kinds = [k for k in r0 if "params" in r0[k] and "norms" in r0[k]]
-    assert {"none", "global_norm", "global_inf_norm", "norm", "value", "agc", "autoclip"} <= set(kinds)
+    assert {"none", "global_norm", "global_inf_norm", "norm", "value", "agc", "autoclip", "zclip"} <= set(kinds)
     for kind in kinds:
         assert r0[kind]["diff"] < TOL and r1[kind]["diff"] < TOL, kind
         assert r0[kind]["params"] == r1[kind]["params"], kind  # bitwise the same on both workers
-        if kind != "none":  # each clip is active: it changes the result
-            moved = max(np.max(np.abs(np.subtract(r0[kind]["params"][n], r0["none"]["params"][n])))
-                        for n in r0[kind]["params"])
-            assert moved > 1e-6, kind
+        if kind != "none":  # each clip is active: without it the parameters end elsewhere
+            assert r0[kind]["effect"] > 1e-6, kind
     assert r0["momentum_unbucketed"]["diff"] < TOL
 
 
 def test_the_global_norm_is_identical_on_every_rank(two_workers):
     r0, r1 = two_workers
-    for kind in ("global_norm", "global_inf_norm", "autoclip"):
-        assert r0[kind]["norms"] == r1[kind]["norms"] and len(r0[kind]["norms"]) == 3, kind
+    for kind in ("global_norm", "global_inf_norm", "autoclip", "zclip"):
+        assert r0[kind]["norms"] == r1[kind]["norms"] and len(r0[kind]["norms"]) == 4, kind
         np.testing.assert_allclose(r0[kind]["norms"], r0[kind]["ref_norms"], rtol=1e-12)
 
 
