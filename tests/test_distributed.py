@@ -85,6 +85,17 @@ def test_allreduce_comes_after_backward_and_before_every_clip(single, clip):
     fl.verify(loss.block.program)
 
 
+def test_backward_then_apply_gradients_also_reduces(single):
+    fl.distributed.init()
+    x = layers.data(name="x", shape=[4], dtype="float32")
+    loss = layers.mean(layers.fc(x, size=1))
+    opt = fl.distributed.DistributedOptimizer(fl.optimizer.SGD(0.1))
+    pg = opt.backward(loss)
+    assert loss.block.ops[-1].type == "allreduce" and set(loss.block.ops[-1].input("X")) == {g.name for _, g in pg}
+    opt.apply_gradients(pg)
+    assert loss.block.ops[-1].type == "sgd" and opt.learning_rate_name is not None
+
+
 def test_gradients_are_bucketed(single):
     fl.distributed.init()
     _, opt, pg = _model(200)  # 200 small gradients

@@ -84,7 +84,16 @@ class DistributedOptimizer:
         self.allreduce_ops = []  # the ops the last minimize appended
 
     def __getattr__(self, name):  # learning_rate_name, apply_gradients, ... of the wrapped optimizer
-        return getattr(self.__dict__["inner"], name)
+        inner = self.__dict__.get("inner")
+        if inner is None:
+            raise AttributeError(name)
+        return getattr(inner, name)
+
+    def backward(self, loss, *args, **kwargs):
+        """The wrapped optimizer's backward, then the allreduce: (param, averaged gradient) pairs, for
+        backward -> your own clipping -> apply_gradients."""
+        require("DistributedOptimizer.backward")
+        return self.allreduce_gradients(loss, self.inner.backward(loss, *args, **kwargs))
 
     def minimize(self, loss, *args, **kwargs):
         """The wrapped optimizer's minimize (same arguments and result), with the gradient allreduce
