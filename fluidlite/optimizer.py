@@ -146,6 +146,8 @@ class Optimizer:
         program = loss.block.program if isinstance(loss, Variable) else None
         clips = [getattr(p, "gradient_clip_attr", None) for p in (program.all_parameters() if program else ())]
         with atomic(program, startup_program or default_startup_program(), objects=(self, grad_clip, *clips)):
+            if getattr(grad_clip, "replaces_backward", False):  # per-example clipping builds its own backward
+                return grad_clip._minimize(self, loss, startup_program, parameter_list, no_grad_set, callback)
             params_grads = self.backward(loss, startup_program, parameter_list, no_grad_set, callback)
             return self.apply_optimize(loss, startup_program, params_grads, grad_clip)
 
