@@ -43,3 +43,20 @@ def test_sentiment_lstm_learns_with_error_clipping_and_exports(tmp_path):
     subprocess.run([sys.executable, "-c", script, str(tmp_path / "model"), str(tmp_path / "ids.npy"),
                     str(tmp_path / "lengths.npy"), str(tmp_path / "out.npy")], check=True, timeout=600)
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), result["test_prob"], rtol=1e-6, atol=1e-7)
+
+
+def test_transformer_copy_learns_reversal_with_global_norm_clipping(tmp_path):
+    from fluidlite.registry import OPS
+
+    if "layer_norm" not in OPS:  # until the layer_norm op lands (helper ops-cnn)
+        pytest.skip("layer_norm is not registered yet")
+    ex = _load("transformer_copy")
+    main, test, *_ = ex.build(seq_len=6, vocab=8, d_model=32)
+    types = {op.type for op in main.global_block().ops}
+    assert {"matmul", "softmax", "layer_norm", "gelu", "dropout", "transpose", "adam"} <= types
+    assert not {"adam", "dropout_grad"} & {op.type for op in test.global_block().ops}
+    plot = tmp_path / "norms.png"
+    result = ex.train(steps=150, seq_len=6, vocab=8, batch=32, d_model=32, plot=str(plot), verbose=False)
+    assert result["losses"][-1] < 0.2 * result["losses"][0]
+    assert result["token_accuracy"] > 0.9  # chance is 1/8
+    assert result["clipped_steps"] > 0 and plot.stat().st_size > 1000
