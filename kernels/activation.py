@@ -147,7 +147,7 @@ def unary_grad_parallel(v, dout, op, a):
 # Softmax over contiguous rows (the last axis): reassociation and approximate exp let LLVM vectorise
 # the row loops, 4-8x faster on attention-sized rows; NaN and Inf keep their meaning (no nnan/ninf).
 # The kernels carry the flags themselves: an inlined helper is compiled with its caller's flags.
-_FAST = {"reassoc", "nsz", "arcp", "contract", "afn"}
+_FAST = ("reassoc", "nsz", "arcp", "contract", "afn")
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -184,7 +184,7 @@ def _softmax_strided(xf, of, p, n, post):
             of[base + j * post] /= s
 
 
-@njit(cache=True, error_model="numpy", fastmath=_FAST)
+@njit(cache=True, error_model="numpy", fastmath=set(_FAST))
 def softmax_rows(x, pre, n):
     """Softmax of each contiguous row of x viewed as (pre, n)."""
     out = np.empty_like(x)
@@ -195,7 +195,7 @@ def softmax_rows(x, pre, n):
     return out
 
 
-@njit(cache=True, error_model="numpy", fastmath=_FAST, parallel=True)
+@njit(cache=True, error_model="numpy", fastmath=set(_FAST), parallel=True)
 def softmax_rows_parallel(x, pre, n):
     out = np.empty_like(x)
     xf = x.reshape(-1)
@@ -239,7 +239,7 @@ def _softmax_grad_at(of, gf, df, p, n, post):
             df[k] = of[k] * (gf[k] - s)
 
 
-@njit(cache=True, error_model="numpy", fastmath=_FAST)
+@njit(cache=True, error_model="numpy", fastmath=set(_FAST))
 def softmax_grad(out, dout, pre, n, post):
     dx = np.empty_like(out)
     of = out.reshape(-1)
@@ -250,7 +250,7 @@ def softmax_grad(out, dout, pre, n, post):
     return dx
 
 
-@njit(cache=True, error_model="numpy", fastmath=_FAST, parallel=True)
+@njit(cache=True, error_model="numpy", fastmath=set(_FAST), parallel=True)
 def softmax_grad_parallel(out, dout, pre, n, post):
     dx = np.empty_like(out)
     of = out.reshape(-1)
