@@ -40,6 +40,7 @@ import uuid
 import numpy as np
 
 from .framework import Program, default_main_program
+from .random_state import is_state
 from .scope import global_scope
 from .shapes import dims_match
 
@@ -141,6 +142,8 @@ def save_persistables(dirname, program=None, scope=None):
     arrays = {}
     for name, var in variables.items():
         value = scope._arrays.get(name)
+        if value is None and is_state(name):
+            continue  # a random stream not drawn from yet: a fresh one is made when it is first needed
         if value is None:
             raise ValueError(f"save_persistables: variable {name!r} has no value in the scope (run the startup program first)")
         _check_declared(var, value.shape, value.dtype, "save_persistables")
@@ -284,6 +287,8 @@ def load_persistables(dirname, program=None, scope=None) -> list:
     for name, var in variables.items():
         where = f"load_persistables {dirname!r}"
         e = entries.get(name)
+        if e is None and is_state(name):
+            continue  # saved before the stream was first drawn from (or before the op existed)
         _need(e is not None, where, f"the checkpoint has no variable {name!r}")
         where_var = f"{where}: variable {name!r} (file {e['file']})"
         limit = math.prod(e["shape"]) * np.dtype(e["dtype"]).itemsize + _HEADER_MAX  # read nothing larger

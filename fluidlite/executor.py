@@ -6,10 +6,12 @@ one line per op calling its bound kernel, `del` after each value's last use. See
 from __future__ import annotations
 
 import sys
+import weakref
 from collections import OrderedDict
 
 import numpy as np
 
+from . import random_state
 from ._memory import tune_malloc
 from .framework import Program, Variable, default_main_program
 from .compiler import CompileOptions, compile_plan
@@ -55,9 +57,10 @@ class Plan:
         self.declared = ir.declared
         self.source = ir.source
         self._step, self._line_to_op = ir.step_fn, ir.line_to_op
-        self._checked_scopes = set()
+        self._checked_scopes = weakref.WeakSet()  # not ids: a new scope may reuse a dead one's id
 
     def _check_scope(self, scope: Scope):
+        random_state.init_missing(scope, self.scope_inputs)  # a stream this scope has not used yet
         for n in self.scope_inputs:
             value = scope.get_array(n)
             if value is None:
@@ -68,10 +71,10 @@ class Plan:
                 raise ValueError(f"variable {n!r} in the scope is {value.dtype}{list(value.shape)}, "
                                  f"the program declares {m.dtype}{list(m.shape)}")
         scope.declare(self.declared)
-        self._checked_scopes.add(id(scope))
+        self._checked_scopes.add(scope)
 
     def run(self, feed: dict, scope: Scope) -> list:
-        if id(scope) not in self._checked_scopes:
+        if scope not in self._checked_scopes:
             self._check_scope(scope)
         try:
             return self._step(feed, scope.arrays)
