@@ -227,6 +227,8 @@ def _lower_dropout(ctx):
 
 
 def _dropout_grad(g):
+    if not g.wants("X"):  # only the (integer) State could be asked for: it has no gradient
+        return []
     if g.attrs["is_test"]:  # Out = x * const: no mask needed
         return [grad_op("scale", g, {"X": g.og("Out")}, {"Out": g.ig("X")},
                         {"scale": float(_keep_scale(g.attrs, np.dtype("float64")))})]
