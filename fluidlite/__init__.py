@@ -17,7 +17,7 @@ from . import initializer, layers, unique_name  # noqa: E402,F401
 from .data_feeder import DataFeeder, data  # noqa: E402
 from .executor import CPUPlace, Executor  # noqa: E402
 from .framework import (  # noqa: E402
-    Block, Operator, Parameter, Program, Variable, default_main_program, default_startup_program, program_guard,
+    Block, Operator, Parameter, Program, Variable, default_main_program, default_startup_program, program_guard, role_guard,
 )
 from .param_attr import ParamAttr  # noqa: E402
 from .registry import grad_var_name  # noqa: E402
@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Block", "CPUPlace", "DataFeeder", "Executor", "Operator", "ParamAttr", "Parameter", "Program", "Scope", "Variable",
     "data", "default_main_program", "default_startup_program", "fetch_var", "global_scope", "grad_var_name",
-    "initializer", "layers", "program_guard", "scope_guard", "unique_name",
+    "initializer", "layers", "program_guard", "role_guard", "scope_guard", "unique_name",
 ]
 
 _SUBMODULES = {"backward", "clip", "graph", "synthetic", "graphviz", "io", "optimizer", "regularizer", "registry", "shapes"}

@@ -22,6 +22,7 @@ def _snapshot_program(program):
         fields = {name: tuple(getattr(v, f, None) for f in _VAR_FIELDS) for name, v in block.vars.items()}
         blocks.append((block, list(block.ops), dict(block.vars), fields, block.parent_idx))
     state = {k: v for k, v in vars(program).items() if k != "blocks" and not isinstance(v, (list, dict, set))}
+    state["_clip_records"] = list(program._clip_records)  # what clip builds made (fluidlite.clip)
     return program, list(program.blocks), blocks, state
 
 

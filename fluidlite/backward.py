@@ -4,7 +4,9 @@ The forward ops are turned into a DAG (op -> op that reads what it writes), prun
 on a path from the sources (parameters) to the targets (loss), then walked in reverse: each
 op's gradient rule appends its gradient ops. A variable read by several ops gets one explicit
 `sum` op, appended as soon as its last contribution exists, so nothing ever reads a partial sum.
-Callbacks run right after every gradient op and every accumulation op. See docs/backward.md.
+Callbacks run right after every gradient op and every accumulation op; the ops a callback appends
+get the role of the op they follow (`backward`) unless it sets one with `program.role_guard(role)`.
+See docs/backward.md.
 """
 from __future__ import annotations
 
@@ -121,8 +123,9 @@ class _Builder:
         for name in completed:
             self.grad_to_var[name] = completed[name]
         context = BackwardContext(op, forward_op, self.grad_to_var, list(completed))
-        for cb in self.callbacks:
-            cb(self.block, context)
+        with self.block.program.role_guard(op.role):  # what a callback appends follows its op's role
+            for cb in self.callbacks:
+                cb(self.block, context)
         return op
 
     def run(self, sources, targets, seeds):

@@ -101,7 +101,10 @@ def program_to_dict(program: Program) -> dict:
                for i, op in enumerate(b.ops)]
         blocks.append({"idx": b.idx, "parent_idx": b.parent_idx,
                        "vars": [_var_to_dict(v) for v in b.vars.values()], "ops": ops})
-    return {"format_version": FORMAT_VERSION, "random_seed": program.random_seed, "blocks": blocks}
+    out = {"format_version": FORMAT_VERSION, "random_seed": program.random_seed, "blocks": blocks}
+    if program._clip_records:  # what gradient-clip builds made, by variable names (fluidlite.clip)
+        out["clip_records"] = program._clip_records
+    return out
 
 
 def save_program(program: Program, path):
@@ -196,6 +199,13 @@ def program_from_dict(data, source="<program>") -> Program:
         for j, od in enumerate(_typed(bd, "ops", list, f"{source}: blocks[{block.idx}]", "a list")):
             _add_op(block, od, f"{source}: blocks[{block.idx}].ops[{j}]")
     program._current_block_idx = 0
+    if "clip_records" in data:
+        from .clip import check_records
+
+        try:
+            program._clip_records = check_records(data["clip_records"], program)
+        except ValueError as exc:
+            raise ValueError(f"{source}: clip_records: {exc}") from None
     try:
         verify(program)
     except ValueError as exc:
