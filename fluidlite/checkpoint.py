@@ -27,6 +27,7 @@ array is made. Every refusal is a ValueError naming the variable and the file.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import io as _stdio
 import json
@@ -53,15 +54,33 @@ def _need(cond, where, msg):
         raise ValueError(f"{where}: {msg}")
 
 
-def _persistables(program) -> dict:
+def _persistables(program, predicate=None, fn="save_persistables") -> dict:
     program = default_main_program() if program is None else program
     if not isinstance(program, Program):
-        raise TypeError(f"expected a Program, got {type(program).__name__}")
+        raise TypeError(f"{fn}: argument 'program' must be a Program, got {type(program).__name__} (the order is "
+                        f"(dirname, program=None, scope=None), or Paddle's (executor, dirname, main_program=None))")
     out = {}
     for var in program.list_vars():
-        if var.persistable and var.name not in out:
+        if var.persistable and var.name not in out and (predicate is None or predicate(var)):
             out[var.name] = var
     return out
+
+
+def _paddle_order(fn):
+    """Also accept Paddle's order `fn(executor, dirname, main_program=None)` (the executor is not needed)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .executor import Executor
+
+        if args and isinstance(args[0], Executor):
+            args = args[1:]
+        if "executor" in kwargs:
+            kwargs.pop("executor")
+        if "main_program" in kwargs:
+            kwargs["program"] = kwargs.pop("main_program")
+        return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _check_declared(var, shape, dtype, where):
@@ -135,9 +154,13 @@ def _recover_and_clean(final):
             shutil.rmtree(trash)
 
 
-def save_persistables(dirname, program=None, scope=None):
-    """Atomically write every persistable variable of `program` found in `scope` to `dirname`."""
-    variables = _persistables(program)
+@_paddle_order
+def save_persistables(dirname, program=None, scope=None, predicate=None):
+    """Atomically write every persistable variable of `program` found in `scope` to `dirname`
+    (those `predicate(var)` accepts, when given)."""
+    if not isinstance(dirname, (str, os.PathLike)):
+        raise TypeError(f"save_persistables: argument 'dirname' must be a path, got {type(dirname).__name__}")
+    variables = _persistables(program, predicate)
     scope = global_scope() if scope is None else scope
     arrays = {}
     for name, var in variables.items():
@@ -270,12 +293,16 @@ def _parse_npy(data, e, where):
     return np.array(arr, order="C")
 
 
-def load_persistables(dirname, program=None, scope=None) -> list:
-    """Load every persistable variable of `program` from `dirname` into `scope`; returns their names.
+@_paddle_order
+def load_persistables(dirname, program=None, scope=None, predicate=None) -> list:
+    """Load every persistable variable of `program` (that `predicate` accepts) from `dirname` into
+    `scope`; returns their names.
 
     Each value is checked (checksum, shape, dtype against the manifest and the program) before
     any is stored, so on error the scope is unchanged."""
-    variables = _persistables(program)
+    if not isinstance(dirname, (str, os.PathLike)):
+        raise TypeError(f"load_persistables: argument 'dirname' must be a path, got {type(dirname).__name__}")
+    variables = _persistables(program, predicate, "load_persistables")
     scope = global_scope() if scope is None else scope
     dirname = os.fspath(dirname)
     final = os.path.abspath(dirname)

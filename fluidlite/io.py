@@ -123,6 +123,12 @@ def load_program(path) -> Program:
     Any problem with the file raises ValueError (or TypeError) saying what is wrong and where;
     nothing but the allow-listed constructors (fluidlite.io_objects) is called on its data."""
     path = os.fspath(path)
+    return program_from_dict(read_json_file(path), source=path)
+
+
+def read_json_file(path):
+    """The strict JSON document in the regular file `path` (size-limited, UTF-8, no NaN/Infinity literals)."""
+    path = os.fspath(path)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
         st = os.fstat(fd)
@@ -138,20 +144,23 @@ def load_program(path) -> Program:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 text ({exc})") from None
-    return loads_program(text, source=path)
+    return _parse_json(text, path)
 
 
 def loads_program(text: str, source="<program>") -> Program:
     """`load_program` from a string."""
+    return program_from_dict(_parse_json(text, source), source=source)
+
+
+def _parse_json(text, source):
     try:
-        data = json.loads(text, parse_constant=_refuse_constant, object_hook=_decode_object)
+        return json.loads(text, parse_constant=_refuse_constant, object_hook=_decode_object)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{source}: not valid JSON ({exc})") from None
     except ValueError as exc:
         raise ValueError(f"{source}: {exc}") from None
     except RecursionError:
         raise ValueError(f"{source}: JSON nested too deeply") from None
-    return program_from_dict(data, source=source)
 
 
 def _typed(d, key, types, where, what):
@@ -275,5 +284,17 @@ def _add_op(block, od, where):
         raise type(exc)(f"{where}: {exc}") from None
 
 
-__all__ = ["FORMAT_VERSION", "load_persistables", "load_program", "loads_program", "program_from_dict", "program_to_dict",
+_INFERENCE = ("load_inference_model", "load_params", "save_inference_model", "save_params")
+
+
+def __getattr__(name):
+    # fluidlite.inference builds on this module (and the executor): it loads when first asked for
+    if name in _INFERENCE:
+        from . import inference
+
+        return getattr(inference, name)
+    raise AttributeError(f"module 'fluidlite.io' has no attribute {name!r}")
+
+
+__all__ = [*_INFERENCE, "FORMAT_VERSION", "load_persistables", "load_program", "loads_program", "program_from_dict", "program_to_dict",
            "save_persistables", "save_program"]
