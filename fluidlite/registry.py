@@ -274,12 +274,30 @@ def register(opdef: OpDef) -> OpDef:
     return opdef
 
 
+_GRAD_KEYS = ("grad_reads", "grad_kernel", "grad_kernel_attrs", "grad_lower", "grad_infer", "grad_wrt",
+              "grad_picks")
+
+
 def defop(type: str, **kw) -> OpDef:
-    """Declare and register an op type (see `OpDef`)."""
+    """Declare and register an op type (see `OpDef`).
+
+    With `grad_reads` (the forward slots its gradient reads) plus `grad_kernel` (or `grad_lower`),
+    `defop` also registers `<type>_grad` itself (see `derived_grad.derive_grad`) and sets the rule that appends it.
+    """
+    derived = {k[len("grad_"):]: kw.pop(k) for k in _GRAD_KEYS if k in kw}
     for key in ("duplicable", "optional", "nondiff_outputs"):
         if key in kw:
             kw[key] = frozenset(kw[key])
-    return register(OpDef(type, **kw))
+    if not derived:
+        return register(OpDef(type, **kw))
+    if kw.get("grad") is not None:
+        raise ValueError(f"op '{type}': give either grad= or the derived grad_* arguments, not both")
+    from .derived_grad import derive_grad
+
+    gdef, kw["grad"] = derive_grad(OpDef(type, **kw), **derived)
+    opdef = register(OpDef(type, **kw))
+    register(gdef)
+    return opdef
 
 
 def get_op_def(type: str) -> OpDef:

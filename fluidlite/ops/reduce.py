@@ -7,7 +7,6 @@ from ..kernels import reduce as K
 from ..kernels import shape as KS
 from ..registry import Attr, defop
 from ..shapes import numel
-from .common import grad_op
 
 _ATTRS = {"dim": Attr("ints", ()), "keep_dim": Attr(bool, False), "reduce_all": Attr(bool, False)}
 
@@ -89,15 +88,7 @@ def _lower_grad(ctx):
     return lambda x, g: KS.gather_strided(g, sizes, ost, g.dtype.type(scale)).reshape(xs)
 
 
-def _grad_infer(ctx):
-    return {"X@GRAD": (ctx.shape("X"), ctx.dtype("X"))}
-
-
 for _type, _what in (("reduce_sum", "sum"), ("reduce_mean", "mean")):
-    defop(_type, inputs=("X",), attrs=_ATTRS, infer=_infer, lower=_lower,
-          grad=lambda g: [grad_op(g.op.type + "_grad", g, {"X": g.i("X"), "Out@GRAD": g.og("Out")},
-                                  {"X@GRAD": g.ig("X")})],
+    defop(_type, inputs=("X",), attrs=_ATTRS, infer=_infer, lower=_lower, grad_reads=("X",), grad_lower=_lower_grad,
           doc=f"Out = the {_what} of X over `dim` (all dims if empty or reduce_all); the reduced dims are "
               f"dropped unless keep_dim, and a full reduction gives shape [1].")
-    defop(_type + "_grad", inputs=("X", "Out@GRAD"), outputs=("X@GRAD",), attrs=_ATTRS, infer=_grad_infer,
-          lower=_lower_grad)
