@@ -3,11 +3,6 @@ built around controlling gradients (error clipping and gradient clipping)."""
 import importlib.util as _util
 import os as _os
 
-# Idle OpenMP threads sleep instead of spinning: on a 2-core machine shared with other work, spinning
-# threads made parallel kernels 100x slower than serial ones. Set before Numba loads its OpenMP pool;
-# a value the user set wins.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 if _util.find_spec("fluidlite.kernels") is None:
     # a non-editable install imported from inside a source checkout: kernels/ sits beside this package
     __path__.append(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
@@ -31,7 +26,8 @@ __all__ = [
     "initializer", "layers", "program_guard", "role_guard", "scope_guard", "unique_name",
 ]
 
-_SUBMODULES = {"backward", "clip", "graph", "synthetic", "graphviz", "io", "optimizer", "regularizer", "registry", "shapes"}
+_SUBMODULES = {"backward", "clip", "graph", "synthetic", "graphviz", "io", "optimizer", "regularizer", "registry", "shapes",
+               "datasets", "reader"}
 
 
 def __getattr__(name):

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import random_state
 from ._memory import tune_malloc
-from .threads import run_guard
+from ._threads import choose_layer, parallel_lock
 from .framework import Program, Variable, default_main_program
 from .compiler import CompileOptions, compile_plan
 from .compiler.codegen import PLAN_FILENAME_PREFIX
@@ -59,7 +59,6 @@ class Plan:
         self.declared = ir.declared
         self.source = ir.source
         self._step, self._line_to_op = ir.step_fn, ir.line_to_op
-        self._guard = run_guard()
         self._checked_scopes = weakref.WeakSet()  # not ids: a new scope may reuse a dead one's id
 
     def _check_scope(self, scope: Scope):
@@ -80,8 +79,7 @@ class Plan:
         if scope not in self._checked_scopes:
             self._check_scope(scope)
         try:
-            with self._guard:  # serialises plans under Numba's workqueue layer (fluidlite.threads)
-                return self._step(feed, scope.arrays)
+            return self._step(feed, scope.arrays)
         except Exception as exc:
             op = self._failing_op(sys.exc_info()[2])
             if op is None:
@@ -114,12 +112,15 @@ class Executor:
         self._plans: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         tune_malloc()
+        choose_layer()  # Numba's workqueue for fluidlite's parallel kernels, unless the user chose a layer
+        self._guard = parallel_lock()
 
     def run(self, program=None, feed=None, fetch_list=None, scope=None, return_numpy=True):
         """Run `program`; returns the fetched values as numpy arrays (copies)."""
         scope = global_scope() if scope is None else scope
         plan, feed = self._plan(program, feed, fetch_list)
-        return plan.run(feed, scope)
+        with self._guard:
+            return plan.run(feed, scope)
 
     def compile(self, program=None, feed=None, fetch_list=None) -> Plan:
         """The plan `run` would execute for these arguments (compiled now, or from the cache), without

@@ -205,6 +205,9 @@ class OpDef:
     - `batch(attrs, batched)`: when the inputs in slots `batched` gain one leading dimension (the
       same op applied to every slice), the attributes that compute it in one op; None if it cannot.
       StaticRNN uses it to run step ops that read no state once over the whole sequence.
+    - `writes_out`: the lowered callable accepts a keyword `out`, a list with one entry per output
+      variable: an array of the output's shape and dtype to write the result into, or None. The
+      executor passes the scope's old array of a persistable output (see compiler/inplace.py).
     Lowering sees `ctx.overwritable`: input slots whose buffers the kernel may reuse for its output.
     """
 
@@ -224,6 +227,7 @@ class OpDef:
     batch: Callable | None = None  # batch(attrs, batched_slots) -> attrs with one more leading dim, or None
     nondiff_outputs: frozenset = frozenset()  # output slots no gradient flows back through (saved values)
     random: bool = False  # draws random numbers: gets a State/StateOut stream when appended (random_state)
+    writes_out: bool = False  # the lowered callable takes `out=[array or None per output var]` and writes there
     doc: str = ""
 
     def bind(self, ctx: InferContext) -> Callable:
@@ -275,7 +279,7 @@ def register(opdef: OpDef) -> OpDef:
 
 
 _GRAD_KEYS = ("grad_reads", "grad_kernel", "grad_kernel_attrs", "grad_lower", "grad_infer", "grad_wrt",
-              "grad_picks")
+              "grad_picks", "grad_returns_view")
 
 
 def defop(type: str, **kw) -> OpDef:

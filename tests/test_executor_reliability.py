@@ -59,7 +59,7 @@ def test_the_plan_cache_evicts_the_least_recently_used_plan(monkeypatch):
     assert len(exe._plans) == 4
 
 
-def test_two_executors_in_two_threads_survive_the_workqueue_layer(tmp_path):
+def test_two_executors_in_two_threads_survive_the_workqueue_layer_with_clips(tmp_path):
     script = textwrap.dedent("""
         import threading, numpy as np, fluidlite as fl, numba
         from fluidlite import layers

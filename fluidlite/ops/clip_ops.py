@@ -26,6 +26,12 @@ def _nonfinite(v):
     return None if v in ("nan", "zero") else "must be 'nan' or 'zero'"
 
 
+def _dest(out, i, x):
+    """The destination the executor passed for output i (a persistable's old array), else a new array."""
+    d = out[i] if out is not None else None
+    return np.empty_like(x) if d is None else d
+
+
 # ---- clip -------------------------------------------------------------------------------------
 
 def _clip_infer(ctx):
@@ -41,12 +47,12 @@ def _lower_clip(ctx):
     dtype = ctx.dtype("X").type
     lo, hi = dtype(ctx.attrs["min"]), dtype(ctx.attrs["max"])
     inplace = "X" in ctx.overwritable
-    return lambda x: kernel(x, x if inplace else np.empty_like(x), lo, hi)
+    return lambda x, out=None: kernel(x, x if inplace else _dest(out, 0, x), lo, hi)
 
 
 _BOUND = Attr(float, REQUIRED, lambda v: None if v == v else "is NaN")  # +-inf allowed, as the clip classes do
 _BOUNDS = {"min": _BOUND, "max": _BOUND}
-defop("clip", inputs=("X",), attrs=_BOUNDS, infer=_clip_infer, lower=_lower_clip,
+defop("clip", inputs=("X",), attrs=_BOUNDS, infer=_clip_infer, lower=_lower_clip, writes_out=True,
       grad=lambda g: [grad_op("clip_grad", g, {"X": g.i("X"), "Out@GRAD": g.og("Out")}, {"X@GRAD": g.ig("X")})],
       doc="Out = min(max(X, min), max); NaN stays NaN, +-Inf saturate. Gradient passes where min <= X <= max.")
 defop("clip_grad", inputs=("X", "Out@GRAD"), outputs=("X@GRAD",), attrs=_BOUNDS, infer=float_same_as("X", "X@GRAD"),
@@ -73,22 +79,22 @@ def _lower_clip_by_norm(ctx):
         like = np.empty(0, dtype)
         sizes = sizes_of([ctx.meta("X")])
 
-        def run_large(x):
+        def run_large(x, out=None):
             (x,), addrs = address_table((x,), sizes, like)
             s = _scale_for(norm(addrs, like), c)
             if s == 1.0 and inplace:
                 return x
-            out = x if inplace else np.empty_like(x)
-            scale(addrs, addrs if inplace else address_table((out,), sizes, like)[1], like, dtype.type(s), False)
-            return out
+            y = x if inplace else _dest(out, 0, x)
+            scale(addrs, addrs if inplace else address_table((y,), sizes, like)[1], like, dtype.type(s), False)
+            return y
 
         return run_large
 
-    def run(x):
+    def run(x, out=None):
         s = _scale_for(_norm(x, inf_norm), c)
         if s == 1.0 and inplace:
             return x
-        return K.scale_inplace(x, dtype.type(s)) if inplace else K.scale_into(x, np.empty_like(x), dtype.type(s))
+        return K.scale_inplace(x, dtype.type(s)) if inplace else K.scale_into(x, _dest(out, 0, x), dtype.type(s))
 
     return run
 
@@ -100,6 +106,7 @@ def _lower_clip_by_norm_grad(ctx):
 
 _NORM_ATTRS = {"max_norm": Attr(float, REQUIRED, positive), "norm_type": Attr(float, 2.0, _norm_type)}
 defop("clip_by_norm", inputs=("X",), attrs=_NORM_ATTRS, infer=float_same_as("X"), lower=_lower_clip_by_norm,
+      writes_out=True,
       grad=lambda g: [grad_op("clip_by_norm_grad", g, {"X": g.i("X"), "Out@GRAD": g.og("Out")},
                               {"X@GRAD": g.ig("X")})],
       doc="Out = X * max_norm / max(norm(X), max_norm), norm L2 (or max-abs for norm_type=inf); NaN if the norm is not finite.")
@@ -284,7 +291,7 @@ def _lower_scale(ctx):
             return (*outs, np.array([s], dtype))
         return outs if n > 1 else outs[0]
 
-    def run(*args):
+    def run(*args, out=None):
         xs, gn = args[:n], float(args[n][0])
         c = float(args[n + 1][0]) if len(args) > n + 1 else attr_c
         zero = zero_bad and not math.isfinite(gn)
@@ -295,7 +302,7 @@ def _lower_scale(ctx):
         if inplace:
             outs, out_addrs = xs, addrs
         else:
-            outs = tuple(np.empty(m.shape, dtype) for m in metas)
+            outs = tuple(_dest(out, i, x) for i, x in enumerate(xs))
             outs, out_addrs = address_table(outs, sizes, like)
         scale(addrs, out_addrs, like, dtype.type(s), zero)
         return result(outs, 0.0 if zero else s)
@@ -335,7 +342,7 @@ def _lower_scale_grad(ctx):
 _SCALE_ATTRS = {"clip_norm": Attr(float, 1.0, positive), "nonfinite": Attr(str, "nan", _nonfinite)}
 defop("scale_by_global_norm", inputs=("X", "GlobalNorm", "ClipNorm"), outputs=("Out", "Scale"), duplicable=("X", "Out"),
       optional=("ClipNorm", "Scale"), nondiff_outputs=("Scale",), attrs=_SCALE_ATTRS, infer=_scale_infer,
-      lower=_lower_scale, grad=_scale_grad,
+      lower=_lower_scale, grad=_scale_grad, writes_out=True,
       doc="Out_i = X_i * c / max(GlobalNorm, c), c = ClipNorm if given else clip_norm (c = +inf: unchanged). A "
           "non-finite GlobalNorm gives NaN (nonfinite='nan') or zeros (nonfinite='zero', for the skip-step "
           "policy). The optional Scale [1] gets the factor applied (0 when zeroed).")
