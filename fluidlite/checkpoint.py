@@ -227,10 +227,14 @@ def _read_regular(src, name, where, limit):
         raise ValueError(f"{where}: cannot read {name}: {why}") from None
     finally:
         os.close(dfd)
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
+    try:
+        st = os.fstat(fd)  # before fdopen, which refuses a directory with its own error
         _need(stat.S_ISREG(st.st_mode), where, f"{name} is not a regular file")
         _need(st.st_size <= limit, where, f"{name} holds {st.st_size} bytes, more than its entry allows ({limit})")
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as f:
         data = f.read(st.st_size + 1)  # never more than the file holds: read(n) allocates n bytes
     _need(len(data) == st.st_size, where, f"{name} changed while it was read")
     return data

@@ -1,8 +1,8 @@
 """Hypothesis settings shared by the fuzz harnesses: small by default, `FLUIDLITE_FUZZ_EXAMPLES=N` for a long run.
 
 The default profile is derandomized (the same cases every run, so CI is stable); the long profile
-draws fresh cases. Each harness counts the cases it ran in `COUNTS` and, in the long profile, prints
-them (run with `-s` to see the figures quoted in docs/reliability.md).
+draws fresh cases. Each harness counts the cases it ran and their outcomes in `COUNTS`; the long
+profile prints the totals when the process exits (the figures quoted in docs/reliability.md).
 """
 import os
 from collections import Counter
@@ -20,5 +20,14 @@ def fuzz_settings(default: int, deadline_ms=None):
 
 def report(name, **counts):
     COUNTS.update({f"{name}.{k}": v for k, v in counts.items()})
-    if LONG:
-        print(f"[fuzz] {name}: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+
+
+def _summary():
+    if COUNTS:
+        print("\n[fuzz] " + ", ".join(f"{k}={v}" for k, v in sorted(COUNTS.items())))
+
+
+if LONG:
+    import atexit
+
+    atexit.register(_summary)
