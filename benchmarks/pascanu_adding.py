@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 import fluidlite as fl
-from fluidlite.data import adding_problem
+from fluidlite.synthetic import adding_problem
 from fluidlite.demo import build
 
 SUCCESS_MSE = 0.01

@@ -14,6 +14,7 @@ if _util.find_spec("fluidlite.kernels") is None:
 
 from . import ops  # noqa: E402,F401  (registers every op)
 from . import initializer, layers, unique_name  # noqa: E402,F401
+from .data_feeder import DataFeeder, data  # noqa: E402
 from .executor import CPUPlace, Executor  # noqa: E402
 from .framework import (  # noqa: E402
     Block, Operator, Parameter, Program, Variable, default_main_program, default_startup_program, program_guard,
@@ -25,12 +26,12 @@ from .scope import Scope, fetch_var, global_scope, scope_guard  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
-    "Block", "CPUPlace", "Executor", "Operator", "ParamAttr", "Parameter", "Program", "Scope", "Variable",
-    "default_main_program", "default_startup_program", "fetch_var", "global_scope", "grad_var_name",
+    "Block", "CPUPlace", "DataFeeder", "Executor", "Operator", "ParamAttr", "Parameter", "Program", "Scope", "Variable",
+    "data", "default_main_program", "default_startup_program", "fetch_var", "global_scope", "grad_var_name",
     "initializer", "layers", "program_guard", "scope_guard", "unique_name",
 ]
 
-_SUBMODULES = {"backward", "clip", "data", "graph", "graphviz", "io", "optimizer", "regularizer", "registry", "shapes"}
+_SUBMODULES = {"backward", "clip", "graph", "synthetic", "graphviz", "io", "optimizer", "regularizer", "registry", "shapes"}
 
 
 def __getattr__(name):

@@ -17,7 +17,7 @@ import numpy as np
 
 import fluidlite as fl
 from fluidlite import layers
-from fluidlite.data import adding_problem
+from fluidlite.synthetic import adding_problem
 
 MODES = ("no clipping", "global-norm clip", "error clip")
 _SPARK = " ▁▂▃▄▅▆▇█"

@@ -70,9 +70,10 @@ def _fans(shape):
         return 1, 1
     if len(shape) == 1:
         return shape[0], shape[0]
-    receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
-    # fc weights are laid out (in_features, out_features)
-    return shape[0] * receptive, shape[1] * receptive
+    if len(shape) == 2:  # fc weights are laid out (in_features, out_features)
+        return shape[0], shape[1]
+    receptive = int(np.prod(shape[2:]))  # conv weights: (out_channels, in_channels // groups, kh, kw)
+    return shape[1] * receptive, shape[0] * receptive
 
 
 class Xavier(Initializer):
@@ -91,4 +92,67 @@ class Xavier(Initializer):
         return Normal(0.0, math.sqrt(2.0 / (fan_in + fan_out)), self.seed)(var, block)
 
 
+class MSRA(Initializer):
+    """He et al. (2015), for ReLU nets: uniform in +-sqrt(6/fan_in), or normal with std sqrt(2/fan_in)."""
+
+    def __init__(self, uniform=True, fan_in=None, seed=0):
+        if fan_in is not None and not fan_in > 0:
+            raise ValueError(f"MSRA: fan_in must be > 0, got {fan_in!r}")
+        self.uniform, self.fan_in, self.seed = bool(uniform), fan_in, int(seed)
+
+    def __call__(self, var, block):
+        fan_in = self.fan_in or _fans(var.shape)[0]
+        if self.uniform:
+            limit = math.sqrt(6.0 / fan_in)
+            return Uniform(-limit, limit, self.seed)(var, block)
+        return Normal(0.0, math.sqrt(2.0 / fan_in), self.seed)(var, block)
+
+
+class TruncatedNormal(Initializer):
+    """N(loc, scale^2) with draws beyond two standard deviations redrawn."""
+
+    def __init__(self, loc=0.0, scale=1.0, seed=0):
+        if not (math.isfinite(loc) and math.isfinite(scale) and scale >= 0):
+            raise ValueError(f"TruncatedNormal: needs a finite loc and a finite scale >= 0, got {loc}, {scale}")
+        self.loc, self.scale, self.seed = float(loc), float(scale), int(seed)
+
+    def __call__(self, var, block):
+        return block.append_op("truncated_gaussian_random", outputs={"Out": self._out(var, block)},
+                               attrs={"shape": var.shape, "dtype": var.dtype.name, "mean": self.loc,
+                                      "std": self.scale, "seed": self._seed(self.seed, block)})
+
+
+class NumpyArrayInitializer(Initializer):
+    """Fills the parameter with a copy of `value`, whose shape must be the parameter's."""
+
+    def __init__(self, value):
+        value = np.array(value)
+        if value.dtype.kind not in "biuf":
+            raise TypeError(f"NumpyArrayInitializer: value must hold numbers, got {value.dtype}")
+        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+            raise ValueError("NumpyArrayInitializer: value holds NaN or Inf")
+        self.value = value
+
+    def __repr__(self):
+        return f"NumpyArrayInitializer(shape={list(self.value.shape)}, dtype={self.value.dtype})"
+
+    def __call__(self, var, block):
+        if tuple(self.value.shape) != tuple(var.shape):
+            raise ValueError(f"NumpyArrayInitializer: value of shape {list(self.value.shape)} for {var.name!r} "
+                             f"of shape {list(var.shape)}")
+        return block.append_op("assign_value", outputs={"Out": self._out(var, block)},
+                               attrs=assign_value_attrs(self.value, var.dtype))
+
+
+def assign_value_attrs(value: np.ndarray, dtype) -> dict:
+    """The `assign_value` attributes holding `value` as `dtype` (int values for integer dtypes)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iub":
+        if value.dtype.kind == "f":
+            raise TypeError(f"cannot assign float values to a {dtype} variable")
+        return {"shape": list(value.shape), "dtype": dtype.name, "int_values": value.astype(np.int64).ravel().tolist()}
+    return {"shape": list(value.shape), "dtype": dtype.name, "fp_values": value.astype(np.float64).ravel().tolist()}
+
+
 ConstantInitializer, UniformInitializer, NormalInitializer, XavierInitializer = Constant, Uniform, Normal, Xavier
+MSRAInitializer, TruncatedNormalInitializer = MSRA, TruncatedNormal

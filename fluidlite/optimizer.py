@@ -1,4 +1,4 @@
-"""Optimizers: SGD, Momentum and Adam.
+"""Optimizers: SGD, Momentum, Adam, AdamW, RMSProp and Adagrad.
 
 `minimize(loss)` appends, in this order: the gradient ops (`append_backward`), gradient clipping
 (`fluidlite.clip`), weight decay (`fluidlite.regularizer`) and one update op per parameter.
@@ -219,6 +219,58 @@ class Adam(Optimizer):
                 {"beta1": self.beta1, "beta2": self.beta2, "epsilon": self.epsilon})
 
 
-SGDOptimizer, MomentumOptimizer, AdamOptimizer = SGD, Momentum, Adam
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter): p <- p - lr * weight_decay * p, then the
+    Adam step. The decay is not a gradient term, so no clip touches it."""
 
-__all__ = ["Adam", "AdamOptimizer", "Momentum", "MomentumOptimizer", "Optimizer", "SGD", "SGDOptimizer"]
+    type = "adamw"
+
+    def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8, weight_decay=0.01,
+                 regularization=None):
+        super().__init__(learning_rate, beta1, beta2, epsilon, regularization)
+        self.weight_decay = _number("AdamW", "weight_decay", weight_decay)
+
+    def _update(self, param, grad, lr, startup):
+        inputs, outputs, attrs = super()._update(param, grad, lr, startup)
+        return inputs, outputs, {**attrs, "coeff": self.weight_decay}
+
+
+class RMSProp(Optimizer):
+    """ms <- rho * ms + (1 - rho) * g^2; mom <- momentum * mom + lr * g / sqrt(ms + epsilon); p <- p - mom."""
+
+    type = "rmsprop"
+
+    def __init__(self, learning_rate, rho=0.95, epsilon=1e-6, momentum=0.0, regularization=None):
+        super().__init__(learning_rate, regularization)
+        self.rho = _number("RMSProp", "rho", rho, high=1.0)
+        self.epsilon = _number("RMSProp", "epsilon", epsilon)
+        self.momentum = _number("RMSProp", "momentum", momentum)
+
+    def _update(self, param, grad, lr, startup):
+        ms = self._accumulator("mean_square", param, startup)
+        mom = self._accumulator("moment", param, startup)
+        return ({"Param": param, "Grad": grad, "MeanSquare": ms, "Moment": mom, "LearningRate": lr},
+                {"ParamOut": param, "MeanSquareOut": ms, "MomentOut": mom},
+                {"rho": self.rho, "epsilon": self.epsilon, "momentum": self.momentum})
+
+
+class Adagrad(Optimizer):
+    """m <- m + g^2; p <- p - lr * g / (sqrt(m) + epsilon)."""
+
+    type = "adagrad"
+
+    def __init__(self, learning_rate, epsilon=1e-6, regularization=None):
+        super().__init__(learning_rate, regularization)
+        self.epsilon = _number("Adagrad", "epsilon", epsilon)
+
+    def _update(self, param, grad, lr, startup):
+        m = self._accumulator("moment", param, startup)
+        return ({"Param": param, "Grad": grad, "Moment": m, "LearningRate": lr}, {"ParamOut": param, "MomentOut": m},
+                {"epsilon": self.epsilon})
+
+
+SGDOptimizer, MomentumOptimizer, AdamOptimizer = SGD, Momentum, Adam
+AdamWOptimizer, RMSPropOptimizer, AdagradOptimizer = AdamW, RMSProp, Adagrad
+
+__all__ = ["Adagrad", "AdagradOptimizer", "Adam", "AdamOptimizer", "AdamW", "AdamWOptimizer", "Momentum",
+           "MomentumOptimizer", "Optimizer", "RMSProp", "RMSPropOptimizer", "SGD", "SGDOptimizer"]

@@ -75,6 +75,28 @@ class Scope:
             return self.var(name)
         return None
 
+    # --- what executors and loaders use: values by name, without copies or holders ---
+
+    @property
+    def arrays(self) -> dict:
+        """The live mapping name -> ndarray of every value in this scope. A compiled plan reads its
+        persistable inputs from it and stores its persistable results into it; writing into it skips
+        the shape and dtype checks of `Tensor.set` (and makes no copy)."""
+        return self._arrays
+
+    def get_array(self, name: str):
+        """The scope's own array for `name` (not a copy), or None."""
+        return self._arrays.get(name)
+
+    def set_array(self, name: str, array: np.ndarray) -> None:
+        """Store `array` itself (no copy, no check) as the value of `name`."""
+        self._arrays[name] = array
+
+    def declare(self, declared: dict) -> None:
+        """Record name -> (shape, dtype) of variables a program writes, so `Tensor.set` checks a value
+        set before the first run against the variable's declaration."""
+        self._declared.update(declared)
+
     def local_var_names(self) -> list:
         return sorted(set(self._arrays) | set(self._holders))
 

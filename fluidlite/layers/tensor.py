@@ -1,6 +1,9 @@
 """Shape layers: reshape, concat, split, transpose, assign."""
 from __future__ import annotations
 
+import numpy as np
+
+from ..initializer import assign_value_attrs
 from .helper import LayerHelper, check_variable
 
 __all__ = ["reshape", "concat", "split", "transpose", "assign"]
@@ -47,8 +50,17 @@ def transpose(x, perm, name=None):
 
 
 def assign(input, output=None):
-    """A copy of `input` (written into `output` when given)."""
+    """A copy of `input`, a Variable or a NumPy array (a constant op), written into `output` when given."""
     helper = LayerHelper("assign")
+    if isinstance(input, (np.ndarray, list, tuple)):
+        value = np.array(input)
+        if value.dtype.kind not in "biuf":
+            raise TypeError(f"assign: a constant must hold numbers, got {value.dtype}")
+        attrs = assign_value_attrs(value, value.dtype if output is None else output.dtype)
+        if output is None:
+            return helper.append_op("assign_value", {}, attrs)
+        helper.block.append_op("assign_value", {}, {"Out": output}, attrs)
+        return output
     check_variable(input, "input", "assign")
     if output is None:
         return helper.append_op("assign", {"X": input})

@@ -1,4 +1,5 @@
-"""Ops that create values: fill_constant, uniform_random, gaussian_random, fill_zeros_like."""
+"""Ops that create values: fill_constant, uniform_random, gaussian_random, truncated_gaussian_random,
+assign_value, fill_zeros_like."""
 import numpy as np
 
 from ..kernels import init as K
@@ -48,3 +49,35 @@ defop("fill_zeros_like", inputs=("X",), infer=same_as("X"), kernel=K.zeros_like,
 defop("fill_any_like", inputs=("X",), attrs={"value": Attr(float, 0.0)}, infer=same_as("X"),
       kernel=K.full_like, kernel_attrs=("value",), grad=NO_GRAD,
       doc="Out = a tensor shaped like X filled with `value` (seeds a target's gradient).")
+
+defop("truncated_gaussian_random", inputs=(),
+      attrs={"shape": _SHAPE, "dtype": _DTYPE, "mean": Attr(float, 0.0), "std": Attr(float, 1.0), "seed": Attr(int, 0)},
+      infer=_filled_shape, lower=_lower_fill(K.truncated_gaussian, "mean", "std", "seed"), grad=NO_GRAD,
+      doc="Out ~ N(mean, std^2) truncated to mean +- 2 std (redrawn), reproducible for a given seed.")
+
+
+def _assign_value_infer(ctx):
+    shape, dtype = ctx.attrs["shape"], np.dtype(ctx.attrs["dtype"])
+    floats, ints = ctx.attrs["fp_values"], ctx.attrs["int_values"]
+    if -1 in shape:
+        raise ctx.error(f"shape {list(shape)} must be fully known")
+    values = ints if dtype.kind in "iub" else floats
+    if (floats and dtype.kind in "iub") or (ints and dtype.kind == "f"):
+        raise ctx.error(f"{'fp_values' if floats else 'int_values'} do not fit dtype {dtype}")
+    if len(values) != int(np.prod(shape)):
+        raise ctx.error(f"holds {len(values)} values for shape {list(shape)}")
+    return _filled_shape(ctx)
+
+
+def _lower_assign_value(ctx):
+    shape, dtype = ctx.attrs["shape"], np.dtype(ctx.attrs["dtype"])
+    values = (np.array(ctx.attrs["int_values"], np.int64) if dtype.kind in "iub"
+              else np.array(ctx.attrs["fp_values"], np.float64))
+    return lambda: K.assign_values(np.empty(shape, dtype), values)
+
+
+defop("assign_value", inputs=(), attrs={"shape": _SHAPE, "dtype": _DTYPE, "fp_values": Attr("floats", ()),
+                                         "int_values": Attr("ints", ())},
+      infer=_assign_value_infer, lower=_lower_assign_value, grad=NO_GRAD,
+      doc="Out = the constant given by its values (row-major) and shape: `layers.assign(array)`, "
+          "`NumpyArrayInitializer`.")

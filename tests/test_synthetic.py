@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from fluidlite import data
+from fluidlite import synthetic as data
 
 
 @pytest.mark.parametrize("seq_len,batch", [(2, 1), (7, 5), (50, 16)])

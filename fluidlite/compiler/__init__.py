@@ -1,0 +1,75 @@
+"""The plan compiler: named passes over a typed step list (see docs/design.md, "The executor plan").
+
+    prune -> infer -> alias -> lower -> fold -> codegen
+
+Each pass is a function `pass_(ir: PlanIR, options: CompileOptions) -> PlanIR` in its own module and
+can be run alone on a hand-made `PlanIR`. `compile_plan` runs them in order; with `options.debug` the
+IR verifier (`ir.check`) runs after every pass and the program verifier before the first. Passes that
+only optimise (`alias`, `fold`) and `prune` can be switched off for debugging:
+
+    fl.Executor(compile_options=CompileOptions(disabled={"fold", "alias"}, debug=True))
+
+or, for every Executor made afterwards without explicit options, the environment variables
+`FLUIDLITE_PASSES_OFF=fold,alias` and `FLUIDLITE_DEBUG_PASSES=1`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from .alias import alias
+from .codegen import codegen
+from .fold import fold
+from .infer import infer
+from .ir import IRError, PlanIR, Step, check
+from .lower import lower
+from .prune import prune
+
+PASSES = (("prune", prune), ("infer", infer), ("alias", alias), ("lower", lower), ("fold", fold),
+          ("codegen", codegen))
+SWITCHABLE = frozenset({"prune", "alias", "fold"})
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """How plans are compiled. `disabled`: names of switchable passes to skip (their safe fallback is
+    used: keep every op, overwrite nothing, fold nothing); `debug`: verify the IR after every pass.
+    Options are part of the plan: an Executor's plans all share its options."""
+
+    disabled: frozenset = field(default_factory=frozenset)
+    debug: bool = False
+
+    def __post_init__(self):
+        disabled = frozenset(self.disabled)
+        unknown = disabled - SWITCHABLE
+        if unknown:
+            raise ValueError(f"CompileOptions: cannot switch off {sorted(unknown)}; switchable passes: "
+                             f"{sorted(SWITCHABLE)}")
+        object.__setattr__(self, "disabled", disabled)
+
+    @classmethod
+    def from_env(cls) -> "CompileOptions":
+        """Options from FLUIDLITE_PASSES_OFF (comma-separated pass names) and FLUIDLITE_DEBUG_PASSES=1."""
+        off = os.environ.get("FLUIDLITE_PASSES_OFF", "")
+        return cls(disabled=frozenset(p.strip() for p in off.split(",") if p.strip()),
+                   debug=os.environ.get("FLUIDLITE_DEBUG_PASSES", "") not in ("", "0"))
+
+
+def compile_plan(block, feed_sig: tuple, fetch_names: tuple, options: CompileOptions | None = None) -> PlanIR:
+    """Run every pass on `block` for feeds `((name, shape, dtype), ...)` and the fetch names."""
+    options = CompileOptions() if options is None else options
+    ir = PlanIR(block, {name: (shape, dtype) for name, shape, dtype in feed_sig}, tuple(fetch_names))
+    if options.debug:
+        from ..verifier import verify
+
+        verify(block.program)
+    for name, pass_ in PASSES:
+        ir = pass_(ir, options)
+        ir.done.append(name)
+        if options.debug:
+            check(ir, name)
+    return ir
+
+
+__all__ = ["CompileOptions", "IRError", "PASSES", "PlanIR", "Step", "check", "compile_plan",
+           "alias", "codegen", "fold", "infer", "lower", "prune"]

@@ -1,0 +1,61 @@
+"""Pass `alias`: for each step, the input slots whose buffers its kernel may overwrite.
+
+A persistable may be updated in place by an op writing the same name (optimizer state). Any other
+buffer only if a step of this plan made it, it is not fed or fetched, and neither it nor anything
+sharing memory with it (through a view-returning op) is read after this step. Off: no step may
+overwrite anything (every kernel allocates its outputs).
+"""
+from __future__ import annotations
+
+from .ir import PlanIR
+
+
+def alias_groups(steps) -> dict:
+    """name -> representative name of the values sharing its memory (through `returns_view` ops)."""
+    group = {}
+
+    def find(n):
+        while group.get(n, n) != n:
+            n = group[n]
+        return n
+
+    for step in steps:
+        if step.opdef.returns_view:
+            for o in step.out_names:
+                for n in step.in_names:
+                    group[find(o)] = find(n)
+    return {n: find(n) for n in group}
+
+
+def alias(ir: PlanIR, options) -> PlanIR:
+    if "alias" in options.disabled:
+        for step in ir.steps:
+            step.overwritable = frozenset()
+        return ir
+    groups = alias_groups(ir.steps)
+    find = lambda n: groups.get(n, n)  # noqa: E731
+    aliased = {find(n) for n in groups}
+    made_here = {n for s in ir.steps for n in s.out_names}
+    last_read = {}
+    for i, step in enumerate(ir.steps):
+        for n in step.in_names:
+            last_read[find(n)] = i
+    fetched = {find(n) for n in ir.fetch_names}
+    for i, step in enumerate(ir.steps):
+        op = step.op
+        outs = set(step.out_names)
+        slots = set()
+        for slot, names in op.inputs.items():
+            ok = True
+            for n in names:
+                if ir.is_persistable(n):
+                    ok &= n in outs
+                else:
+                    g = find(n)
+                    ok &= (n in made_here and n not in ir.feed and g not in fetched
+                           and (last_read[g] == i or (n in outs and g not in aliased)) and names.count(n) == 1
+                           and sum(n in ns for ns in op.inputs.values()) == 1)
+            if ok and names:
+                slots.add(slot)
+        step.overwritable = frozenset(slots)
+    return ir

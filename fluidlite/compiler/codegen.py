@@ -1,0 +1,89 @@
+"""Pass `codegen`: one straight-line Python function per plan (torch.fx's `recompile()` idea).
+
+    def _step(F, A):            # F: the feed dict, A: the scope's value mapping
+        v0 = F['x']
+        v1 = A['fc_0.w_0']
+        v2 = K0(v0, v1)         # K<i>: step i's bound kernel
+        del v0
+        ...
+        A['fc_0.w_0'] = v7      # persistable results back to the scope
+        return [v5]             # fetches (a persistable one is copied)
+
+Each value is deleted after its last use. A folded step's inputs are accumulated into `acc<i>` as
+they are made (`F<i>` is its fold step). The source is kept as `PlanIR.source` (public as `Plan.source`)
+and `line_to_op` maps each line number back to its op for error messages.
+"""
+from __future__ import annotations
+
+import itertools
+
+from .ir import PlanIR
+
+_plan_ids = itertools.count()
+
+
+class _Names:
+    """Python local names for program values: v0, v1, ... in order of first mention."""
+
+    def __init__(self):
+        self.local = {}
+
+    def __call__(self, name: str) -> str:
+        if name not in self.local:
+            self.local[name] = f"v{len(self.local)}"
+        return self.local[name]
+
+
+def codegen(ir: PlanIR, options) -> PlanIR:
+    steps = ir.steps
+    ref = _Names()
+    last_use, producer, folds = {}, {}, {}
+    for i, step in enumerate(steps):
+        for n in step.in_names + step.out_names:
+            last_use[n] = i
+        for n in step.out_names:
+            producer.setdefault(n, i)
+    for i, step in enumerate(steps):
+        if step.fold is not None:
+            for n in step.in_names:
+                folds.setdefault(producer[n], []).append((i, n))  # producer step -> [(folding step, input)]
+    keep_alive = set(ir.fetch_names) | set(ir.persist_out)
+    lines = ["def _step(F, A):"]
+    lines += [f"    {ref(n)} = F[{n!r}]" for n in ir.feed]
+    lines += [f"    {ref(n)} = A[{n!r}]" for n in ir.scope_inputs]
+    env, line_to_op, started = {}, {}, set()
+    for i, step in enumerate(steps):
+        ins, outs = step.in_names, step.out_names
+        targets = ", ".join(ref(n) for n in outs)
+        if step.fold is None:
+            env[f"K{i}"] = step.kernel
+            lines.append(f"    {targets} = K{i}({', '.join(ref(n) for n in ins)})")
+        else:  # its inputs were folded into acc{i} as they were made
+            lines.append(f"    {targets} = acc{i}")
+        line_to_op[len(lines)] = step.op
+        dead = [ref(n) for n in dict.fromkeys(ins + outs)
+                if last_use[n] == i and n not in keep_alive and not (step.fold is not None and n in ins)]
+        if step.fold is not None:
+            dead.append(f"acc{i}")
+        if dead:
+            lines.append(f"    del {', '.join(dead)}")
+        for k, n in folds.get(i, ()):
+            if k in started:
+                env[f"F{k}"] = steps[k].fold
+                lines.append(f"    acc{k} = F{k}(acc{k}, {ref(n)})")
+            else:
+                started.add(k)
+                lines.append(f"    acc{k} = {ref(n)}")
+            line_to_op[len(lines)] = steps[k].op
+            lines.append(f"    del {ref(n)}")
+    lines += [f"    A[{n!r}] = {ref(n)}" for n in ir.persist_out]
+    persist = set(ir.persist_out) | set(ir.scope_inputs)
+    fetched = ", ".join(f"{ref(n)}.copy()" if n in persist else ref(n) for n in ir.fetch_names)
+    lines.append(f"    return [{fetched}]")
+    ir.source = "\n".join(lines)
+    exec(compile(ir.source, f"{PLAN_FILENAME_PREFIX} {next(_plan_ids)}>", "exec"), env)
+    ir.step_fn, ir.line_to_op = env["_step"], line_to_op
+    return ir
+
+
+PLAN_FILENAME_PREFIX = "<fluidlite plan"

@@ -1,0 +1,122 @@
+"""The compiler's IR: a typed list of steps (one per op) and the plan-wide facts the passes fill in.
+
+Each pass (prune, infer, alias, lower, fold, codegen) reads and extends a `PlanIR`; `check(ir, after)`
+is the verifier the debug mode runs between passes (compare JAX's `check_jaxpr` after each transform).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..registry import InferContext, Meta, OpDef
+
+
+@dataclass
+class Step:
+    """One op of the plan, as the passes see it.
+
+    - `op`, `opdef`: the program's Operator and its registered OpDef (prune);
+    - `inputs`: slot -> [Meta] with concrete (fed) shapes (infer);
+    - `overwritable`: input slots whose buffers the kernel may reuse for its output (alias);
+    - `ctx`, `kernel`: the lowering context and the bound callable `kernel(*in_names values)` (lower);
+    - `fold`: `f(acc, x) -> acc` when this op's inputs are accumulated as they are made (fold).
+    """
+
+    op: Any
+    opdef: OpDef
+    inputs: dict = field(default_factory=dict)
+    overwritable: frozenset = frozenset()
+    ctx: InferContext | None = None
+    kernel: Callable | None = None
+    fold: Callable | None = None
+
+    @property
+    def in_names(self) -> list:
+        """Input variable names, flattened in slot order: the kernel's positional arguments."""
+        return self.op.input_names
+
+    @property
+    def out_names(self) -> list:
+        return self.op.output_names
+
+
+@dataclass
+class PlanIR:
+    """Everything one plan is compiled from and into.
+
+    Inputs: the block, the feed signature `feed` (name -> (shape, dtype), in feed order) and the
+    fetch names. The passes add the steps, concrete `metas` (name -> Meta), `scope_inputs` (the
+    persistable values read from the scope), `persist_out` (persistable values written back),
+    `declared` (their declared shape and dtype), and finally `source`, `step_fn` and `line_to_op`.
+    """
+
+    block: Any
+    feed: dict
+    fetch_names: tuple
+    steps: list = field(default_factory=list)
+    metas: dict = field(default_factory=dict)
+    scope_inputs: list = field(default_factory=list)
+    persist_out: list = field(default_factory=list)
+    declared: dict = field(default_factory=dict)
+    source: str = ""
+    step_fn: Callable | None = None
+    line_to_op: dict = field(default_factory=dict)
+    done: list = field(default_factory=list)  # names of the passes run so far
+
+    def var(self, name: str):
+        """The program variable `name` (searching parent blocks), or None."""
+        return self.block._find_var(name)
+
+    def is_persistable(self, name: str) -> bool:
+        var = self.block._find_var(name)
+        return var is not None and var.persistable
+
+
+class IRError(AssertionError):
+    """A pass left the step list malformed (raised by `check` in debug mode)."""
+
+
+def check(ir: PlanIR, after: str) -> None:
+    """Verify the invariants every pass must keep; raise IRError naming the pass that broke one."""
+    problems = []
+    done = set(ir.done)
+    defined = set(ir.feed) | set(ir.scope_inputs)
+    made_at = {}
+    for i, step in enumerate(ir.steps):
+        where = f"step {i} '{step.op.type}'"
+        if step.opdef.type != step.op.type:
+            problems.append(f"{where}: OpDef is for '{step.opdef.type}'")
+        if "infer" in done:
+            for slot, names in step.op.inputs.items():
+                metas = step.inputs.get(slot, [])
+                if [m.name for m in metas] != list(names):
+                    problems.append(f"{where}: slot {slot} metas {[m.name for m in metas]} != {names}")
+            for n in step.in_names:
+                if n not in defined:
+                    problems.append(f"{where}: input {n!r} is read before it is fed, read from the scope or made")
+            for n in step.out_names:
+                if not isinstance(ir.metas.get(n), Meta):
+                    problems.append(f"{where}: output {n!r} has no concrete Meta")
+        if not step.overwritable <= set(step.op.inputs):
+            problems.append(f"{where}: overwritable slots {sorted(step.overwritable)} are not input slots")
+        for slot in step.overwritable:
+            for n in step.op.inputs.get(slot, ()):
+                if n in ir.feed or (ir.is_persistable(n) and n not in step.out_names):
+                    problems.append(f"{where}: may overwrite {n!r}, which is fed or a persistable it does not update")
+        if "lower" in done and not callable(step.kernel):
+            problems.append(f"{where}: no kernel after lowering")
+        if step.fold is not None:
+            for n in step.in_names:
+                if n not in made_at:
+                    problems.append(f"{where}: folds {n!r}, which no earlier step makes")
+        for n in step.out_names:
+            made_at.setdefault(n, i)
+            defined.add(n)
+    if "infer" in done:
+        for n in ir.fetch_names:
+            if n not in defined:
+                problems.append(f"fetch {n!r} is neither fed, read from the scope nor made")
+    if "codegen" in done and (not ir.source or ir.step_fn is None):
+        problems.append("codegen left no source or step function")
+    if problems:
+        raise IRError(f"plan IR does not verify after pass '{after}':\n  " + "\n  ".join(problems))

@@ -1,0 +1,117 @@
+"""Update kernels of the adaptive optimizers: RMSProp, Adagrad and AdamW.
+
+Each serial kernel and its `_parallel` twin run the same inlined per-element step; only the loop
+differs. Outputs may alias inputs (element i is read and written in the same iteration).
+"""
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _rmsprop_at(i, pf, gf, msf, momf, pof, msof, momof, rate, rho, eps, mu):
+    g = gf[i]
+    ms = rho * msf[i] + (1.0 - rho) * g * g
+    mom = mu * momf[i] + rate * g / np.sqrt(ms + eps)
+    msof[i] = ms
+    momof[i] = mom
+    pof[i] = pf[i] - mom
+
+
+@njit(cache=True, error_model="numpy")
+def rmsprop(p, g, ms, mom, lr, rho, eps, mu, p_out, ms_out, mom_out):
+    """ms = rho*ms + (1-rho)*g^2; mom = mu*mom + lr*g/sqrt(ms+eps); p -= mom."""
+    pf, gf, msf, momf = p.reshape(-1), g.reshape(-1), ms.reshape(-1), mom.reshape(-1)
+    pof, msof, momof = p_out.reshape(-1), ms_out.reshape(-1), mom_out.reshape(-1)
+    for i in range(pf.size):
+        _rmsprop_at(i, pf, gf, msf, momf, pof, msof, momof, lr[0], rho, eps, mu)
+    return p_out, ms_out, mom_out
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def rmsprop_parallel(p, g, ms, mom, lr, rho, eps, mu, p_out, ms_out, mom_out):
+    pf = p.reshape(-1)
+    gf = g.reshape(-1)
+    msf = ms.reshape(-1)
+    momf = mom.reshape(-1)
+    pof = p_out.reshape(-1)
+    msof = ms_out.reshape(-1)
+    momof = mom_out.reshape(-1)
+    rate = lr[0]
+    for i in prange(pf.size):
+        _rmsprop_at(i, pf, gf, msf, momf, pof, msof, momof, rate, rho, eps, mu)
+    return p_out, ms_out, mom_out
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _adagrad_at(i, pf, gf, mf, pof, mof, rate, eps):
+    g = gf[i]
+    m = mf[i] + g * g
+    mof[i] = m
+    pof[i] = pf[i] - rate * g / (np.sqrt(m) + eps)
+
+
+@njit(cache=True, error_model="numpy")
+def adagrad(p, g, m, lr, eps, p_out, m_out):
+    """m += g^2; p -= lr * g / (sqrt(m) + eps)."""
+    pf, gf, mf, pof, mof = p.reshape(-1), g.reshape(-1), m.reshape(-1), p_out.reshape(-1), m_out.reshape(-1)
+    for i in range(pf.size):
+        _adagrad_at(i, pf, gf, mf, pof, mof, lr[0], eps)
+    return p_out, m_out
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def adagrad_parallel(p, g, m, lr, eps, p_out, m_out):
+    pf = p.reshape(-1)
+    gf = g.reshape(-1)
+    mf = m.reshape(-1)
+    pof = p_out.reshape(-1)
+    mof = m_out.reshape(-1)
+    rate = lr[0]
+    for i in prange(pf.size):
+        _adagrad_at(i, pf, gf, mf, pof, mof, rate, eps)
+    return p_out, m_out
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _adamw_at(i, pf, gf, af, bf, pof, aof, bof, rate, decay, beta1, beta2, eps):
+    gi = gf[i]
+    a = beta1 * af[i] + (1.0 - beta1) * gi
+    b = beta2 * bf[i] + (1.0 - beta2) * gi * gi
+    aof[i] = a
+    bof[i] = b
+    pof[i] = pf[i] * decay - rate * a / (np.sqrt(b) + eps)
+
+
+@njit(cache=True, error_model="numpy")
+def adamw(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, coeff, p_out, m1_out, m2_out, b1p_out, b2p_out):
+    """p <- p * (1 - lr * coeff), then Adam's step (bias correction folded into the rate)."""
+    pow1, pow2 = b1p[0], b2p[0]
+    rate = lr[0] * np.sqrt(1.0 - pow2) / (1.0 - pow1)
+    decay = 1.0 - lr[0] * coeff
+    pf, gf, af, bf = p.reshape(-1), g.reshape(-1), m1.reshape(-1), m2.reshape(-1)
+    pof, aof, bof = p_out.reshape(-1), m1_out.reshape(-1), m2_out.reshape(-1)
+    for i in range(pf.size):
+        _adamw_at(i, pf, gf, af, bf, pof, aof, bof, rate, decay, beta1, beta2, eps)
+    b1p_out[0] = pow1 * beta1
+    b2p_out[0] = pow2 * beta2
+    return p_out, m1_out, m2_out, b1p_out, b2p_out
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def adamw_parallel(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, coeff, p_out, m1_out, m2_out, b1p_out, b2p_out):
+    pow1 = b1p[0]
+    pow2 = b2p[0]
+    rate = lr[0] * np.sqrt(1.0 - pow2) / (1.0 - pow1)
+    decay = 1.0 - lr[0] * coeff
+    pf = p.reshape(-1)
+    gf = g.reshape(-1)
+    af = m1.reshape(-1)
+    bf = m2.reshape(-1)
+    pof = p_out.reshape(-1)
+    aof = m1_out.reshape(-1)
+    bof = m2_out.reshape(-1)
+    for i in prange(pf.size):
+        _adamw_at(i, pf, gf, af, bf, pof, aof, bof, rate, decay, beta1, beta2, eps)
+    b1p_out[0] = pow1 * beta1
+    b2p_out[0] = pow2 * beta2
+    return p_out, m1_out, m2_out, b1p_out, b2p_out

@@ -1,0 +1,176 @@
+"""The plan compiler: each pass alone on a hand-built PlanIR, the verifier between passes, passes
+switched off give the same numbers, and the public plan source."""
+import numpy as np
+import pytest
+
+import fluidlite as fl
+from fluidlite import layers
+from fluidlite.compiler import (PASSES, CompileOptions, IRError, PlanIR, alias, check, codegen, compile_plan, fold,
+                                infer, lower, prune)
+
+OPTS = CompileOptions()
+
+
+def _train_net(dtype="float64"):
+    x = layers.data(name="x", shape=[3], dtype=dtype)
+    label = layers.data(name="y", shape=[1], dtype=dtype)
+    h = layers.fc(x, size=4, act="tanh")
+    shared = fl.ParamAttr(name="w_shared")
+    outs = [layers.fc(layers.scale(h, scale=float(k + 1)), size=2, param_attr=shared, bias_attr=False)
+            for k in range(3)]
+    pred = layers.fc(layers.sums(outs), size=1)
+    loss = layers.mean(layers.square_error_cost(pred, label))
+    fl.optimizer.Momentum(0.1, 0.9).minimize(loss, grad_clip=fl.clip.GradientClipByGlobalNorm(1.0))
+    return loss
+
+
+def _ir(fetch, feed_sig):
+    return PlanIR(fl.default_main_program().global_block(), {n: (s, d) for n, s, d in feed_sig}, tuple(fetch))
+
+
+def _feed(n=5, dtype="float64"):
+    rng = np.random.default_rng(0)
+    return {"x": rng.standard_normal((n, 3)).astype(dtype), "y": rng.standard_normal((n, 1)).astype(dtype)}
+
+
+def _sig(feed):
+    return tuple((k, v.shape, v.dtype) for k, v in feed.items())
+
+
+def test_pass_order_is_named():
+    assert [name for name, _ in PASSES] == ["prune", "infer", "alias", "lower", "fold", "codegen"]
+
+
+def test_prune_alone_keeps_what_fetches_and_persistable_writes_need():
+    x = layers.data(name="x", shape=[3], dtype="float32")
+    a = layers.scale(x, scale=2.0)
+    layers.tanh(x)  # feeds nothing fetched
+    ir = prune(_ir([a.name], (("x", (2, 3), np.dtype("float32")),)), OPTS)
+    assert [s.op.type for s in ir.steps] == ["scale"]
+    ir = prune(_ir([a.name], (("x", (2, 3), np.dtype("float32")),)), CompileOptions(disabled={"prune"}))
+    assert [s.op.type for s in ir.steps] == ["scale", "tanh"]
+
+
+def test_infer_alone_gives_concrete_shapes_and_scope_traffic():
+    loss = _train_net()
+    ir = infer(prune(_ir([loss.name], _sig(_feed(7))), OPTS), OPTS)
+    assert ir.metas["fc_0.tmp_0"].shape == (7, 4)
+    assert "fc_0.w_0" in ir.scope_inputs and "fc_0.w_0" in ir.persist_out
+    assert ir.declared["fc_0.w_0"] == ((3, 4), np.dtype("float64"))
+
+
+def test_infer_rejects_an_unfed_data_variable():
+    loss = _train_net()
+    ir = prune(_ir([loss.name], (("x", (2, 3), np.dtype("float64")),)), OPTS)
+    with pytest.raises(ValueError, match="data variable 'y' must be fed"):
+        infer(ir, OPTS)
+
+
+def test_alias_alone_never_lets_a_fed_fetched_or_foreign_persistable_buffer_be_overwritten():
+    loss = _train_net()
+    feed = _feed()
+    ir = alias(infer(prune(_ir([loss.name], _sig(feed)), OPTS), OPTS), OPTS)
+    assert any(s.overwritable for s in ir.steps)
+    for s in ir.steps:
+        for slot in s.overwritable:
+            for n in s.op.inputs[slot]:
+                assert n not in feed and n != loss.name
+                assert not ir.is_persistable(n) or n in s.out_names
+    off = alias(infer(prune(_ir([loss.name], _sig(feed)), OPTS), OPTS), CompileOptions(disabled={"alias"}))
+    assert not any(s.overwritable for s in off.steps)
+
+
+def test_lower_and_fold_alone():
+    loss = _train_net()
+    ir = lower(alias(infer(prune(_ir([loss.name], _sig(_feed())), OPTS), OPTS), OPTS), OPTS)
+    assert all(callable(s.kernel) for s in ir.steps)
+    folded = fold(ir, OPTS)
+    assert {s.op.type for s in folded.steps if s.fold is not None} == {"sum"}
+    assert not any(s.fold for s in fold(ir, CompileOptions(disabled={"fold"})).steps)
+
+
+def test_codegen_alone_emits_one_call_per_step_and_runs():
+    x = layers.data(name="x", shape=[3], dtype="float64")
+    y = layers.scale(layers.tanh(x), scale=2.0)
+    sig = (("x", (2, 3), np.dtype("float64")),)
+    ir = lower(alias(infer(prune(_ir([y.name], sig), OPTS), OPTS), OPTS), OPTS)
+    ir = codegen(fold(ir, OPTS), OPTS)
+    assert ir.source.startswith("def _step(F, A):") and ir.source.count(" = K") == 2
+    xs = np.arange(6.0).reshape(2, 3)
+    out, = ir.step_fn({"x": xs}, {})
+    np.testing.assert_allclose(out, 2 * np.tanh(xs))
+
+
+def test_verifier_names_the_pass_that_broke_the_ir():
+    loss = _train_net()
+    ir = compile_plan(fl.default_main_program().global_block(), _sig(_feed()), (loss.name,), OPTS)
+    check(ir, "codegen")  # a compiled IR verifies
+    ir.steps[0].overwritable = frozenset({"NoSuchSlot"})
+    with pytest.raises(IRError, match="(?s)after pass 'broken'.*NoSuchSlot"):
+        check(ir, "broken")
+    ir.steps[0].overwritable = frozenset()
+    ir.steps.insert(0, ir.steps.pop())  # an op moved before the values it reads
+    with pytest.raises(IRError, match="(?s)read before"):
+        check(ir, "reorder")
+
+
+def test_debug_mode_runs_the_verifier_after_every_pass(monkeypatch):
+    import fluidlite.compiler as compiler
+
+    seen = []
+    monkeypatch.setattr(compiler, "check", lambda ir, after: seen.append(after))
+    loss = _train_net()
+    fl.Executor(compile_options=CompileOptions(debug=True)).compile(feed=_feed(), fetch_list=[loss])
+    assert seen == [name for name, _ in PASSES]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("off", [(), ("alias",), ("fold",), ("prune",), ("alias", "fold", "prune")])
+def test_switching_passes_off_changes_no_number(off, dtype):
+    loss = _train_net(dtype)
+    startup = fl.default_startup_program()
+    results = []
+    for options in (CompileOptions(debug=True), CompileOptions(disabled=set(off), debug=True)):
+        scope, exe = fl.Scope(), fl.Executor(compile_options=options)
+        exe.run(startup, scope=scope)
+        losses = [exe.run(feed=_feed(dtype=dtype), fetch_list=[loss], scope=scope)[0] for _ in range(3)]
+        results.append((losses, {p.name: fl.fetch_var(p.name, scope)
+                                 for p in fl.default_main_program().all_parameters()}))
+    (l0, p0), (l1, p1) = results
+    for a, b in zip(l0, l1):
+        np.testing.assert_array_equal(a, b)  # bit for bit: the passes change buffers and schedules, not math
+    for n in p0:
+        np.testing.assert_array_equal(p0[n], p1[n])
+
+
+def test_unknown_pass_cannot_be_switched_off():
+    with pytest.raises(ValueError, match="cannot switch off.*'codegen'"):
+        CompileOptions(disabled={"codegen"})
+
+
+def test_options_from_the_environment(monkeypatch):
+    monkeypatch.setenv("FLUIDLITE_PASSES_OFF", "fold, alias")
+    monkeypatch.setenv("FLUIDLITE_DEBUG_PASSES", "1")
+    assert fl.Executor().compile_options == CompileOptions(disabled={"fold", "alias"}, debug=True)
+
+
+def test_compile_returns_the_plan_run_uses_and_its_source_is_public():
+    loss = _train_net()
+    exe = fl.Executor()
+    exe.run(fl.default_startup_program())
+    feed = _feed()
+    plan = exe.compile(feed=feed, fetch_list=[loss])
+    assert plan.source.splitlines()[0] == "def _step(F, A):" and "A['fc_0.w_0'] = " in plan.source
+    assert [s.op for s in plan.steps] == plan.ops
+    exe.run(feed=feed, fetch_list=[loss])
+    assert exe.compile(feed=feed, fetch_list=[loss]) is plan  # served from the cache
+
+
+def test_scope_public_interface():
+    scope = fl.Scope()
+    a = np.ones(3, np.float32)
+    scope.set_array("a", a)
+    assert scope.get_array("a") is a and scope.arrays["a"] is a and scope.get_array("b") is None
+    scope.declare({"b": ((2,), np.dtype("float32"))})
+    with pytest.raises(ValueError, match="shape"):
+        scope.var("b").get_tensor().set(np.ones(3, np.float32))
