@@ -3,11 +3,6 @@ built around controlling gradients (error clipping and gradient clipping)."""
 import importlib.util as _util
 import os as _os
 
-# Idle OpenMP threads sleep instead of spinning: on a 2-core machine shared with other work, spinning
-# threads made parallel kernels 100x slower than serial ones. Set before Numba loads its OpenMP pool;
-# a value the user set wins.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 if _util.find_spec("fluidlite.kernels") is None:
     # a non-editable install imported from inside a source checkout: kernels/ sits beside this package
     __path__.append(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
@@ -17,7 +12,7 @@ from . import initializer, layers, unique_name  # noqa: E402,F401
 from .data_feeder import DataFeeder, data  # noqa: E402
 from .executor import CPUPlace, Executor  # noqa: E402
 from .framework import (  # noqa: E402
-    Block, Operator, Parameter, Program, Variable, default_main_program, default_startup_program, program_guard,
+    Block, Operator, Parameter, Program, Variable, default_main_program, default_startup_program, program_guard, role_guard,
 )
 from .param_attr import ParamAttr  # noqa: E402
 from .registry import grad_var_name  # noqa: E402
@@ -28,10 +23,11 @@ __version__ = "0.1.0"
 __all__ = [
     "Block", "CPUPlace", "DataFeeder", "Executor", "Operator", "ParamAttr", "Parameter", "Program", "Scope", "Variable",
     "data", "default_main_program", "default_startup_program", "fetch_var", "global_scope", "grad_var_name",
-    "initializer", "layers", "program_guard", "scope_guard", "unique_name",
+    "initializer", "layers", "program_guard", "role_guard", "scope_guard", "unique_name",
 ]
 
-_SUBMODULES = {"backward", "clip", "graph", "synthetic", "graphviz", "io", "optimizer", "regularizer", "registry", "shapes"}
+_SUBMODULES = {"backward", "clip", "graph", "synthetic", "graphviz", "io", "optimizer", "regularizer", "registry", "shapes",
+               "datasets", "reader"}
 
 
 def __getattr__(name):

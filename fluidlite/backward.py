@@ -4,7 +4,9 @@ The forward ops are turned into a DAG (op -> op that reads what it writes), prun
 on a path from the sources (parameters) to the targets (loss), then walked in reverse: each
 op's gradient rule appends its gradient ops. A variable read by several ops gets one explicit
 `sum` op, appended as soon as its last contribution exists, so nothing ever reads a partial sum.
-Callbacks run right after every gradient op and every accumulation op. See docs/backward.md.
+Callbacks run right after every gradient op and every accumulation op; the ops a callback appends
+get the role of the op they follow (`backward`) unless it sets one with `program.role_guard(role)`.
+See docs/backward.md.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from .framework import ROLE_BACKWARD, Parameter, Variable
+from .atomic import atomic
+from .framework import ROLE_BACKWARD, Parameter, Variable, default_startup_program
 from .registry import GRAD_SUFFIX, NO_GRAD, GradContext, get_op_def, grad_var_name
 
 PART_SUFFIX = "@PART"  # one contribution to a gradient that several ops add to
@@ -120,8 +123,9 @@ class _Builder:
         for name in completed:
             self.grad_to_var[name] = completed[name]
         context = BackwardContext(op, forward_op, self.grad_to_var, list(completed))
-        for cb in self.callbacks:
-            cb(self.block, context)
+        with self.block.program.role_guard(op.role):  # what a callback appends follows its op's role
+            for cb in self.callbacks:
+                cb(self.block, context)
         return op
 
     def run(self, sources, targets, seeds):
@@ -239,8 +243,9 @@ def append_backward(loss, parameter_list=None, no_grad_set=None, callback=None):
         params = [block.var(n) for n in _as_names(parameter_list, "parameter_list")]
     names = [p.name for p in params]
     builder = _Builder(block, _as_names(no_grad_set, "no_grad_set"), _callbacks(callback))
-    seed = _seed(block, loss, builder.grad_name(loss.name))
-    grad_of = builder.run(names, [loss.name], [seed])
+    with atomic(program, default_startup_program()):  # a raising callback leaves no half backward
+        seed = _seed(block, loss, builder.grad_name(loss.name))
+        grad_of = builder.run(names, [loss.name], [seed])
     return [(p, block.var(grad_of[p.name])) for p in params if p.name in grad_of]
 
 
@@ -261,6 +266,11 @@ def gradients(targets, inputs, target_gradients=None, no_grad_set=None):
         raise ValueError(f"gradients: {len(targets)} targets but {len(target_gradients)} target_gradients")
     block = targets[0].block
     builder = _Builder(block, _as_names(no_grad_set, "no_grad_set"), [])
+    with atomic(block.program):
+        return _gradients(block, builder, targets, inputs, target_gradients)
+
+
+def _gradients(block, builder, targets, inputs, target_gradients):
     seeds = []
     for t, g in zip(targets, target_gradients):
         if g is None:

@@ -16,14 +16,26 @@ crashed before its rename. `.trash-*` and incomplete `.tmp-*` siblings are never
 save first finishes an interrupted one (renames the chosen sibling to `D`), then removes stale
 siblings. Loading reads every file and checks checksums, shapes and dtypes before the scope
 is changed at all.
+
+Loading trusts nothing in the directory: the manifest must be strict JSON with one entry per
+name, files named `NNNNN.npy` in increasing order (a swapped or duplicated entry is refused);
+every file is opened with O_NOFOLLOW|O_NONBLOCK and must be a regular file (no symlink, FIFO or
+device), no larger than its entry's declared shape allows; the .npy header is parsed without
+numpy's loader and must agree with the manifest and with the number of data bytes before any
+array is made. Every refusal is a ValueError naming the variable and the file.
 """
 from __future__ import annotations
 
+import errno
+import functools
 import hashlib
 import io as _stdio
 import json
+import math
 import os
+import re
 import shutil
+import stat
 import uuid
 
 import numpy as np
@@ -41,15 +53,33 @@ def _need(cond, where, msg):
         raise ValueError(f"{where}: {msg}")
 
 
-def _persistables(program) -> dict:
+def _persistables(program, predicate=None, fn="save_persistables") -> dict:
     program = default_main_program() if program is None else program
     if not isinstance(program, Program):
-        raise TypeError(f"expected a Program, got {type(program).__name__}")
+        raise TypeError(f"{fn}: argument 'program' must be a Program, got {type(program).__name__} (the order is "
+                        f"(dirname, program=None, scope=None), or Paddle's (executor, dirname, main_program=None))")
     out = {}
     for var in program.list_vars():
-        if var.persistable and var.name not in out:
+        if var.persistable and var.name not in out and (predicate is None or predicate(var)):
             out[var.name] = var
     return out
+
+
+def _paddle_order(fn):
+    """Also accept Paddle's order `fn(executor, dirname, main_program=None)` (the executor is not needed)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .executor import Executor
+
+        if args and isinstance(args[0], Executor):
+            args = args[1:]
+        if "executor" in kwargs:
+            kwargs.pop("executor")
+        if "main_program" in kwargs:
+            kwargs["program"] = kwargs.pop("main_program")
+        return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _check_declared(var, shape, dtype, where):
@@ -123,9 +153,13 @@ def _recover_and_clean(final):
             shutil.rmtree(trash)
 
 
-def save_persistables(dirname, program=None, scope=None):
-    """Atomically write every persistable variable of `program` found in `scope` to `dirname`."""
-    variables = _persistables(program)
+@_paddle_order
+def save_persistables(dirname, program=None, scope=None, predicate=None):
+    """Atomically write every persistable variable of `program` found in `scope` to `dirname`
+    (those `predicate(var)` accepts, when given)."""
+    if not isinstance(dirname, (str, os.PathLike)):
+        raise TypeError(f"save_persistables: argument 'dirname' must be a path, got {type(dirname).__name__}")
+    variables = _persistables(program, predicate)
     scope = global_scope() if scope is None else scope
     arrays = {}
     for name, var in variables.items():
@@ -171,30 +205,101 @@ def save_persistables(dirname, program=None, scope=None):
         shutil.rmtree(trash)
 
 
-def _read_manifest(src, dirname) -> dict:
+_MANIFEST_MAX = 64 << 20
+_HEADER_MAX = 1 << 16  # an .npy header is at most this long (numpy writes ~128 bytes)
+_FILE_RE = re.compile(r"^(\d{5,})\.npy$")
+
+
+def _read_regular(src, name, where, limit):
+    """The bytes of `name` inside directory `src`: a regular file, no symlink followed, never blocking
+    (a FIFO or device is refused before it is read), at most `limit` bytes."""
     try:
-        with open(os.path.join(src, MANIFEST), encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"checkpoint {dirname!r}: cannot read {MANIFEST}: {exc}") from None
+        dfd = os.open(src, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as exc:
+        raise ValueError(f"{where}: cannot open the directory: {exc.strerror}") from None
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
+    except OSError as exc:
+        why = "a symbolic link (not followed)" if exc.errno == errno.ELOOP else exc.strerror
+        raise ValueError(f"{where}: cannot read {name}: {why}") from None
+    finally:
+        os.close(dfd)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        _need(stat.S_ISREG(st.st_mode), where, f"{name} is not a regular file")
+        _need(st.st_size <= limit, where, f"{name} holds {st.st_size} bytes, more than its entry allows ({limit})")
+        data = f.read(st.st_size + 1)  # never more than the file holds: read(n) allocates n bytes
+    _need(len(data) == st.st_size, where, f"{name} changed while it was read")
+    return data
+
+
+def _shape_ok(shape):
+    return isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+
+
+def _dtype_ok(name):
+    try:
+        dt = np.dtype(name)
+    except TypeError:
+        return False
+    return dt.kind in "biuf" and dt.name == name
+
+
+def _read_manifest(src, dirname) -> dict:
     where = f"checkpoint {dirname!r} {MANIFEST}"
+    text = _read_regular(src, MANIFEST, where, _MANIFEST_MAX)
+    try:
+        data = json.loads(text.decode("utf-8"), parse_constant=lambda c: _need(False, where, f"{c} is not JSON"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"checkpoint {dirname!r}: cannot read {MANIFEST}: {exc}") from None
     _need(isinstance(data, dict) and isinstance(data.get("variables"), list), where, "needs a 'variables' list")
-    entries = {}
+    entries, last = {}, -1
     for e in data["variables"]:
         ok = (isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("file"), str)
-              and os.path.basename(e["file"]) == e["file"] and e["file"] not in ("", ".", "..")
-              and isinstance(e.get("shape"), list) and isinstance(e.get("dtype"), str) and isinstance(e.get("sha256"), str))
-        _need(ok, where, f"malformed entry {e!r}")
+              and _FILE_RE.match(e["file"]) is not None and _shape_ok(e.get("shape"))
+              and isinstance(e.get("dtype"), str) and _dtype_ok(e["dtype"]) and isinstance(e.get("sha256"), str))
+        _need(ok, where, f"malformed entry {e!r:.300}")
+        _need(e["name"] not in entries, where, f"variable {e['name']!r} has two entries")
+        index = int(_FILE_RE.match(e["file"]).group(1))
+        _need(index > last, where, f"entry {e['name']!r}: file {e['file']} is out of order (entries were "
+                                   f"reordered, swapped or duplicated)")
+        last = index
         entries[e["name"]] = e
     return entries
 
 
-def load_persistables(dirname, program=None, scope=None) -> list:
-    """Load every persistable variable of `program` from `dirname` into `scope`; returns their names.
+def _parse_npy(data, e, where):
+    """The array in .npy bytes `data`, checked against manifest entry `e` (no pickle, no eval of a bad header)."""
+    stream = _stdio.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        _need(read_header is not None, where, f"unsupported .npy version {version}")
+        shape, fortran, dtype = read_header(stream, max_header_size=_HEADER_MAX)
+    except ValueError as exc:
+        raise ValueError(f"{where}: malformed .npy header: {exc}") from None
+    except Exception as exc:  # a header numpy cannot parse (tokenize.TokenError, SyntaxError, ...)
+        raise ValueError(f"{where}: malformed .npy header ({type(exc).__name__}: {exc})") from None
+    _need(dtype.name == e["dtype"] and list(shape) == e["shape"], where,
+          f"file holds {dtype}{list(shape)}, the manifest says {e['dtype']}{e['shape']}")
+    body = memoryview(data)[stream.tell():]
+    size = math.prod(shape) * dtype.itemsize
+    _need(len(body) == size, where, f"holds {len(body)} data bytes, its header declares {size}")
+    arr = np.frombuffer(body, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    return np.array(arr, order="C")
+
+
+@_paddle_order
+def load_persistables(dirname, program=None, scope=None, predicate=None) -> list:
+    """Load every persistable variable of `program` (that `predicate` accepts) from `dirname` into
+    `scope`; returns their names.
 
     Each value is checked (checksum, shape, dtype against the manifest and the program) before
     any is stored, so on error the scope is unchanged."""
-    variables = _persistables(program)
+    if not isinstance(dirname, (str, os.PathLike)):
+        raise TypeError(f"load_persistables: argument 'dirname' must be a path, got {type(dirname).__name__}")
+    variables = _persistables(program, predicate, "load_persistables")
     scope = global_scope() if scope is None else scope
     dirname = os.fspath(dirname)
     final = os.path.abspath(dirname)
@@ -207,21 +312,13 @@ def load_persistables(dirname, program=None, scope=None) -> list:
         where = f"load_persistables {dirname!r}"
         e = entries.get(name)
         _need(e is not None, where, f"the checkpoint has no variable {name!r}")
-        try:
-            with open(os.path.join(src, e["file"]), "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            raise ValueError(f"{where}: variable {name!r}: cannot read {e['file']}: {exc.strerror}") from None
-        _need(hashlib.sha256(data).hexdigest() == e["sha256"], where,
-              f"variable {name!r}: checksum mismatch (file {e['file']} is corrupt or was changed)")
-        try:
-            arr = np.load(_stdio.BytesIO(data), allow_pickle=False)
-        except ValueError as exc:
-            raise ValueError(f"{where}: variable {name!r}: unreadable .npy file {e['file']}: {exc}") from None
-        _need(arr.dtype.name == e["dtype"] and list(arr.shape) == e["shape"], where,
-              f"variable {name!r}: file holds {arr.dtype}{list(arr.shape)}, the manifest says {e['dtype']}{e['shape']}")
-        _check_declared(var, arr.shape, arr.dtype, where)
-        staged[name] = np.asarray(arr, order="C")
+        where_var = f"{where}: variable {name!r} (file {e['file']})"
+        limit = math.prod(e["shape"]) * np.dtype(e["dtype"]).itemsize + _HEADER_MAX  # read nothing larger
+        data = _read_regular(src, e["file"], where_var, limit)
+        _need(hashlib.sha256(data).hexdigest() == e["sha256"], where_var,
+              "checksum mismatch (the file is corrupt or was changed)")
+        staged[name] = _parse_npy(data, e, where_var)
+        _check_declared(var, staged[name].shape, staged[name].dtype, where)
     scope._arrays.update(staged)
     return list(staged)
 

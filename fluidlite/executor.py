@@ -11,6 +11,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ._memory import tune_malloc
+from ._threads import choose_layer, parallel_lock
 from .framework import Program, Variable, default_main_program
 from .compiler import CompileOptions, compile_plan
 from .compiler.codegen import PLAN_FILENAME_PREFIX
@@ -105,12 +106,15 @@ class Executor:
         self.compile_options = CompileOptions.from_env() if compile_options is None else compile_options
         self._plans: OrderedDict = OrderedDict()
         tune_malloc()
+        choose_layer()  # Numba's workqueue for fluidlite's parallel kernels, unless the user chose a layer
+        self._guard = parallel_lock()
 
     def run(self, program=None, feed=None, fetch_list=None, scope=None, return_numpy=True):
         """Run `program`; returns the fetched values as numpy arrays (copies)."""
         scope = global_scope() if scope is None else scope
         plan, feed = self._plan(program, feed, fetch_list)
-        return plan.run(feed, scope)
+        with self._guard:
+            return plan.run(feed, scope)
 
     def compile(self, program=None, feed=None, fetch_list=None) -> Plan:
         """The plan `run` would execute for these arguments (compiled now, or from the cache), without

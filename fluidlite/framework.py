@@ -208,6 +208,7 @@ class Program:
         self._version = 0
         self._uid = next(_program_ids)
         self.random_seed = 0
+        self._clip_records = []  # what each gradient-clip build made, by name (fluidlite.clip.ClipResult)
 
     def global_block(self) -> Block:
         return self.blocks[0]
@@ -234,8 +235,9 @@ class Program:
         self._current_block_idx = self.current_block().parent_idx
 
     @contextlib.contextmanager
-    def _role_guard(self, role: str):
-        """Ops appended inside get this role."""
+    def role_guard(self, role: str):
+        """Ops appended inside (without an explicit `role=`) get this role, e.g. in a backward callback:
+        `with block.program.role_guard("error_clip"): block.append_op(...)`."""
         if role not in ROLES:
             raise ValueError(f"unknown op role {role!r}; roles are {ROLES}")
         old, self._current_role = self._current_role, role
@@ -243,6 +245,8 @@ class Program:
             yield
         finally:
             self._current_role = old
+
+    _role_guard = role_guard  # the name fluidlite's own modules used before it was public
 
     def all_parameters(self) -> list:
         return self.global_block().all_parameters()
@@ -255,6 +259,7 @@ class Program:
         """A copy; with `for_test`, ops with an `is_test` attribute switch to inference."""
         new = Program()
         new.random_seed = self.random_seed
+        new._clip_records = copy.deepcopy(self._clip_records)
         new.blocks = []
         for block in self.blocks:
             nb = Block(new, block.idx, block.parent_idx)
@@ -315,6 +320,11 @@ def switch_startup_program(program: Program) -> Program:
     global _startup_program
     old, _startup_program = _startup_program, program
     return old
+
+
+def role_guard(role: str, program: Program | None = None):
+    """`program.role_guard(role)` for `program` (default: the main program): ops appended inside get `role`."""
+    return (program or default_main_program()).role_guard(role)
 
 
 @contextlib.contextmanager

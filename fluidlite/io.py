@@ -5,76 +5,57 @@ program's `random_seed` and every block's variables and ops. Nothing is pickled.
 checks the structure, op types, references and attribute types, then rebuilds the program
 with `Block.append_op`, so shapes are inferred and checked again. Objects hanging off
 variables (`error_clip`, a parameter's `regularizer`, `gradient_clip_attr`, `initializer`)
-are stored as `{"class", "fields"}` when they are plain objects of a fluidlite module whose
-fields are JSON scalars, and rebuilt from that allow-list only; anything else is stored as
-`{"repr"}` and loads as None with a warning.
+are stored as `{"class", "fields"}` when their exact class is in `fluidlite.io_objects.ALLOWED`,
+and rebuilt only through that class's constructor; anything else is stored as `{"repr"}` and
+loads as None with a warning. The file is strict JSON: a non-finite float is `{"__float__": "inf"}`.
+A loaded program is verified (`fl.verify`); every problem is a ValueError or TypeError naming
+the file and the place in it (docs/reliability.md).
 
 Checkpoints (`save_persistables`/`load_persistables`) live in `fluidlite.checkpoint` and are
 re-exported here.
 """
 from __future__ import annotations
 
-import importlib
 import json
+import math
 import os
+import stat
 import uuid
-import warnings
 
 import numpy as np
 
 from .checkpoint import _need, load_persistables, save_persistables
 from .framework import ROLES, Block, Parameter, Program, Variable
+from .io_objects import obj_from_json, obj_to_json
 from .registry import get_op_def
+from .verifier import verify
 
 FORMAT_VERSION = 1
-_OBJ_MODULES = ("fluidlite.clip", "fluidlite.regularizer", "fluidlite.initializer")
-_SCALARS = (bool, int, float, str, type(None))
 
 
 # ---------------------------------------------------------------- programs
 
-def _obj_to_json(obj):
-    if obj is None:
-        return None
-    cls = type(obj)
-    fields = getattr(obj, "__dict__", None)
-    if (cls.__module__ in _OBJ_MODULES and isinstance(fields, dict)
-            and all(isinstance(v, _SCALARS + (Variable,)) for v in fields.values())):
-        return {"class": f"{cls.__module__}.{cls.__qualname__}",
-                "fields": {k: {"variable": v.name} if isinstance(v, Variable) else v for k, v in fields.items()}}
-    return {"repr": repr(obj)}
+_FLOAT_KEY = "__float__"  # JSON has no Infinity/NaN: {"__float__": "inf"} stands for float("inf")
+_MAX_BYTES = 256 << 20
+_DTYPE_KINDS = "biuf"  # bool, signed/unsigned int, float: no object, string, void or datetime dtypes
 
 
-def _obj_from_json(data, where, pending):
-    """Rebuild an allow-listed object; Variable-valued fields are queued in `pending` for later."""
-    if data is None:
-        return None
-    if not isinstance(data, dict) or not ("class" in data or "repr" in data):
-        raise ValueError(f"{where}: expected null or an object with 'class' or 'repr', got {data!r}")
-    if "class" not in data:
-        warnings.warn(f"{where}: {data['repr']} was saved only as its repr; left unset")
-        return None
-    module, _, name = str(data["class"]).rpartition(".")
-    fields = data.get("fields")
-    if module not in _OBJ_MODULES or not isinstance(fields, dict):
-        raise ValueError(f"{where}: cannot rebuild class {data['class']!r} (allowed modules: {_OBJ_MODULES})")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        warnings.warn(f"{where}: class {data['class']!r} is not available; left unset")
-        return None
-    refs = {k: v["variable"] for k, v in fields.items() if isinstance(v, dict) and isinstance(v.get("variable"), str)}
-    plain = {k: (None if k in refs else v) for k, v in fields.items()}
-    _need(all(isinstance(v, _SCALARS) for v in plain.values()), where, f"fields of {data['class']} must be JSON scalars")
-    try:
-        obj = cls(**plain)
-        if vars(obj) != plain:
-            raise TypeError("constructor arguments differ from the stored fields")
-    except Exception:  # rebuild from the fields the object stored
-        obj = cls.__new__(cls)
-        obj.__dict__.update(plain)
-    pending.extend((obj, k, n, where) for k, n in refs.items())
-    return obj
+def _encode_float(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return {_FLOAT_KEY: "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")}
+    return v
+
+
+def _decode_object(d):
+    if _FLOAT_KEY in d:
+        if len(d) != 1 or d[_FLOAT_KEY] not in ("inf", "-inf", "nan"):
+            raise ValueError(f"bad float encoding {d!r:.100} (expected {{{_FLOAT_KEY!r}: 'inf' | '-inf' | 'nan'}})")
+        return float(d[_FLOAT_KEY])
+    return d
+
+
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not JSON (non-finite floats are written as {{{_FLOAT_KEY!r}: ...}})")
 
 
 def _jsonable(value, where):
@@ -84,7 +65,7 @@ def _jsonable(value, where):
     if isinstance(value, (int, np.integer)):
         return int(value)
     if isinstance(value, (float, np.floating)):
-        return float(value)
+        return _encode_float(float(value))
     if isinstance(value, (list, tuple)):
         return [_jsonable(v, where) for v in value]
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
@@ -95,14 +76,14 @@ def _jsonable(value, where):
 def _var_to_dict(var: Variable) -> dict:
     d = {"name": var.name, "shape": None if var.shape is None else list(var.shape),
          "dtype": None if var.dtype is None else var.dtype.name, "persistable": var.persistable,
-         "stop_gradient": var.stop_gradient, "is_data": bool(var.is_data), "error_clip": _obj_to_json(var.error_clip)}
+         "stop_gradient": var.stop_gradient, "is_data": bool(var.is_data), "error_clip": obj_to_json(var.error_clip, _encode_float)}
     if isinstance(var, Parameter):
         d["parameter"] = {
             "trainable": bool(var.trainable), "need_clip": bool(var.need_clip),
             "optimize_attr": _jsonable(var.optimize_attr, f"parameter {var.name!r} optimize_attr"),
-            "regularizer": _obj_to_json(var.regularizer),
-            "gradient_clip_attr": _obj_to_json(var.gradient_clip_attr),
-            "initializer": _obj_to_json(var.initializer)}
+            "regularizer": obj_to_json(var.regularizer, _encode_float),
+            "gradient_clip_attr": obj_to_json(var.gradient_clip_attr, _encode_float),
+            "initializer": obj_to_json(var.initializer, _encode_float)}
     return d
 
 
@@ -120,12 +101,15 @@ def program_to_dict(program: Program) -> dict:
                for i, op in enumerate(b.ops)]
         blocks.append({"idx": b.idx, "parent_idx": b.parent_idx,
                        "vars": [_var_to_dict(v) for v in b.vars.values()], "ops": ops})
-    return {"format_version": FORMAT_VERSION, "random_seed": program.random_seed, "blocks": blocks}
+    out = {"format_version": FORMAT_VERSION, "random_seed": program.random_seed, "blocks": blocks}
+    if program._clip_records:  # what gradient-clip builds made, by variable names (fluidlite.clip)
+        out["clip_records"] = program._clip_records
+    return out
 
 
 def save_program(program: Program, path):
     """Write `program` as JSON to `path` (replacing it atomically)."""
-    text = json.dumps(program_to_dict(program), indent=1)
+    text = json.dumps(program_to_dict(program), indent=1, allow_nan=False)
     path = os.fspath(path)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -134,15 +118,49 @@ def save_program(program: Program, path):
 
 
 def load_program(path) -> Program:
-    """Read a program written by `save_program`; raises ValueError saying what is wrong and where."""
+    """Read a program written by `save_program`, then verify it (`fl.verify`).
+
+    Any problem with the file raises ValueError (or TypeError) saying what is wrong and where;
+    nothing but the allow-listed constructors (fluidlite.io_objects) is called on its data."""
     path = os.fspath(path)
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    return program_from_dict(read_json_file(path), source=path)
+
+
+def read_json_file(path):
+    """The strict JSON document in the regular file `path` (size-limited, UTF-8, no NaN/Infinity literals)."""
+    path = os.fspath(path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        data = json.loads(text)
+        st = os.fstat(fd)
+        _need(stat.S_ISREG(st.st_mode), path, "not a regular file")
+        _need(st.st_size <= _MAX_BYTES, path, f"{st.st_size} bytes is more than a program file may hold ({_MAX_BYTES})")
+        with os.fdopen(fd, "rb") as f:
+            fd = None
+            raw = f.read(_MAX_BYTES + 1)
+    finally:
+        if fd is not None:
+            os.close(fd)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc})") from None
+    return _parse_json(text, path)
+
+
+def loads_program(text: str, source="<program>") -> Program:
+    """`load_program` from a string."""
+    return program_from_dict(_parse_json(text, source), source=source)
+
+
+def _parse_json(text, source):
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, object_hook=_decode_object)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    return program_from_dict(data, source=path)
+        raise ValueError(f"{source}: not valid JSON ({exc})") from None
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{source}: JSON nested too deeply") from None
 
 
 def _typed(d, key, types, where, what):
@@ -190,6 +208,17 @@ def program_from_dict(data, source="<program>") -> Program:
         for j, od in enumerate(_typed(bd, "ops", list, f"{source}: blocks[{block.idx}]", "a list")):
             _add_op(block, od, f"{source}: blocks[{block.idx}].ops[{j}]")
     program._current_block_idx = 0
+    if "clip_records" in data:
+        from .clip import check_records
+
+        try:
+            program._clip_records = check_records(data["clip_records"], program)
+        except ValueError as exc:
+            raise ValueError(f"{source}: clip_records: {exc}") from None
+    try:
+        verify(program)
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
     return program
 
 
@@ -203,12 +232,14 @@ def _add_var(block, vd, where, pending):
                                                             for d in shape)), where, f"bad shape {shape!r}")
     dtype = vd.get("dtype")
     if dtype is not None:
+        _need(isinstance(dtype, str), where, f"dtype must be a string, got {dtype!r:.100}")
         try:
             dtype = np.dtype(dtype)
         except TypeError:
-            raise ValueError(f"{where}: unknown dtype {dtype!r}") from None
+            raise ValueError(f"{where}: unknown dtype {dtype!r:.100}") from None
+        _need(dtype.kind in _DTYPE_KINDS and dtype.fields is None, where, f"unsupported dtype {dtype}")
     flags = {k: _typed(vd, k, bool, where, "true or false") for k in ("persistable", "stop_gradient", "is_data")}
-    error_clip = _obj_from_json(vd.get("error_clip"), f"{where} error_clip", pending)
+    error_clip = obj_from_json(vd.get("error_clip"), f"{where} error_clip", pending)
     pd = vd.get("parameter")
     if pd is None:
         var = Variable(block, name, shape, dtype, flags["persistable"], flags["stop_gradient"], error_clip, flags["is_data"])
@@ -216,11 +247,14 @@ def _add_var(block, vd, where, pending):
         _need(isinstance(pd, dict) and shape is not None and dtype is not None, where,
               "a parameter needs 'parameter' fields, a shape and a dtype")
         opt = _typed(pd, "optimize_attr", dict, where, "an object")
+        _need(all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+                  for v in opt.values()), where, f"optimize_attr values must be finite numbers >= 0, got {opt!r:.200}")
+        _need(all(d >= 0 for d in shape), where, f"a parameter's shape must be fully known, got {shape}")
         var = Parameter(block, name, shape, dtype, trainable=_typed(pd, "trainable", bool, where, "true or false"),
-                        optimize_attr=opt, regularizer=_obj_from_json(pd.get("regularizer"), f"{where} regularizer", pending),
-                        gradient_clip_attr=_obj_from_json(pd.get("gradient_clip_attr"), f"{where} gradient_clip_attr", pending),
+                        optimize_attr=opt, regularizer=obj_from_json(pd.get("regularizer"), f"{where} regularizer", pending),
+                        gradient_clip_attr=obj_from_json(pd.get("gradient_clip_attr"), f"{where} gradient_clip_attr", pending),
                         need_clip=_typed(pd, "need_clip", bool, where, "true or false"),
-                        initializer=_obj_from_json(pd.get("initializer"), f"{where} initializer", pending))
+                        initializer=obj_from_json(pd.get("initializer"), f"{where} initializer", pending))
         var._persistable = flags["persistable"]
         var.stop_gradient = flags["stop_gradient"]
         var.error_clip, var.is_data = error_clip, flags["is_data"]
@@ -250,5 +284,17 @@ def _add_op(block, od, where):
         raise type(exc)(f"{where}: {exc}") from None
 
 
-__all__ = ["FORMAT_VERSION", "load_persistables", "load_program", "program_from_dict", "program_to_dict",
+_INFERENCE = ("load_inference_model", "load_params", "save_inference_model", "save_params")
+
+
+def __getattr__(name):
+    # fluidlite.inference builds on this module (and the executor): it loads when first asked for
+    if name in _INFERENCE:
+        from . import inference
+
+        return getattr(inference, name)
+    raise AttributeError(f"module 'fluidlite.io' has no attribute {name!r}")
+
+
+__all__ = [*_INFERENCE, "FORMAT_VERSION", "load_persistables", "load_program", "loads_program", "program_from_dict", "program_to_dict",
            "save_persistables", "save_program"]

@@ -15,9 +15,10 @@ import math
 
 import numpy as np
 
-from . import unique_name
+from . import clip, unique_name
+from .atomic import atomic
 from .backward import append_backward
-from .framework import ROLE_GRAD_CLIP, ROLE_OPTIMIZE, Variable, default_startup_program
+from .framework import ROLE_OPTIMIZE, Variable, default_startup_program
 from .regularizer import WeightDecayRegularizer, append_regularization_ops
 
 
@@ -103,7 +104,9 @@ class Optimizer:
 
     def apply_gradients(self, params_grads, startup_program=None):
         """Appends one update op per (parameter, gradient) pair, nothing else; returns the ops appended."""
-        return self._append_updates(params_grads, startup_program, _update_gate(params_grads))
+        programs = {id(g.block.program): g.block.program for _, g in params_grads if g is not None}
+        with atomic(*programs.values(), startup_program or default_startup_program(), objects=(self,)):
+            return self._append_updates(params_grads, startup_program, clip.update_gate(params_grads))
 
     def _append_updates(self, params_grads, startup_program, gate):
         startup = startup_program or default_startup_program()
@@ -131,45 +134,23 @@ class Optimizer:
 
         Clipping comes before weight decay, as in Paddle Fluid and PyTorch: the clip bounds the
         data's gradient, and the decay term is not clipped away."""
-        params_grads = _clip(params_grads, grad_clip, startup_program)
-        gate = _update_gate(params_grads)
-        params_grads = append_regularization_ops(params_grads, self.regularization)
-        return self._append_updates(params_grads, startup_program, gate), params_grads
+        clipped = clip.build_gradient_clip(params_grads, grad_clip, startup_program)
+        params_grads = append_regularization_ops(clipped.params_grads, self.regularization)
+        return self._append_updates(params_grads, startup_program, clip.update_gate(clipped)), params_grads
 
     def minimize(self, loss, startup_program=None, parameter_list=None, no_grad_set=None, grad_clip=None,
                  callback=None):
-        """backward -> clip -> regularization -> update ops; returns (update ops, [(param, final grad)])."""
-        params_grads = self.backward(loss, startup_program, parameter_list, no_grad_set, callback)
-        return self.apply_optimize(loss, startup_program, params_grads, grad_clip)
+        """backward -> clip -> regularization -> update ops; returns (update ops, [(param, final grad)]).
+
+        All or nothing: if any step raises, the programs are left as they were (fluidlite.atomic)."""
+        program = loss.block.program if isinstance(loss, Variable) else None
+        clips = [getattr(p, "gradient_clip_attr", None) for p in (program.all_parameters() if program else ())]
+        with atomic(program, startup_program or default_startup_program(), objects=(self, grad_clip, *clips)):
+            params_grads = self.backward(loss, startup_program, parameter_list, no_grad_set, callback)
+            return self.apply_optimize(loss, startup_program, params_grads, grad_clip)
 
     def _update(self, param, grad, lr, startup):
         raise NotImplementedError
-
-
-def _update_gate(params_grads):
-    """The skip-this-step flag of a clip with skip_nonfinite (fluidlite.clip.update_gate), if any."""
-    if not any(getattr(getattr(g, "op", None), "role", None) == ROLE_GRAD_CLIP for _, g in params_grads):
-        return None
-    from . import clip
-
-    return clip.update_gate(params_grads) if hasattr(clip, "update_gate") else None
-
-
-def _clip(params_grads, grad_clip, startup_program=None):
-    """Gradient clipping through fluidlite.clip, when a clip is given or a parameter has its own."""
-    if grad_clip is None and all(getattr(p, "gradient_clip_attr", None) is None for p, _ in params_grads):
-        return params_grads
-    try:
-        from . import clip
-    except ImportError:
-        clip = None
-    minimize_clip = getattr(clip, "_minimize_clip", None)
-    if minimize_clip is None:
-        raise NotImplementedError("gradient clipping arrives with fluidlite.clip (its _minimize_clip is not "
-                                  "available yet); minimize without grad_clip / gradient_clip_attr for now")
-    if startup_program is None:
-        return minimize_clip(params_grads, grad_clip)
-    return minimize_clip(params_grads, grad_clip, startup_program=startup_program)
 
 
 class SGD(Optimizer):

@@ -58,8 +58,8 @@ def _coerce(op_type: str, name: str, spec: Attr, value):
         if not isinstance(value, _ATTR_TYPES[kind]):
             raise bad
         value = kind(value)
-        if kind is float and math.isnan(value) and spec.check is None:
-            raise ValueError(f"{op_type}: attribute {name!r} is NaN")
+        if kind is float and not math.isfinite(value) and spec.check is None:  # a check may allow +-inf
+            raise ValueError(f"{op_type}: attribute {name!r} is {value} (it must be finite)")
     elif kind in ("ints", "shape"):
         if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
             value = [value]
@@ -69,9 +69,12 @@ def _coerce(op_type: str, name: str, spec: Attr, value):
             raise bad
         value = tuple(int(v) for v in value)
     elif kind == "floats":
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, _ATTR_TYPES[float]) for v in value):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, _ATTR_TYPES[float])
+                                                           and not isinstance(v, bool) for v in value):
             raise bad
         value = tuple(float(v) for v in value)
+        if spec.check is None and not all(map(math.isfinite, value)):
+            raise ValueError(f"{op_type}: attribute {name!r}={list(value)} holds a non-finite value")
     elif kind == "dtype":
         try:
             value = np.dtype(value).name
@@ -202,6 +205,9 @@ class OpDef:
     - `batch(attrs, batched)`: when the inputs in slots `batched` gain one leading dimension (the
       same op applied to every slice), the attributes that compute it in one op; None if it cannot.
       StaticRNN uses it to run step ops that read no state once over the whole sequence.
+    - `writes_out`: the lowered callable accepts a keyword `out`, a list with one entry per output
+      variable: an array of the output's shape and dtype to write the result into, or None. The
+      executor passes the scope's old array of a persistable output (see compiler/inplace.py).
     Lowering sees `ctx.overwritable`: input slots whose buffers the kernel may reuse for its output.
     """
 
@@ -220,6 +226,7 @@ class OpDef:
     fold: Callable | None = None  # fold(ctx) -> f(acc, x) -> acc: the op is a fold of its one slot
     batch: Callable | None = None  # batch(attrs, batched_slots) -> attrs with one more leading dim, or None
     nondiff_outputs: frozenset = frozenset()  # output slots no gradient flows back through (saved values)
+    writes_out: bool = False  # the lowered callable takes `out=[array or None per output var]` and writes there
     doc: str = ""
 
     def bind(self, ctx: InferContext) -> Callable:
@@ -270,12 +277,30 @@ def register(opdef: OpDef) -> OpDef:
     return opdef
 
 
+_GRAD_KEYS = ("grad_reads", "grad_kernel", "grad_kernel_attrs", "grad_lower", "grad_infer", "grad_wrt",
+              "grad_picks", "grad_returns_view")
+
+
 def defop(type: str, **kw) -> OpDef:
-    """Declare and register an op type (see `OpDef`)."""
+    """Declare and register an op type (see `OpDef`).
+
+    With `grad_reads` (the forward slots its gradient reads) plus `grad_kernel` (or `grad_lower`),
+    `defop` also registers `<type>_grad` itself (see `derived_grad.derive_grad`) and sets the rule that appends it.
+    """
+    derived = {k[len("grad_"):]: kw.pop(k) for k in _GRAD_KEYS if k in kw}
     for key in ("duplicable", "optional", "nondiff_outputs"):
         if key in kw:
             kw[key] = frozenset(kw[key])
-    return register(OpDef(type, **kw))
+    if not derived:
+        return register(OpDef(type, **kw))
+    if kw.get("grad") is not None:
+        raise ValueError(f"op '{type}': give either grad= or the derived grad_* arguments, not both")
+    from .derived_grad import derive_grad
+
+    gdef, kw["grad"] = derive_grad(OpDef(type, **kw), **derived)
+    opdef = register(OpDef(type, **kw))
+    register(gdef)
+    return opdef
 
 
 def get_op_def(type: str) -> OpDef:

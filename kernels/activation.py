@@ -1,148 +1,172 @@
 """Activation kernels: unary functions by op code, their gradients, and softmax over a (pre, n, post) view.
 
-Unary codes: 0 relu, 1 sigmoid, 2 exp, 3 log, 4 square, 5 sqrt, 6 abs. A gradient kernel reads the
-forward value its rule needs: Out for relu, sigmoid, exp, sqrt; X for log, square, abs.
+The op codes below are the one table: fluidlite/ops/activation.py looks each op's code up here by
+name. A gradient kernel reads the forward value its rule declares (X or Out). `a` is the op's one
+float parameter (leaky_relu's alpha), ignored by the others.
 """
+import math
+
 import numpy as np
 from numba import literal_unroll, njit, prange
 
+RELU, SIGMOID, EXP, LOG, SQUARE, SQRT, ABS, GELU, GELU_TANH, LEAKY_RELU = range(10)
+_CODES = (RELU, SIGMOID, EXP, LOG, SQUARE, SQRT, ABS, GELU, GELU_TANH, LEAKY_RELU)
+
+_RSQRT2 = 0.7071067811865476  # 1 / sqrt(2)
+_RSQRT2PI = 0.3989422804014327  # 1 / sqrt(2 pi)
+_SQRT2_PI = 0.7978845608028654  # sqrt(2 / pi)
+_C = 0.044715
+
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _u(op, x):
-    if op == 0:
+def _u(op, x, a):
+    if op == RELU:
         return x if x > 0 else x * 0
-    if op == 1:  # stable on both sides
+    if op == SIGMOID:  # stable on both sides
         if x >= 0:
             return 1 / (1 + np.exp(-x))
         e = np.exp(x)
         return e / (1 + e)
-    if op == 2:
+    if op == EXP:
         return np.exp(x)
-    if op == 3:
+    if op == LOG:
         return np.log(x)
-    if op == 4:
+    if op == SQUARE:
         return x * x
-    if op == 5:
+    if op == SQRT:
         return np.sqrt(x)
-    return np.abs(x)
+    if op == ABS:
+        return np.abs(x)
+    if op == GELU:
+        return 0.5 * x * (1 + math.erf(x * _RSQRT2))
+    if op == GELU_TANH:
+        return 0.5 * x * (1 + np.tanh(_SQRT2_PI * (x + _C * x * x * x)))
+    return x if x > 0 else x * a
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _du(op, v, g):
-    if op == 0:
+def _du(op, v, g, a):
+    if op == RELU:
         return g if v > 0 else g * 0
-    if op == 1:
+    if op == SIGMOID:
         return g * v * (1 - v)
-    if op == 2:
+    if op == EXP:
         return g * v
-    if op == 3:
+    if op == LOG:
         return g / v
-    if op == 4:
+    if op == SQUARE:
         return g * (v + v)
-    if op == 5:
+    if op == SQRT:
         return g / (v + v)
-    if v > 0:
-        return g
-    if v < 0:
-        return -g
-    return g * 0
+    if op == ABS:
+        if v > 0:
+            return g
+        if v < 0:
+            return -g
+        return g * 0
+    if op == GELU:
+        return g * (0.5 * (1 + math.erf(v * _RSQRT2)) + v * _RSQRT2PI * np.exp(-0.5 * v * v))
+    if op == GELU_TANH:
+        t = np.tanh(_SQRT2_PI * (v + _C * v * v * v))
+        return g * (0.5 * (1 + t) + 0.5 * v * (1 - t * t) * _SQRT2_PI * (1 + 3 * _C * v * v))
+    return g if v > 0 else g * a
 
 
+# Serial and parallel twins share their loop body, an inlined per-element function (`_u`, `_du`);
+# only the loop (range or prange) differs. (A prange over blocks of a range loop did not vectorize.)
 @njit(cache=True, error_model="numpy", inline="always")
-def _map(xf, of, op):
+def _map(xf, of, code, a):
     for i in range(xf.size):
-        of[i] = _u(op, xf[i])
+        of[i] = _u(code, xf[i], a)
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _map_parallel(xf, of, op):
+def _map_parallel(xf, of, code, a):
     for i in prange(xf.size):
-        of[i] = _u(op, xf[i])
+        of[i] = _u(code, xf[i], a)
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _map_grad(vf, gf, df, op):
+def _map_grad(vf, gf, df, code, a):
     for i in range(vf.size):
-        df[i] = _du(op, vf[i], gf[i])
+        df[i] = _du(code, vf[i], gf[i], a)
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _map_grad_parallel(vf, gf, df, op):
+def _map_grad_parallel(vf, gf, df, code, a):
     for i in prange(vf.size):
-        df[i] = _du(op, vf[i], gf[i])
+        df[i] = _du(code, vf[i], gf[i], a)
 
 
-# The op code is tested once, outside the loop: literal_unroll versions the loop per code, so the
-# inlined body folds to one function and vectorizes (a 7-way switch per element did not: 28x slower).
-_CODES = (0, 1, 2, 3, 4, 5, 6)
-
-
+# The op code is tested once, outside the element loop: literal_unroll versions the loop per code, so
+# the inlined body folds to one function and vectorizes (a switch per element did not: 28x slower).
 @njit(cache=True, error_model="numpy")
-def unary(x, op):
-    xf = x.reshape(-1)
-    of = np.empty(xf.size, x.dtype)  # a fresh flat output vectorises better; callers reshape
-    for code in literal_unroll(_CODES):
-        if code == op:
-            _map(xf, of, code)
-    return of
-
-
-@njit(cache=True, error_model="numpy", parallel=True)
-def unary_parallel(x, op):
+def unary(x, op, a):
+    """Flat op(x) (a fresh flat output vectorises better; callers reshape)."""
     xf = x.reshape(-1)
     of = np.empty(xf.size, x.dtype)
     for code in literal_unroll(_CODES):
         if code == op:
-            _map_parallel(xf, of, code)
+            _map(xf, of, code, a)
+    return of
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def unary_parallel(x, op, a):
+    xf = x.reshape(-1)
+    of = np.empty(xf.size, x.dtype)
+    for code in literal_unroll(_CODES):
+        if code == op:
+            _map_parallel(xf, of, code, a)
     return of
 
 
 @njit(cache=True, error_model="numpy")
-def unary_grad(v, dout, op):
+def unary_grad(v, dout, op, a):
+    """Flat dX from the value the gradient reads (X or Out) and dOut."""
     vf = v.reshape(-1)
     gf = dout.reshape(-1)
     df = np.empty(vf.size, v.dtype)
     for code in literal_unroll(_CODES):
         if code == op:
-            _map_grad(vf, gf, df, code)
+            _map_grad(vf, gf, df, code, a)
     return df
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
-def unary_grad_parallel(v, dout, op):
+def unary_grad_parallel(v, dout, op, a):
     vf = v.reshape(-1)
     gf = dout.reshape(-1)
     df = np.empty(vf.size, v.dtype)
     for code in literal_unroll(_CODES):
         if code == op:
-            _map_grad_parallel(vf, gf, df, code)
+            _map_grad_parallel(vf, gf, df, code, a)
     return df
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _softmax_block(xf, of, p, n, post):
-    for q in range(post):
-        base = p * n * post + q
-        m = xf[base]
-        for j in range(1, n):
-            m = max(m, xf[base + j * post])
-        s = 0.0
-        for j in range(n):
-            e = np.exp(xf[base + j * post] - m)
-            of[base + j * post] = e
-            s += e
-        for j in range(n):
-            of[base + j * post] /= s
+def _softmax_rows(xf, of, n, post, p0, p1):
+    """Softmax of slices p0..p1 of the (pre, n, post) view, over the middle axis (max subtracted)."""
+    for p in range(p0, p1):
+        for q in range(post):
+            base = p * n * post + q
+            m = xf[base]
+            for j in range(1, n):
+                m = max(m, xf[base + j * post])
+            s = 0.0
+            for j in range(n):
+                e = np.exp(xf[base + j * post] - m)
+                of[base + j * post] = e
+                s += e
+            for j in range(n):
+                of[base + j * post] /= s
 
 
 @njit(cache=True, error_model="numpy")
 def softmax(x, pre, n, post):
     """Softmax over the middle axis of x viewed as (pre, n, post); subtracts the max for stability."""
     out = np.empty_like(x)
-    xf = x.reshape(-1)
-    of = out.reshape(-1)
-    for p in range(pre):
-        _softmax_block(xf, of, p, n, post)
+    _softmax_rows(x.reshape(-1), out.reshape(-1), n, post, 0, pre)
     return out
 
 
@@ -152,18 +176,13 @@ def softmax_parallel(x, pre, n, post):
     xf = x.reshape(-1)
     of = out.reshape(-1)
     for p in prange(pre):
-        _softmax_block(xf, of, p, n, post)
+        _softmax_rows(xf, of, n, post, p, p + 1)
     return out
 
 
-@njit(cache=True, error_model="numpy")
-def softmax_grad(out, dout, pre, n, post):
-    """dX = Out * (dOut - sum(dOut * Out)) along the softmax axis."""
-    dx = np.empty_like(out)
-    of = out.reshape(-1)
-    gf = dout.reshape(-1)
-    df = dx.reshape(-1)
-    for p in range(pre):
+@njit(cache=True, error_model="numpy", inline="always")
+def _softmax_grad_rows(of, gf, df, n, post, p0, p1):
+    for p in range(p0, p1):
         for q in range(post):
             base = p * n * post + q
             s = 0.0
@@ -172,4 +191,22 @@ def softmax_grad(out, dout, pre, n, post):
             for j in range(n):
                 k = base + j * post
                 df[k] = of[k] * (gf[k] - s)
+
+
+@njit(cache=True, error_model="numpy")
+def softmax_grad(out, dout, pre, n, post):
+    """dX = Out * (dOut - sum(dOut * Out)) along the softmax axis."""
+    dx = np.empty_like(out)
+    _softmax_grad_rows(out.reshape(-1), dout.reshape(-1), dx.reshape(-1), n, post, 0, pre)
+    return dx
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def softmax_grad_parallel(out, dout, pre, n, post):
+    dx = np.empty_like(out)
+    of = out.reshape(-1)
+    gf = dout.reshape(-1)
+    df = dx.reshape(-1)
+    for p in prange(pre):
+        _softmax_grad_rows(of, gf, df, n, post, p, p + 1)
     return dx

@@ -3,12 +3,19 @@ import numpy as np
 from numba import njit, prange
 
 
+# serial and parallel twins share their per-element bodies (`_scale_at`, `_add_at`); only the loop differs
+@njit(cache=True, error_model="numpy", inline="always")
+def _scale_at(xf, of, scale, bias, i):
+    of[i] = xf[i] * scale + bias
+
+
 @njit(cache=True, error_model="numpy")
 def scale(x, scale, bias):
     out = np.empty_like(x)
-    xf, of = x.reshape(-1), out.reshape(-1)
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
     for i in range(xf.size):
-        of[i] = xf[i] * scale + bias
+        _scale_at(xf, of, scale, bias, i)
     return out
 
 
@@ -18,7 +25,7 @@ def scale_parallel(x, scale, bias):
     xf = x.reshape(-1)
     of = out.reshape(-1)
     for i in prange(xf.size):
-        of[i] = xf[i] * scale + bias
+        _scale_at(xf, of, scale, bias, i)
     return out
 
 
@@ -89,13 +96,18 @@ def add(a, b):
     return out
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _add_at(af, xf, i):
+    af[i] += xf[i]
+
+
 @njit(cache=True, error_model="numpy")
 def add_into(acc, x):
     """acc += x, in place."""
     af = acc.reshape(-1)
     xf = x.reshape(-1)
     for i in range(af.size):
-        af[i] += xf[i]
+        _add_at(af, xf, i)
     return acc
 
 
@@ -104,5 +116,5 @@ def add_into_parallel(acc, x):
     af = acc.reshape(-1)
     xf = x.reshape(-1)
     for i in prange(af.size):
-        af[i] += xf[i]
+        _add_at(af, xf, i)
     return acc

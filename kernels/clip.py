@@ -214,6 +214,32 @@ def multi_scale(addrs, out_addrs, like, tid, start, stop, parts, s, zero):
         _scale_segments(addrs, out_addrs, like, tid, start, stop, parts[p], parts[p + 1], s, zero)
 
 
+@njit(cache=True, error_model="numpy")
+def _sq_sum_each(addrs, like, tid, start, stop, lo, hi, seg):
+    for s in range(lo, hi):
+        seg[s] = sq_sum(_chunk(addrs, like, tid[s], start[s], stop[s]))
+
+
+@njit(cache=True, error_model="numpy")
+def _abs_max_each(addrs, like, tid, start, stop, lo, hi, seg):
+    for s in range(lo, hi):
+        seg[s] = abs_max(_chunk(addrs, like, tid[s], start[s], stop[s]))
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def segment_sq_sum(addrs, like, tid, start, stop, parts, seg):
+    """seg[s] = sum(x**2) over segment s (float64), one prange over the work items: the pass of
+    multi_sq_sum keeping one partial per segment, so per-tensor sums come out of it too."""
+    for p in prange(parts.size - 1):
+        _sq_sum_each(addrs, like, tid, start, stop, parts[p], parts[p + 1], seg)
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def segment_abs_max(addrs, like, tid, start, stop, parts, seg):
+    for p in prange(parts.size - 1):
+        _abs_max_each(addrs, like, tid, start, stop, parts[p], parts[p + 1], seg)
+
+
 # serial twins, for groups too small to repay waking the thread pool (~70 us on the development machine)
 
 @njit(cache=True, error_model="numpy")
@@ -224,6 +250,16 @@ def multi_sq_sum_serial(addrs, like, tid, start, stop, parts):
 @njit(cache=True, error_model="numpy")
 def multi_abs_max_serial(addrs, like, tid, start, stop, parts):
     return _abs_max_segments(addrs, like, tid, start, stop, 0, tid.size)
+
+
+@njit(cache=True, error_model="numpy")
+def segment_sq_sum_serial(addrs, like, tid, start, stop, parts, seg):
+    _sq_sum_each(addrs, like, tid, start, stop, 0, tid.size, seg)
+
+
+@njit(cache=True, error_model="numpy")
+def segment_abs_max_serial(addrs, like, tid, start, stop, parts, seg):
+    _abs_max_each(addrs, like, tid, start, stop, 0, tid.size, seg)
 
 
 @njit(cache=True, error_model="numpy")
@@ -308,29 +344,3 @@ def adaptive_clip_parallel(param, grad, out, clipping, eps):
     for b in prange(blocks):
         _agc_scale_rows(grad, out, wn, gn, bad, b * rows // blocks, (b + 1) * rows // blocks)
     return out
-
-
-@njit(cache=True, error_model="numpy")
-def autoclip_update(norm, history, count, percentile):
-    """Record a finite `norm` in the ring buffer `history` (count = norms seen so far) and return the
-    `percentile` (linear interpolation) of the recorded norms; `norm` itself when none is finite."""
-    cap = history.size
-    if np.isfinite(norm):
-        history[count[0] % cap] = norm
-        count[0] += 1
-    n = min(count[0], cap)
-    if n == 0:
-        return norm
-    return np.percentile(history[:n], percentile)
-
-
-@njit(cache=True, error_model="numpy")
-def count_nonfinite(norms, count):
-    """True if any of `norms` is NaN or Inf; then count[0] += 1 (in place)."""
-    found = False
-    for v in norms:
-        if not np.isfinite(v):
-            found = True
-    if found:
-        count[0] += 1
-    return found

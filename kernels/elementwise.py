@@ -1,6 +1,8 @@
 """Binary elementwise kernels (add, sub, mul, div, max) over canonical broadcast layouts.
 
-`op` codes: 0 add, 1 sub, 2 mul, 3 div, 4 max. Layouts:
+`op` codes: the table below is the only one (fluidlite/ops/elementwise.py looks codes up here by
+name). Serial and parallel twins share their loop body (`_same_at`, `_row`, `_grad_same_at`); only
+the loop differs. Layouts:
 - same: both operands have the output's shape (flat loop);
 - rows / pnp: the big operand viewed as (pre, n) / (pre, n, post), the small one as [n] (a scalar:
   n == 1). Callers pass these views (reshapes of contiguous arrays) and reshape the results;
@@ -9,16 +11,18 @@
 import numpy as np
 from numba import njit, prange
 
+ADD, SUB, MUL, DIV, MAX = range(5)
+
 
 @njit(cache=True, error_model="numpy", inline="always")
 def _f(op, a, b):
-    if op == 0:
+    if op == ADD:
         return a + b
-    if op == 1:
+    if op == SUB:
         return a - b
-    if op == 2:
+    if op == MUL:
         return a * b
-    if op == 3:
+    if op == DIV:
         return a / b
     # max propagates NaN from either side, as np.maximum
     return a if (a >= b or a != a) else b
@@ -27,13 +31,13 @@ def _f(op, a, b):
 @njit(cache=True, error_model="numpy", inline="always")
 def _df(op, a, b, g):
     """(d/da, d/db) of f(a, b) times g; max splits ties 0.5/0.5."""
-    if op == 0:
+    if op == ADD:
         return g, g
-    if op == 1:
+    if op == SUB:
         return g, -g
-    if op == 2:
+    if op == MUL:
         return g * b, g * a
-    if op == 3:
+    if op == DIV:
         return g / b, -g * a / (b * b)
     if a > b:
         return g, g * 0
@@ -43,6 +47,11 @@ def _df(op, a, b, g):
     return h, h
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _same_at(xf, yf, out, op, i):
+    out[i] = _f(op, xf[i], yf[i])
+
+
 @njit(cache=True, error_model="numpy")
 def same(x, y, op):
     """Flat result; callers reshape (a fresh flat output lets LLVM vectorise)."""
@@ -50,7 +59,7 @@ def same(x, y, op):
     yf = y.reshape(-1)
     out = np.empty(xf.size, x.dtype)
     for i in range(xf.size):
-        out[i] = _f(op, xf[i], yf[i])
+        _same_at(xf, yf, out, op, i)
     return out
 
 
@@ -60,66 +69,65 @@ def same_parallel(x, y, op):
     yf = y.reshape(-1)
     out = np.empty(xf.size, x.dtype)
     for i in prange(xf.size):
-        out[i] = _f(op, xf[i], yf[i])
+        _same_at(xf, yf, out, op, i)
     return out
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _row(big, small, out, op, small_is_y, p):
+    """Row p of big (pre, n) with small [n]: the body shared by rows and rows_parallel."""
+    for j in range(big.shape[1]):
+        if small_is_y:
+            out[p, j] = _f(op, big[p, j], small[j])
+        else:
+            out[p, j] = _f(op, small[j], big[p, j])
 
 
 @njit(cache=True, error_model="numpy")
 def rows(big, small, op, small_is_y):
     """big (pre, n) with small [n] repeated over rows (post == 1: a bias row)."""
-    pre, n = big.shape
-    out = np.empty((pre, n), big.dtype)
-    for p in range(pre):
-        for j in range(n):
-            if small_is_y:
-                out[p, j] = _f(op, big[p, j], small[j])
-            else:
-                out[p, j] = _f(op, small[j], big[p, j])
+    out = np.empty(big.shape, big.dtype)
+    for p in range(big.shape[0]):
+        _row(big, small, out, op, small_is_y, p)
     return out
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def rows_parallel(big, small, op, small_is_y):
-    pre, n = big.shape
-    out = np.empty((pre, n), big.dtype)
-    for p in prange(pre):
-        for j in range(n):
-            if small_is_y:
-                out[p, j] = _f(op, big[p, j], small[j])
-            else:
-                out[p, j] = _f(op, small[j], big[p, j])
+    out = np.empty(big.shape, big.dtype)
+    for p in prange(big.shape[0]):
+        _row(big, small, out, op, small_is_y, p)
     return out
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _pnp_line(big, small, out, op, small_is_y, r):
+    """Line r = (p, j) of the (pre, n, post) view: big[p, j, :] with the scalar small[j]."""
+    n = big.shape[1]
+    p = r // n
+    j = r % n
+    s = small[j]
+    for q in range(big.shape[2]):
+        if small_is_y:
+            out[p, j, q] = _f(op, big[p, j, q], s)
+        else:
+            out[p, j, q] = _f(op, s, big[p, j, q])
 
 
 @njit(cache=True, error_model="numpy")
 def pnp(big, small, op, small_is_y):
     """big (pre, n, post) with small [n] repeated over pre and post (a scalar is n == 1)."""
-    pre, n, post = big.shape
-    out = np.empty((pre, n, post), big.dtype)
-    for p in range(pre):
-        for j in range(n):
-            s = small[j]
-            for q in range(post):
-                if small_is_y:
-                    out[p, j, q] = _f(op, big[p, j, q], s)
-                else:
-                    out[p, j, q] = _f(op, s, big[p, j, q])
+    out = np.empty(big.shape, big.dtype)
+    for r in range(big.shape[0] * big.shape[1]):
+        _pnp_line(big, small, out, op, small_is_y, r)
     return out
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def pnp_parallel(big, small, op, small_is_y):
-    pre, n, post = big.shape
-    out = np.empty((pre, n, post), big.dtype)
-    for r in prange(pre * n):
-        p = r // n
-        j = r % n
-        s = small[j]
-        for q in range(post):
-            if small_is_y:
-                out[p, j, q] = _f(op, big[p, j, q], s)
-            else:
-                out[p, j, q] = _f(op, s, big[p, j, q])
+    out = np.empty(big.shape, big.dtype)
+    for r in prange(big.shape[0] * big.shape[1]):
+        _pnp_line(big, small, out, op, small_is_y, r)
     return out
 
 
@@ -152,6 +160,13 @@ def strided(x, y, shape, xst, yst, op):
     return out
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _grad_same_at(xf, yf, gf, dx, dy, op, i):
+    da, db = _df(op, xf[i], yf[i], gf[i])
+    dx[i] = da
+    dy[i] = db
+
+
 @njit(cache=True, error_model="numpy")
 def grad_same(x, y, dout, op):
     """Flat (dx, dy)."""
@@ -161,9 +176,7 @@ def grad_same(x, y, dout, op):
     dx = np.empty(xf.size, x.dtype)
     dy = np.empty(xf.size, x.dtype)
     for i in range(xf.size):
-        da, db = _df(op, xf[i], yf[i], gf[i])
-        dx[i] = da
-        dy[i] = db
+        _grad_same_at(xf, yf, gf, dx, dy, op, i)
     return dx, dy
 
 
@@ -175,9 +188,7 @@ def grad_same_parallel(x, y, dout, op):
     dx = np.empty(xf.size, x.dtype)
     dy = np.empty(xf.size, x.dtype)
     for i in prange(xf.size):
-        da, db = _df(op, xf[i], yf[i], gf[i])
-        dx[i] = da
-        dy[i] = db
+        _grad_same_at(xf, yf, gf, dx, dy, op, i)
     return dx, dy
 
 

@@ -147,13 +147,28 @@ def softmax_ce_soft_grad(sm, label, dloss, dsm, eps):
     return dz, dlabel
 
 
+# square_error's serial and parallel twins share their per-element bodies; only the loop differs
+@njit(cache=True, error_model="numpy", inline="always")
+def _sq_at(xf, yf, of, i):
+    d = xf[i] - yf[i]
+    of[i] = d * d
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _sq_grad_at(xf, yf, gf, dxf, dyf, i):
+    d = xf[i] - yf[i]
+    dxf[i] = (d + d) * gf[i]
+    dyf[i] = -dxf[i]
+
+
 @njit(cache=True, error_model="numpy")
 def square_error(x, y):
     out = np.empty_like(x)
-    xf, yf, of = x.reshape(-1), y.reshape(-1), out.reshape(-1)
+    xf = x.reshape(-1)
+    yf = y.reshape(-1)
+    of = out.reshape(-1)
     for i in range(xf.size):
-        d = xf[i] - yf[i]
-        of[i] = d * d
+        _sq_at(xf, yf, of, i)
     return out
 
 
@@ -164,8 +179,7 @@ def square_error_parallel(x, y):
     yf = y.reshape(-1)
     of = out.reshape(-1)
     for i in prange(xf.size):
-        d = xf[i] - yf[i]
-        of[i] = d * d
+        _sq_at(xf, yf, of, i)
     return out
 
 
@@ -174,11 +188,13 @@ def square_error_grad(x, y, dout):
     """(dX, dY) = (2 (x - y) dout, -2 (x - y) dout)."""
     dx = np.empty_like(x)
     dy = np.empty_like(x)
-    xf, yf, gf, dxf, dyf = x.reshape(-1), y.reshape(-1), dout.reshape(-1), dx.reshape(-1), dy.reshape(-1)
+    xf = x.reshape(-1)
+    yf = y.reshape(-1)
+    gf = dout.reshape(-1)
+    dxf = dx.reshape(-1)
+    dyf = dy.reshape(-1)
     for i in range(xf.size):
-        d = xf[i] - yf[i]
-        dxf[i] = (d + d) * gf[i]
-        dyf[i] = -dxf[i]
+        _sq_grad_at(xf, yf, gf, dxf, dyf, i)
     return dx, dy
 
 
@@ -186,16 +202,14 @@ def square_error_grad(x, y, dout):
 def square_error_grad_parallel(x, y, dout):
     dx = np.empty_like(x)
     dy = np.empty_like(x)
-    # one view per statement: with parallel=True, Numba 0.68 miscompiles this as a 5-tuple unpacking
+    # one view per statement: with parallel=True, Numba 0.68 miscompiles a 5-tuple unpacking of views
     xf = x.reshape(-1)
     yf = y.reshape(-1)
     gf = dout.reshape(-1)
     dxf = dx.reshape(-1)
     dyf = dy.reshape(-1)
     for i in prange(xf.size):
-        d = xf[i] - yf[i]
-        dxf[i] = (d + d) * gf[i]
-        dyf[i] = -dxf[i]
+        _sq_grad_at(xf, yf, gf, dxf, dyf, i)
     return dx, dy
 
 

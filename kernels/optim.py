@@ -2,10 +2,17 @@
 
 Each update kernel writes into the output buffers it is given; the op passes the input arrays
 themselves when the update may happen in place (reading and writing element i in the same
-iteration, so aliasing is safe). The learning rate arrives as a one-element array.
+iteration, so aliasing is safe). The learning rate arrives as a one-element array. Serial and
+parallel twins share their per-element body (`_sgd_at`, `_momentum_at`, `_adam_at`); only the
+loop (range or prange) differs.
 """
 import numpy as np
 from numba import njit, prange
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _sgd_at(pf, gf, of, rate, i):
+    of[i] = pf[i] - rate * gf[i]
 
 
 @njit(cache=True, error_model="numpy")
@@ -15,7 +22,7 @@ def sgd(p, g, lr, p_out):
     gf = g.reshape(-1)
     of = p_out.reshape(-1)
     for i in range(pf.size):
-        of[i] = pf[i] - rate * gf[i]
+        _sgd_at(pf, gf, of, rate, i)
     return p_out
 
 
@@ -26,8 +33,18 @@ def sgd_parallel(p, g, lr, p_out):
     gf = g.reshape(-1)
     of = p_out.reshape(-1)
     for i in prange(pf.size):
-        of[i] = pf[i] - rate * gf[i]
+        _sgd_at(pf, gf, of, rate, i)
     return p_out
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _momentum_at(pf, gf, vf, pof, vof, rate, mu, nesterov, i):
+    vel = mu * vf[i] + gf[i]
+    vof[i] = vel
+    if nesterov:
+        pof[i] = pf[i] - rate * (gf[i] + mu * vel)
+    else:
+        pof[i] = pf[i] - rate * vel
 
 
 @njit(cache=True, error_model="numpy")
@@ -39,12 +56,7 @@ def momentum(p, g, v, lr, mu, nesterov, p_out, v_out):
     pof = p_out.reshape(-1)
     vof = v_out.reshape(-1)
     for i in range(pf.size):
-        vel = mu * vf[i] + gf[i]
-        vof[i] = vel
-        if nesterov:
-            pof[i] = pf[i] - rate * (gf[i] + mu * vel)
-        else:
-            pof[i] = pf[i] - rate * vel
+        _momentum_at(pf, gf, vf, pof, vof, rate, mu, nesterov, i)
     return p_out, v_out
 
 
@@ -57,19 +69,32 @@ def momentum_parallel(p, g, v, lr, mu, nesterov, p_out, v_out):
     pof = p_out.reshape(-1)
     vof = v_out.reshape(-1)
     for i in prange(pf.size):
-        vel = mu * vf[i] + gf[i]
-        vof[i] = vel
-        if nesterov:
-            pof[i] = pf[i] - rate * (gf[i] + mu * vel)
-        else:
-            pof[i] = pf[i] - rate * vel
+        _momentum_at(pf, gf, vf, pof, vof, rate, mu, nesterov, i)
     return p_out, v_out
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _adam_at(pf, gf, af, bf, pof, aof, bof, rate, beta1, beta2, eps, i):
+    gi = gf[i]
+    a = beta1 * af[i] + (1.0 - beta1) * gi
+    b = beta2 * bf[i] + (1.0 - beta2) * gi * gi
+    aof[i] = a
+    bof[i] = b
+    pof[i] = pf[i] - rate * a / (np.sqrt(b) + eps)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _adam_rate(lr, b1p, b2p, beta1, beta2, b1p_out, b2p_out):
+    """The bias-corrected rate of this step; advances the beta powers (after reading them)."""
+    pow1, pow2 = b1p[0], b2p[0]
+    b1p_out[0] = pow1 * beta1
+    b2p_out[0] = pow2 * beta2
+    return lr[0] * np.sqrt(1.0 - pow2) / (1.0 - pow1)
 
 
 @njit(cache=True, error_model="numpy")
 def adam(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, p_out, m1_out, m2_out, b1p_out, b2p_out):
-    pow1, pow2 = b1p[0], b2p[0]
-    rate = lr[0] * np.sqrt(1.0 - pow2) / (1.0 - pow1)
+    rate = _adam_rate(lr, b1p, b2p, beta1, beta2, b1p_out, b2p_out)
     pf = p.reshape(-1)
     gf = g.reshape(-1)
     af = m1.reshape(-1)
@@ -78,21 +103,13 @@ def adam(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, p_out, m1_out, m2_out, b
     aof = m1_out.reshape(-1)
     bof = m2_out.reshape(-1)
     for i in range(pf.size):
-        gi = gf[i]
-        a = beta1 * af[i] + (1.0 - beta1) * gi
-        b = beta2 * bf[i] + (1.0 - beta2) * gi * gi
-        aof[i] = a
-        bof[i] = b
-        pof[i] = pf[i] - rate * a / (np.sqrt(b) + eps)
-    b1p_out[0] = pow1 * beta1
-    b2p_out[0] = pow2 * beta2
+        _adam_at(pf, gf, af, bf, pof, aof, bof, rate, beta1, beta2, eps, i)
     return p_out, m1_out, m2_out, b1p_out, b2p_out
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def adam_parallel(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, p_out, m1_out, m2_out, b1p_out, b2p_out):
-    pow1, pow2 = b1p[0], b2p[0]
-    rate = lr[0] * np.sqrt(1.0 - pow2) / (1.0 - pow1)
+    rate = _adam_rate(lr, b1p, b2p, beta1, beta2, b1p_out, b2p_out)
     pf = p.reshape(-1)
     gf = g.reshape(-1)
     af = m1.reshape(-1)
@@ -101,14 +118,7 @@ def adam_parallel(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, p_out, m1_out, 
     aof = m1_out.reshape(-1)
     bof = m2_out.reshape(-1)
     for i in prange(pf.size):
-        gi = gf[i]
-        a = beta1 * af[i] + (1.0 - beta1) * gi
-        b = beta2 * bf[i] + (1.0 - beta2) * gi * gi
-        aof[i] = a
-        bof[i] = b
-        pof[i] = pf[i] - rate * a / (np.sqrt(b) + eps)
-    b1p_out[0] = pow1 * beta1
-    b2p_out[0] = pow2 * beta2
+        _adam_at(pf, gf, af, bf, pof, aof, bof, rate, beta1, beta2, eps, i)
     return p_out, m1_out, m2_out, b1p_out, b2p_out
 
 

@@ -38,7 +38,7 @@ def _sig(feed):
 
 
 def test_pass_order_is_named():
-    assert [name for name, _ in PASSES] == ["prune", "infer", "alias", "lower", "fold", "codegen"]
+    assert [name for name, _ in PASSES] == ["prune", "infer", "alias", "inplace", "lower", "fold", "codegen"]
 
 
 def test_prune_alone_keeps_what_fetches_and_persistable_writes_need():
@@ -125,7 +125,7 @@ def test_debug_mode_runs_the_verifier_after_every_pass(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("off", [(), ("alias",), ("fold",), ("prune",), ("alias", "fold", "prune")])
+@pytest.mark.parametrize("off", [(), ("alias",), ("inplace",), ("fold",), ("prune",), ("alias", "inplace", "fold", "prune")])
 def test_switching_passes_off_changes_no_number(off, dtype):
     loss = _train_net(dtype)
     startup = fl.default_startup_program()
@@ -174,3 +174,72 @@ def test_scope_public_interface():
     scope.declare({"b": ((2,), np.dtype("float32"))})
     with pytest.raises(ValueError, match="shape"):
         scope.var("b").get_tensor().set(np.ones(3, np.float32))
+
+
+def _persistable_clip_program(dtype, n=6):
+    main = fl.Program()
+    b = main.global_block()
+    gs = [b.create_var(name=f"g{i}", shape=(n,), dtype=dtype, persistable=True) for i in range(2)]
+    outs = {k: b.create_var(name=k, shape=(n,), dtype=dtype, persistable=True)
+            for k in ("by_value", "by_norm", "global0", "global1")}
+    b.append_op("clip", {"X": gs[0]}, {"Out": outs["by_value"]}, {"min": -0.5, "max": 0.5})
+    b.append_op("clip_by_norm", {"X": gs[0]}, {"Out": outs["by_norm"]}, {"max_norm": 1.0})
+    b.append_op("global_norm", {"X": gs}, {"Out": "norm"})
+    b.append_op("scale_by_global_norm", {"X": gs, "GlobalNorm": "norm"},
+                {"Out": [outs["global0"], outs["global1"]]}, {"clip_norm": 1.0})
+    return main, list(outs)
+
+
+def _expected_clips(g0, g1):
+    gn = np.sqrt((g0.astype(np.float64) ** 2).sum() + (g1.astype(np.float64) ** 2).sum())
+    n0 = np.sqrt((g0.astype(np.float64) ** 2).sum())
+    return {"by_value": np.clip(g0, -0.5, 0.5), "by_norm": g0 * (1.0 / max(n0, 1.0)),
+            "global0": g0 * (1.0 / max(gn, 1.0)), "global1": g1 * (1.0 / max(gn, 1.0))}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_persistable_results_are_written_into_the_scope_arrays(dtype):
+    main, names = _persistable_clip_program(dtype)
+    scope, exe = fl.Scope(), fl.Executor()
+    rng = np.random.default_rng(0)
+    addresses = None
+    for step in range(3):
+        g0, g1 = (rng.standard_normal(6) * (step + 1)).astype(dtype), rng.standard_normal(6).astype(dtype)
+        scope.var("g0").get_tensor().set(g0)
+        scope.var("g1").get_tensor().set(g1)
+        exe.run(main, scope=scope)
+        for k, want in _expected_clips(g0, g1).items():
+            np.testing.assert_allclose(scope.get_array(k), want, rtol=1e-6 if dtype == "float32" else 1e-13)
+        now = {k: scope.get_array(k).ctypes.data for k in names}
+        if addresses is not None:
+            assert now == addresses  # the same buffers, rewritten
+        addresses = now
+    assert "out=[R(A, 'by_value'" in exe.compile(main).source
+
+
+def test_a_persistable_result_someone_holds_is_not_overwritten():
+    main, _ = _persistable_clip_program("float64")
+    scope, exe = fl.Scope(), fl.Executor()
+    scope.var("g0").get_tensor().set(np.full(6, 3.0))
+    scope.var("g1").get_tensor().set(np.full(6, 3.0))
+    exe.run(main, scope=scope)
+    held = scope.get_array("by_value")
+    view = scope.get_array("by_norm")[:3]
+    before = held.copy(), view.copy()
+    scope.var("g0").get_tensor().set(np.full(6, -3.0))
+    exe.run(main, scope=scope)
+    np.testing.assert_array_equal(held, before[0])  # a new array went to the scope instead
+    np.testing.assert_array_equal(view, before[1])
+    np.testing.assert_array_equal(scope.get_array("by_value"), np.full(6, -0.5))
+
+
+def test_inplace_off_allocates_every_result():
+    main, names = _persistable_clip_program("float64")
+    scope, exe = fl.Scope(), fl.Executor(compile_options=CompileOptions(disabled={"inplace"}))
+    scope.var("g0").get_tensor().set(np.ones(6))
+    scope.var("g1").get_tensor().set(np.ones(6))
+    exe.run(main, scope=scope)
+    first = {k: scope.get_array(k) for k in names}  # held here, so even the pass could not reuse them
+    exe.run(main, scope=scope)
+    assert all(scope.get_array(k) is not first[k] for k in names)
+    assert "out=" not in exe.compile(main).source

@@ -1,11 +1,11 @@
 """The plan compiler: named passes over a typed step list (see docs/design.md, "The executor plan").
 
-    prune -> infer -> alias -> lower -> fold -> codegen
+    prune -> infer -> alias -> inplace -> lower -> fold -> codegen
 
 Each pass is a function `pass_(ir: PlanIR, options: CompileOptions) -> PlanIR` in its own module and
 can be run alone on a hand-made `PlanIR`. `compile_plan` runs them in order; with `options.debug` the
-IR verifier (`ir.check`) runs after every pass and the program verifier before the first. Passes that
-only optimise (`alias`, `fold`) and `prune` can be switched off for debugging:
+IR verifier (`ir.check`) runs after every pass (the feed counts as defining values, unlike `fl.verify`). Passes that
+only optimise (`alias`, `inplace`, `fold`) and `prune` can be switched off for debugging:
 
     fl.Executor(compile_options=CompileOptions(disabled={"fold", "alias"}, debug=True))
 
@@ -21,19 +21,20 @@ from .alias import alias
 from .codegen import codegen
 from .fold import fold
 from .infer import infer
+from .inplace import inplace
 from .ir import IRError, PlanIR, Step, check
 from .lower import lower
 from .prune import prune
 
-PASSES = (("prune", prune), ("infer", infer), ("alias", alias), ("lower", lower), ("fold", fold),
-          ("codegen", codegen))
-SWITCHABLE = frozenset({"prune", "alias", "fold"})
+PASSES = (("prune", prune), ("infer", infer), ("alias", alias), ("inplace", inplace), ("lower", lower),
+          ("fold", fold), ("codegen", codegen))
+SWITCHABLE = frozenset({"prune", "alias", "inplace", "fold"})
 
 
 @dataclass(frozen=True)
 class CompileOptions:
     """How plans are compiled. `disabled`: names of switchable passes to skip (their safe fallback is
-    used: keep every op, overwrite nothing, fold nothing); `debug`: verify the IR after every pass.
+    used: keep every op, overwrite nothing, allocate every result, fold nothing); `debug`: verify the IR after every pass.
     Options are part of the plan: an Executor's plans all share its options."""
 
     disabled: frozenset = field(default_factory=frozenset)
@@ -59,10 +60,6 @@ def compile_plan(block, feed_sig: tuple, fetch_names: tuple, options: CompileOpt
     """Run every pass on `block` for feeds `((name, shape, dtype), ...)` and the fetch names."""
     options = CompileOptions() if options is None else options
     ir = PlanIR(block, {name: (shape, dtype) for name, shape, dtype in feed_sig}, tuple(fetch_names))
-    if options.debug:
-        from ..verifier import verify
-
-        verify(block.program)
     for name, pass_ in PASSES:
         ir = pass_(ir, options)
         ir.done.append(name)
@@ -72,4 +69,4 @@ def compile_plan(block, feed_sig: tuple, fetch_names: tuple, options: CompileOpt
 
 
 __all__ = ["CompileOptions", "IRError", "PASSES", "PlanIR", "Step", "check", "compile_plan",
-           "alias", "codegen", "fold", "infer", "lower", "prune"]
+           "alias", "codegen", "fold", "infer", "inplace", "lower", "prune"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 
+from .inplace import reusable
 from .ir import PlanIR
 
 _plan_ids = itertools.count()
@@ -57,7 +58,15 @@ def codegen(ir: PlanIR, options) -> PlanIR:
         targets = ", ".join(ref(n) for n in outs)
         if step.fold is None:
             env[f"K{i}"] = step.kernel
-            lines.append(f"    {targets} = K{i}({', '.join(ref(n) for n in ins)})")
+            args = [ref(n) for n in ins]
+            if step.reuse:  # persistable outputs written into the scope's old arrays when they may be
+                env["R"] = reusable
+                for n in step.reuse:
+                    if n is not None:
+                        env[f"T_{ir.metas[n].dtype.name}"] = ir.metas[n].dtype
+                args.append("out=[" + ", ".join("None" if n is None else f"R(A, {n!r}, {ir.metas[n].shape!r}, "
+                                                f"T_{ir.metas[n].dtype.name})" for n in step.reuse) + "]")
+            lines.append(f"    {targets} = K{i}({', '.join(args)})")
         else:  # its inputs were folded into acc{i} as they were made
             lines.append(f"    {targets} = acc{i}")
         line_to_op[len(lines)] = step.op

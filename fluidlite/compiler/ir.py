@@ -19,7 +19,9 @@ class Step:
     - `inputs`: slot -> [Meta] with concrete (fed) shapes (infer);
     - `overwritable`: input slots whose buffers the kernel may reuse for its output (alias);
     - `ctx`, `kernel`: the lowering context and the bound callable `kernel(*in_names values)` (lower);
-    - `fold`: `f(acc, x) -> acc` when this op's inputs are accumulated as they are made (fold).
+    - `fold`: `f(acc, x) -> acc` when this op's inputs are accumulated as they are made (fold);
+    - `reuse`: per output variable, its name when the scope's old array may receive the result, else None
+      (inplace; empty when none may).
     """
 
     op: Any
@@ -29,6 +31,7 @@ class Step:
     ctx: InferContext | None = None
     kernel: Callable | None = None
     fold: Callable | None = None
+    reuse: list = field(default_factory=list)
 
     @property
     def in_names(self) -> list:
@@ -105,6 +108,8 @@ def check(ir: PlanIR, after: str) -> None:
                     problems.append(f"{where}: may overwrite {n!r}, which is fed or a persistable it does not update")
         if "lower" in done and not callable(step.kernel):
             problems.append(f"{where}: no kernel after lowering")
+        if step.reuse and (len(step.reuse) != len(step.out_names) or not step.opdef.writes_out):
+            problems.append(f"{where}: reuse marks {step.reuse} do not match its outputs or its OpDef")
         if step.fold is not None:
             for n in step.in_names:
                 if n not in made_at:

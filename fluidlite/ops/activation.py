@@ -1,54 +1,52 @@
-"""relu, sigmoid, exp, log, square, sqrt, abs and softmax (tanh lives in ops/basic.py)."""
+"""relu, sigmoid, exp, log, square, sqrt, abs, gelu, leaky_relu and softmax (tanh lives in ops/basic.py)."""
 from __future__ import annotations
 
 from ..kernels import activation as K
 from ..registry import Attr, defop
 from ..shapes import numel
-from .common import batch_elementwise, float_same_as, grad_op, is_large
+from .common import batch_elementwise, float_same_as, is_large
 
-# name -> (kernel op code, the forward value its gradient reads, formula)
+
+def _lower_unary(ctx):
+    code, a = _code(ctx)
+    kernel = K.unary_parallel if is_large(ctx.meta("X")) else K.unary
+    shape = ctx.shape("X")
+    return lambda x: kernel(x, code, a).reshape(shape)
+
+
+def _lower_unary_grad(ctx):
+    code, a = _code(ctx)
+    meta = ctx.metas("X")[0] if ctx.has("X") else ctx.meta("Out")
+    kernel = K.unary_grad_parallel if is_large(meta) else K.unary_grad
+    return lambda v, g: kernel(v, g, code, a).reshape(meta.shape)
+
+
+def _code(ctx):
+    """The kernel's op code (from the one table in kernels/activation.py) and float parameter."""
+    name = ctx.opdef.type.removesuffix("_grad")
+    if name == "gelu" and ctx.attrs["approximate"]:
+        return K.GELU_TANH, 0.0
+    return getattr(K, name.upper()), float(ctx.attrs.get("alpha", 0.0))
+
+
+# name -> (the forward value its gradient reads, attributes, formula)
 _UNARY = {
-    "relu": (0, "Out", "max(X, 0); gradient 0 at X == 0"),
-    "sigmoid": (1, "Out", "1 / (1 + exp(-X))"),
-    "exp": (2, "Out", "exp(X)"),
-    "log": (3, "X", "log(X)"),
-    "square": (4, "X", "X * X"),
-    "sqrt": (5, "Out", "sqrt(X)"),
-    "abs": (6, "X", "|X|; gradient 0 at X == 0"),
+    "relu": ("Out", {}, "max(X, 0); gradient 0 at X == 0"),
+    "sigmoid": ("Out", {}, "1 / (1 + exp(-X))"),
+    "exp": ("Out", {}, "exp(X)"),
+    "log": ("X", {}, "log(X)"),
+    "square": ("X", {}, "X * X"),
+    "sqrt": ("Out", {}, "sqrt(X)"),
+    "abs": ("X", {}, "|X|; gradient 0 at X == 0"),
+    "gelu": ("X", {"approximate": Attr(bool, False)},
+             "X * Phi(X) = 0.5 X (1 + erf(X / sqrt(2))); approximate: 0.5 X (1 + tanh(sqrt(2/pi) (X + 0.044715 X^3)))"),
+    "leaky_relu": ("X", {"alpha": Attr(float, 0.02)}, "X if X > 0 else alpha * X; gradient alpha at X == 0"),
 }
 
-
-def _lower_unary(code):
-    def lower(ctx):
-        kernel = K.unary_parallel if is_large(ctx.meta("X")) else K.unary
-        shape = ctx.shape("X")
-        return lambda x: kernel(x, code).reshape(shape)
-
-    return lower
-
-
-def _lower_unary_grad(code, slot):
-    def lower(ctx):
-        kernel = K.unary_grad_parallel if is_large(ctx.meta(slot)) else K.unary_grad
-        shape = ctx.shape(slot)
-        return lambda v, g: kernel(v, g, code).reshape(shape)
-
-    return lower
-
-
-def _unary_grad_rule(slot):
-    def rule(g):
-        reads = g.o("Out") if slot == "Out" else g.i("X")
-        return [grad_op(g.op.type + "_grad", g, {slot: reads, "Out@GRAD": g.og("Out")}, {"X@GRAD": g.ig("X")})]
-
-    return rule
-
-
-for _name, (_code, _slot, _formula) in _UNARY.items():
-    defop(_name, inputs=("X",), infer=float_same_as("X"), lower=_lower_unary(_code), grad=_unary_grad_rule(_slot),
-          batch=batch_elementwise, doc=f"Out = {_formula}, elementwise.")
-    defop(_name + "_grad", inputs=(_slot, "Out@GRAD"), outputs=("X@GRAD",), infer=float_same_as(_slot, "X@GRAD"),
-          lower=_lower_unary_grad(_code, _slot))
+for _name, (_reads, _attrs, _formula) in _UNARY.items():
+    defop(_name, inputs=("X",), attrs=_attrs, infer=float_same_as("X"), lower=_lower_unary, batch=batch_elementwise,
+          grad_reads=(_reads,), grad_lower=_lower_unary_grad, grad_infer={"X@GRAD": _reads},
+          doc=f"Out = {_formula}, elementwise.")
 
 
 def _softmax_infer(ctx):
@@ -63,20 +61,17 @@ def _pnp(shape, axis):
     return numel(shape[:axis]), shape[axis], numel(shape[axis + 1:])
 
 
-def _lower_softmax(ctx):
-    pre, n, post = _pnp(ctx.shape("X"), ctx.attrs["axis"])
-    kernel = K.softmax_parallel if is_large(ctx.meta("X")) and pre > 1 else K.softmax
-    return lambda x: kernel(x, pre, n, post)
+def _softmax_lowering(serial, parallel, slot):
+    def lower(ctx):
+        pre, n, post = _pnp(ctx.shape(slot), ctx.attrs["axis"])
+        kernel = parallel if is_large(ctx.meta(slot)) and pre > 1 else serial
+        return lambda *arrays: kernel(*arrays, pre, n, post)
+
+    return lower
 
 
-def _lower_softmax_grad(ctx):
-    pre, n, post = _pnp(ctx.shape("Out"), ctx.attrs["axis"])
-    return lambda out, g: K.softmax_grad(out, g, pre, n, post)
-
-
-_AXIS = {"axis": Attr(int, -1)}
-defop("softmax", inputs=("X",), attrs=_AXIS, infer=_softmax_infer, lower=_lower_softmax,
-      grad=lambda g: [grad_op("softmax_grad", g, {"Out": g.o("Out"), "Out@GRAD": g.og("Out")}, {"X@GRAD": g.ig("X")})],
+defop("softmax", inputs=("X",), attrs={"axis": Attr(int, -1)}, infer=_softmax_infer,
+      lower=_softmax_lowering(K.softmax, K.softmax_parallel, "X"),
+      grad_reads=("Out",), grad_lower=_softmax_lowering(K.softmax_grad, K.softmax_grad_parallel, "Out"),
+      grad_infer={"X@GRAD": "Out"},
       doc="Out = exp(X - max) / sum(exp(X - max)) along `axis` (numerically stable).")
-defop("softmax_grad", inputs=("Out", "Out@GRAD"), outputs=("X@GRAD",), attrs=_AXIS,
-      infer=float_same_as("Out", "X@GRAD"), lower=_lower_softmax_grad)

@@ -21,9 +21,7 @@ defop("scale", inputs=("X",),
       doc="Out = scale * X + bias (or scale * (X + bias) when bias_after_scale is false).")
 
 defop("tanh", inputs=("X",), infer=float_same_as("X"), kernel=K.tanh, batch=batch_elementwise,
-      grad=lambda g: [grad_op("tanh_grad", g, {"Out": g.o("Out"), "Out@GRAD": g.og("Out")}, {"X@GRAD": g.ig("X")})])
-defop("tanh_grad", inputs=("Out", "Out@GRAD"), outputs=("X@GRAD",), infer=float_same_as("Out", "X@GRAD"),
-      kernel=K.tanh_grad)
+      grad_reads=("Out",), grad_kernel=K.tanh_grad, grad_infer={"X@GRAD": "Out"}, doc="Out = tanh(X), elementwise.")
 
 
 def _mul_infer(ctx):
@@ -48,13 +46,6 @@ def _lower_mul(ctx):
     x2, y2 = _as2d(xs, xd), _as2d(ys, yd)
     out_shape = xs[:xd] + ys[yd:]
     return lambda x, y: K.matmul2d(x.reshape(x2), y.reshape(y2)).reshape(out_shape)
-
-
-def _mul_grad_infer(ctx):
-    out = {}
-    for slot in ("X", "Y"):
-        out[slot + "@GRAD"] = (ctx.shape(slot), ctx.dtype(slot))
-    return out
 
 
 def _lower_mul_grad(ctx):
@@ -84,11 +75,8 @@ def _batch_mul(attrs, batched):
 
 _MUL_ATTRS = {"x_num_col_dims": Attr(int, 1), "y_num_col_dims": Attr(int, 1)}
 defop("mul", inputs=("X", "Y"), attrs=_MUL_ATTRS, infer=_mul_infer, lower=_lower_mul, batch=_batch_mul,
-      grad=lambda g: [grad_op("mul_grad", g, {"X": g.i("X"), "Y": g.i("Y"), "Out@GRAD": g.og("Out")},
-                              {"X@GRAD": g.ig("X"), "Y@GRAD": g.ig("Y")})],
+      grad_reads=("X", "Y"), grad_lower=_lower_mul_grad, grad_picks=False,
       doc="Out = flatten(X, x_num_col_dims) @ flatten(Y, y_num_col_dims), reshaped back (fc's product).")
-defop("mul_grad", inputs=("X", "Y", "Out@GRAD"), outputs=("X@GRAD", "Y@GRAD"), attrs=_MUL_ATTRS,
-      optional=("X@GRAD", "Y@GRAD"), infer=_mul_grad_infer, lower=_lower_mul_grad)
 
 
 def _mean_infer(ctx):
@@ -96,11 +84,8 @@ def _mean_infer(ctx):
     return {"Out": ((1,), ctx.dtype("X"))}
 
 
-defop("mean", inputs=("X",), infer=_mean_infer, kernel=K.mean,
-      grad=lambda g: [grad_op("mean_grad", g, {"X": g.i("X"), "Out@GRAD": g.og("Out")}, {"X@GRAD": g.ig("X")})],
+defop("mean", inputs=("X",), infer=_mean_infer, kernel=K.mean, grad_reads=("X",), grad_kernel=K.mean_grad,
       doc="Out = [mean of all elements of X], shape [1].")
-defop("mean_grad", inputs=("X", "Out@GRAD"), outputs=("X@GRAD",), infer=float_same_as("X", "X@GRAD"),
-      kernel=K.mean_grad)
 
 
 def _sum_infer(ctx):

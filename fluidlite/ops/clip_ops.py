@@ -1,5 +1,5 @@
 """Clipping ops: clip (by value), clip_by_norm, global_norm + scale_by_global_norm (the multi-tensor
-global-norm clip), adaptive_clip (AGC), autoclip_threshold and count_nonfinite.
+global-norm clip). The stateful ones (AGC, AutoClip, ZClip, skip counting) are in clip_state_ops.
 
 Global-norm clipping is two ops: `global_norm` (one parallel pass over every tensor of the group,
 float64 accumulation) writes a fetchable [1] norm; `scale_by_global_norm` rescales every tensor in
@@ -26,8 +26,10 @@ def _nonfinite(v):
     return None if v in ("nan", "zero") else "must be 'nan' or 'zero'"
 
 
-def _out_buffer(ctx, slot, x):
-    return x if slot in ctx.overwritable else np.empty_like(x)
+def _dest(out, i, x):
+    """The destination the executor passed for output i (a persistable's old array), else a new array."""
+    d = out[i] if out is not None else None
+    return np.empty_like(x) if d is None else d
 
 
 # ---- clip -------------------------------------------------------------------------------------
@@ -45,11 +47,12 @@ def _lower_clip(ctx):
     dtype = ctx.dtype("X").type
     lo, hi = dtype(ctx.attrs["min"]), dtype(ctx.attrs["max"])
     inplace = "X" in ctx.overwritable
-    return lambda x: kernel(x, x if inplace else np.empty_like(x), lo, hi)
+    return lambda x, out=None: kernel(x, x if inplace else _dest(out, 0, x), lo, hi)
 
 
-_BOUNDS = {"min": Attr(float, REQUIRED, lambda v: None), "max": Attr(float, REQUIRED, lambda v: None)}
-defop("clip", inputs=("X",), attrs=_BOUNDS, infer=_clip_infer, lower=_lower_clip,
+_BOUND = Attr(float, REQUIRED, lambda v: None if v == v else "is NaN")  # +-inf allowed, as the clip classes do
+_BOUNDS = {"min": _BOUND, "max": _BOUND}
+defop("clip", inputs=("X",), attrs=_BOUNDS, infer=_clip_infer, lower=_lower_clip, writes_out=True,
       grad=lambda g: [grad_op("clip_grad", g, {"X": g.i("X"), "Out@GRAD": g.og("Out")}, {"X@GRAD": g.ig("X")})],
       doc="Out = min(max(X, min), max); NaN stays NaN, +-Inf saturate. Gradient passes where min <= X <= max.")
 defop("clip_grad", inputs=("X", "Out@GRAD"), outputs=("X@GRAD",), attrs=_BOUNDS, infer=float_same_as("X", "X@GRAD"),
@@ -76,22 +79,22 @@ def _lower_clip_by_norm(ctx):
         like = np.empty(0, dtype)
         sizes = sizes_of([ctx.meta("X")])
 
-        def run_large(x):
+        def run_large(x, out=None):
             (x,), addrs = address_table((x,), sizes, like)
             s = _scale_for(norm(addrs, like), c)
             if s == 1.0 and inplace:
                 return x
-            out = x if inplace else np.empty_like(x)
-            scale(addrs, addrs if inplace else address_table((out,), sizes, like)[1], like, dtype.type(s), False)
-            return out
+            y = x if inplace else _dest(out, 0, x)
+            scale(addrs, addrs if inplace else address_table((y,), sizes, like)[1], like, dtype.type(s), False)
+            return y
 
         return run_large
 
-    def run(x):
+    def run(x, out=None):
         s = _scale_for(_norm(x, inf_norm), c)
         if s == 1.0 and inplace:
             return x
-        return K.scale_inplace(x, dtype.type(s)) if inplace else K.scale_into(x, np.empty_like(x), dtype.type(s))
+        return K.scale_inplace(x, dtype.type(s)) if inplace else K.scale_into(x, _dest(out, 0, x), dtype.type(s))
 
     return run
 
@@ -103,6 +106,7 @@ def _lower_clip_by_norm_grad(ctx):
 
 _NORM_ATTRS = {"max_norm": Attr(float, REQUIRED, positive), "norm_type": Attr(float, 2.0, _norm_type)}
 defop("clip_by_norm", inputs=("X",), attrs=_NORM_ATTRS, infer=float_same_as("X"), lower=_lower_clip_by_norm,
+      writes_out=True,
       grad=lambda g: [grad_op("clip_by_norm_grad", g, {"X": g.i("X"), "Out@GRAD": g.og("Out")},
                               {"X@GRAD": g.ig("X")})],
       doc="Out = X * max_norm / max(norm(X), max_norm), norm L2 (or max-abs for norm_type=inf); NaN if the norm is not finite.")
@@ -165,6 +169,29 @@ def group_norm(metas, inf_norm):
     return lambda addrs, like: math.sqrt(kernel(addrs, like, *table))
 
 
+def group_tensor_norms(metas, inf_norm):
+    """norms(addrs, like) -> float64 [n]: each tensor's L2 (or max-abs) norm, from the same one pass
+    over the group as `group_norm` (one partial result per segment, then summed per tensor)."""
+    table = chunk_table([m.shape for m in metas])
+    tid, n = table[0], len(metas)
+    large = _is_large_group(metas)
+    if inf_norm:
+        kernel = K.segment_abs_max if large else K.segment_abs_max_serial
+    else:
+        kernel = K.segment_sq_sum if large else K.segment_sq_sum_serial
+
+    def norms(addrs, like):
+        seg = np.zeros(tid.size)
+        kernel(addrs, like, *table, seg)
+        if inf_norm:
+            out = np.zeros(n)
+            np.maximum.at(out, tid, seg)  # NaN propagates
+            return out
+        return np.bincount(tid, seg, minlength=n)  # sums of squares, made norms by the caller
+
+    return norms
+
+
 def group_scale(metas):
     """scale(addrs, out_addrs, like, s, zero): out = x * s (or 0) over a group, one pass."""
     table = chunk_table([m.shape for m in metas])
@@ -182,14 +209,26 @@ def _multi_infer(ctx):
 
 
 def _global_norm_infer(ctx):
-    return {"Out": ((1,), _multi_infer(ctx))}
+    dtype = _multi_infer(ctx)
+    return {"Out": ((1,), dtype), "TensorNorms": ((len(ctx.metas("X")),), dtype)}
 
 
 def _lower_global_norm(ctx):
-    norm = group_norm(ctx.metas("X"), ctx.attrs["norm_type"] == INF)
+    inf_norm = ctx.attrs["norm_type"] == INF
     dtype = ctx.dtype("X")
     like = np.empty(0, dtype)
     sizes = sizes_of(ctx.metas("X"))
+    if ctx.has_output("TensorNorms"):
+        tensor_norms = group_tensor_norms(ctx.metas("X"), inf_norm)
+
+        def run_both(*xs):
+            xs, addrs = address_table(xs, sizes, like)
+            per = tensor_norms(addrs, like)
+            total = per.max(initial=0.0) if inf_norm else math.sqrt(per.sum())
+            return np.array([total], dtype), (per if inf_norm else np.sqrt(per)).astype(dtype)
+
+        return run_both
+    norm = group_norm(ctx.metas("X"), inf_norm)
 
     def run(*xs):
         xs, addrs = address_table(xs, sizes, like)
@@ -207,10 +246,12 @@ def _global_norm_grad(g):
     return specs
 
 
-_NT = {"norm_type": Attr(float, 2.0, _norm_type), "group": Attr(str, "")}  # group: the clip group, for lookup
-defop("global_norm", inputs=("X",), duplicable=("X",), attrs=_NT, infer=_global_norm_infer, lower=_lower_global_norm,
+_NT = {"norm_type": Attr(float, 2.0, _norm_type), "group": Attr(str, "")}  # group: the clip group, for readers
+defop("global_norm", inputs=("X",), outputs=("Out", "TensorNorms"), duplicable=("X",), optional=("TensorNorms",),
+      nondiff_outputs=("TensorNorms",), attrs=_NT, infer=_global_norm_infer, lower=_lower_global_norm,
       grad=_global_norm_grad,
-      doc="Out = [sqrt(sum over every X of sum(X**2))] (or the max |X| for norm_type=inf), accumulated in float64.")
+      doc="Out = [sqrt(sum over every X of sum(X**2))] (or the max |X| for norm_type=inf), accumulated in float64; "
+          "the optional TensorNorms [n] gets each X's own norm from the same pass.")
 defop("global_norm_grad", inputs=("X", "Out", "Out@GRAD"), outputs=("X@GRAD",), attrs=_NT,
       infer=float_same_as("X", "X@GRAD"),
       lower=lambda ctx: (lambda x, n, d, inf=ctx.attrs["norm_type"] == INF:
@@ -222,7 +263,15 @@ def _scale_infer(ctx):
     for slot in ("GlobalNorm", "ClipNorm"):
         if ctx.has(slot) and numel(ctx.shape(slot)) != 1:
             raise ctx.error(f"slot {slot} must hold one value", slot)
-    return {"Out": [(m.shape, dtype) for m in ctx.metas("X")]}
+    return {"Out": [(m.shape, dtype) for m in ctx.metas("X")], "Scale": ((1,), dtype)}
+
+
+def group_scale_factor(gn, c):
+    """The factor scale_by_global_norm applies: c / max(gn, c), 1 for c = +inf (nothing to clip), NaN
+    when gn is not finite or c is not > 0 (never a silently finite scale)."""
+    if not math.isfinite(gn) or not c > 0:
+        return math.nan
+    return 1.0 if gn <= c else c / gn
 
 
 def _lower_scale(ctx):
@@ -235,22 +284,28 @@ def _lower_scale(ctx):
     zero_bad = ctx.attrs["nonfinite"] == "zero"
     n = len(metas)
     attr_c = ctx.attrs["clip_norm"]
+    with_scale = ctx.has_output("Scale")
 
-    def run(*args):
+    def result(outs, s):
+        if with_scale:
+            return (*outs, np.array([s], dtype))
+        return outs if n > 1 else outs[0]
+
+    def run(*args, out=None):
         xs, gn = args[:n], float(args[n][0])
         c = float(args[n + 1][0]) if len(args) > n + 1 else attr_c
         zero = zero_bad and not math.isfinite(gn)
-        s = _scale_for(gn, c) if math.isfinite(c) and c > 0 else math.nan
+        s = group_scale_factor(gn, c)
         if s == 1.0 and inplace:
-            return xs if n > 1 else xs[0]
+            return result(xs, s)
         xs, addrs = address_table(xs, sizes, like)  # contiguous copies, if any, are written in place: they are new
         if inplace:
             outs, out_addrs = xs, addrs
         else:
-            outs = tuple(np.empty(m.shape, dtype) for m in metas)
+            outs = tuple(_dest(out, i, x) for i, x in enumerate(xs))
             outs, out_addrs = address_table(outs, sizes, like)
         scale(addrs, out_addrs, like, dtype.type(s), zero)
-        return outs if n > 1 else outs[0]
+        return result(outs, 0.0 if zero else s)
 
     return run
 
@@ -285,83 +340,12 @@ def _lower_scale_grad(ctx):
 
 
 _SCALE_ATTRS = {"clip_norm": Attr(float, 1.0, positive), "nonfinite": Attr(str, "nan", _nonfinite)}
-defop("scale_by_global_norm", inputs=("X", "GlobalNorm", "ClipNorm"), duplicable=("X", "Out"),
-      optional=("ClipNorm",), attrs=_SCALE_ATTRS, infer=_scale_infer, lower=_lower_scale, grad=_scale_grad,
-      doc="Out_i = X_i * c / max(GlobalNorm, c), c = ClipNorm if given else clip_norm. A non-finite "
-          "GlobalNorm gives NaN (nonfinite='nan') or zeros (nonfinite='zero', for the skip-step policy).")
+defop("scale_by_global_norm", inputs=("X", "GlobalNorm", "ClipNorm"), outputs=("Out", "Scale"), duplicable=("X", "Out"),
+      optional=("ClipNorm", "Scale"), nondiff_outputs=("Scale",), attrs=_SCALE_ATTRS, infer=_scale_infer,
+      lower=_lower_scale, grad=_scale_grad, writes_out=True,
+      doc="Out_i = X_i * c / max(GlobalNorm, c), c = ClipNorm if given else clip_norm (c = +inf: unchanged). A "
+          "non-finite GlobalNorm gives NaN (nonfinite='nan') or zeros (nonfinite='zero', for the skip-step "
+          "policy). The optional Scale [1] gets the factor applied (0 when zeroed).")
 defop("scale_by_global_norm_grad", inputs=("X", "GlobalNorm", "Out@GRAD"), outputs=("GlobalNorm@GRAD",),
       duplicable=("X", "Out@GRAD"), attrs=_SCALE_ATTRS,
       infer=lambda ctx: {"GlobalNorm@GRAD": ((1,), _multi_infer(ctx))}, lower=_lower_scale_grad)
-
-
-# ---- adaptive clipping, AutoClip, non-finite counting -----------------------------------------
-
-def _agc_infer(ctx):
-    ctx.expect_dtype("Param", "X")
-    if ctx.shape("Param") != ctx.shape("X"):
-        raise ctx.error("Param and X (its gradient) need one shape", "Param", "X")
-    return {"Out": (ctx.shape("X"), ctx.dtype("X"))}
-
-
-def _lower_agc(ctx):
-    shape = ctx.shape("X")
-    as2d = (numel(shape[:-1]), shape[-1]) if len(shape) >= 2 else (1, numel(shape))  # vectors: per element
-    clipping, eps = ctx.attrs["clipping"], ctx.attrs["eps"]
-    kernel = K.adaptive_clip_parallel if is_large(ctx.meta("X")) and as2d[0] >= 64 else K.adaptive_clip
-
-    def run(p, g):
-        out = _out_buffer(ctx, "X", g)
-        kernel(p.reshape(as2d), g.reshape(as2d), out.reshape(as2d), clipping, eps)
-        return out
-
-    return run
-
-
-defop("adaptive_clip", inputs=("Param", "X"),
-      attrs={"clipping": Attr(float, 0.01, positive), "eps": Attr(float, 1e-3, positive)},
-      infer=_agc_infer, lower=_lower_agc, grad=NO_GRAD,
-      doc="AGC: each unit (column of a (in, out) weight; element of a vector) of gradient X is rescaled to "
-          "at most clipping * max(norm of that unit of Param, eps).")
-
-
-def _autoclip_infer(ctx):
-    if ctx.dtype("Count").kind != "i":
-        raise ctx.error("Count must be an integer var", "Count")
-    return {"ClipNorm": ((1,), ctx.dtype("Norm")), "HistoryOut": (ctx.shape("History"), ctx.dtype("History")),
-            "CountOut": (ctx.shape("Count"), ctx.dtype("Count"))}
-
-
-def _lower_autoclip(ctx):
-    p = ctx.attrs["percentile"]
-    dtype = ctx.dtype("Norm")
-
-    def run(norm, history, count):
-        history = history if "History" in ctx.overwritable else history.copy()
-        count = count if "Count" in ctx.overwritable else count.copy()
-        c = K.autoclip_update(float(norm[0]), history, count, p)
-        return np.array([c], dtype), history, count
-
-    return run
-
-
-defop("autoclip_threshold", inputs=("Norm", "History", "Count"), outputs=("ClipNorm", "HistoryOut", "CountOut"),
-      attrs={"percentile": Attr(float, 10.0, lambda v: None if 0 <= v <= 100 else "must be in [0, 100]")},
-      infer=_autoclip_infer, lower=_lower_autoclip, grad=NO_GRAD,
-      doc="Records a finite Norm in the ring buffer History (Count norms seen), ClipNorm = the percentile "
-          "of the recorded norms (AutoClip).")
-
-
-def _lower_count(ctx):
-    def run(*args):
-        norms, count = args[:-1], args[-1]
-        count = count if "Count" in ctx.overwritable else count.copy()
-        found = K.count_nonfinite(np.array([float(v[0]) for v in norms]), count)
-        return np.array([found]), count
-
-    return run
-
-
-defop("count_nonfinite", inputs=("X", "Count"), outputs=("Found", "CountOut"), duplicable=("X",),
-      infer=lambda ctx: {"Found": ((1,), np.bool_), "CountOut": (ctx.shape("Count"), ctx.dtype("Count"))},
-      lower=_lower_count, grad=NO_GRAD,
-      doc="Found = [any X (norms) is NaN or Inf]; CountOut = Count + Found (skipped-step counter).")

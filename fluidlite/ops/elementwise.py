@@ -10,10 +10,13 @@ import numpy as np
 from ..kernels import elementwise as K
 from ..registry import Attr, defop
 from ..shapes import broadcast, numel
-from .common import PARALLEL_MIN, batch_binary, grad_op, is_large
+from .common import PARALLEL_MIN, batch_binary, is_large
 
-OPCODES = {"elementwise_add": 0, "elementwise_sub": 1, "elementwise_mul": 2, "elementwise_div": 3,
-           "elementwise_max": 4}
+
+
+def opcode(op_type):
+    """The kernel's op code for `elementwise_<name>[_grad]`, from the one table in kernels/elementwise.py."""
+    return getattr(K, op_type.removesuffix("_grad").removeprefix("elementwise_").upper())
 
 
 def _check_axis(v):
@@ -95,7 +98,7 @@ def canonical(xs, ys, axis):
 
 
 def _lower(ctx):
-    op = OPCODES[ctx.opdef.type]
+    op = opcode(ctx.opdef.type)
     xs, ys = ctx.shape("X"), ctx.shape("Y")
     out_shape = layout(xs, ys, ctx.attrs["axis"])[0]
     form = canonical(xs, ys, ctx.attrs["axis"])
@@ -116,12 +119,8 @@ def _lower(ctx):
     return lambda x, y: K.strided(x, y, shape, xst, yst, op).reshape(out_shape)
 
 
-def _grad_infer(ctx):
-    return {"X@GRAD": (ctx.shape("X"), ctx.dtype("X")), "Y@GRAD": (ctx.shape("Y"), ctx.dtype("Y"))}
-
-
 def _lower_grad(ctx):
-    op = OPCODES[ctx.opdef.type[:-len("_grad")]]
+    op = opcode(ctx.opdef.type)
     xs, ys = ctx.shape("X"), ctx.shape("Y")
     form = canonical(xs, ys, ctx.attrs["axis"])
     large = is_large(ctx.meta("Out@GRAD"))
@@ -157,16 +156,9 @@ def _lower_grad(ctx):
     return lambda x, y, g: fix(*run(x, y, g))[1]
 
 
-def _grad_rule(g):
-    return [grad_op(g.op.type + "_grad", g, {"X": g.i("X"), "Y": g.i("Y"), "Out@GRAD": g.og("Out")},
-                    {"X@GRAD": g.ig("X"), "Y@GRAD": g.ig("Y")})]
-
-
 _DOCS = {"add": "X + Y", "sub": "X - Y", "mul": "X * Y", "div": "X / Y",
          "max": "max(X, Y) (gradient split 0.5/0.5 at ties)"}
 for _name, _formula in _DOCS.items():
-    defop(f"elementwise_{_name}", inputs=("X", "Y"), attrs=_ATTRS, infer=_infer, lower=_lower, grad=_grad_rule,
-          batch=batch_binary,
+    defop(f"elementwise_{_name}", inputs=("X", "Y"), attrs=_ATTRS, infer=_infer, lower=_lower, batch=batch_binary,
+          grad_reads=("X", "Y"), grad_lower=_lower_grad, grad_picks=False,
           doc=f"Out = {_formula}, broadcasting Y per `axis` (Paddle) or NumPy when axis=-1.")
-    defop(f"elementwise_{_name}_grad", inputs=("X", "Y", "Out@GRAD"), outputs=("X@GRAD", "Y@GRAD"), attrs=_ATTRS,
-          optional=("X@GRAD", "Y@GRAD"), infer=_grad_infer, lower=_lower_grad)

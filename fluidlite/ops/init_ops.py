@@ -27,9 +27,10 @@ def _lower_fill(kernel, *attr_names):
 
 
 _SHAPE = Attr("shape", REQUIRED, _check_shape)
+_VALUE = Attr(float, 0.0, lambda v: None if v == v else "is NaN")  # +-inf allowed (masks)
 _DTYPE = Attr("dtype", "float32")
 
-defop("fill_constant", inputs=(), attrs={"shape": _SHAPE, "dtype": _DTYPE, "value": Attr(float, 0.0)},
+defop("fill_constant", inputs=(), attrs={"shape": _SHAPE, "dtype": _DTYPE, "value": _VALUE},
       infer=_filled_shape, lower=_lower_fill(K.fill, "value"), grad=NO_GRAD,
       doc="Out = a tensor of `shape` filled with `value`.")
 
@@ -46,7 +47,7 @@ defop("gaussian_random", inputs=(),
 defop("fill_zeros_like", inputs=("X",), infer=same_as("X"), kernel=K.zeros_like, grad=NO_GRAD,
       doc="Out = zeros shaped like X (stands for a gradient that does not flow).")
 
-defop("fill_any_like", inputs=("X",), attrs={"value": Attr(float, 0.0)}, infer=same_as("X"),
+defop("fill_any_like", inputs=("X",), attrs={"value": _VALUE}, infer=same_as("X"),
       kernel=K.full_like, kernel_attrs=("value",), grad=NO_GRAD,
       doc="Out = a tensor shaped like X filled with `value` (seeds a target's gradient).")
 

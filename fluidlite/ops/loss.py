@@ -187,30 +187,13 @@ def _lower_sq(ctx):
 
 
 def _lower_sq_grad(ctx):
-    kernel = K.square_error_grad_parallel if is_large(ctx.meta("X")) else K.square_error_grad
-    pick = _grad_outputs(ctx, ("X@GRAD", "Y@GRAD"))
-    return lambda x, y, dout: pick(kernel(x, y, dout))
+    return K.square_error_grad_parallel if is_large(ctx.meta("X")) else K.square_error_grad
 
 
 defop("square_error_cost", inputs=("X", "Y"), infer=_pair_infer("X", "Y"), lower=_lower_sq,
-      grad=lambda g: [grad_op("square_error_cost_grad", g, {"X": g.i("X"), "Y": g.i("Y"), "Out@GRAD": g.og("Out")},
-                              {"X@GRAD": g.ig("X"), "Y@GRAD": g.ig("Y")})],
+      grad_reads=("X", "Y"), grad_lower=_lower_sq_grad,
       doc="Out = (X - Y)^2 elementwise; X and Y (the label) have one shape.")
-defop("square_error_cost_grad", inputs=("X", "Y", "Out@GRAD"), outputs=("X@GRAD", "Y@GRAD"),
-      optional=("X@GRAD", "Y@GRAD"), infer=_grad_infer("X", "Y"), lower=_lower_sq_grad)
-
-
-def _lower_sce_grad(ctx):
-    pick = _grad_outputs(ctx, ("X@GRAD", "Label@GRAD"))
-    return lambda x, z, dout: pick(K.sigmoid_ce_grad(x, z, dout))
-
-
 defop("sigmoid_cross_entropy_with_logits", inputs=("X", "Label"), infer=_pair_infer("X", "Label"),
-      kernel=K.sigmoid_ce,
-      grad=lambda g: [grad_op("sigmoid_cross_entropy_with_logits_grad", g,
-                              {"X": g.i("X"), "Label": g.i("Label"), "Out@GRAD": g.og("Out")},
-                              {"X@GRAD": g.ig("X"), "Label@GRAD": g.ig("Label")})],
+      kernel=K.sigmoid_ce, grad_reads=("X", "Label"), grad_kernel=K.sigmoid_ce_grad,
       doc="Out = max(X, 0) - X * Label + log(1 + exp(-|X|)): elementwise logistic loss of logits X "
           "against probabilities Label.")
-defop("sigmoid_cross_entropy_with_logits_grad", inputs=("X", "Label", "Out@GRAD"), outputs=("X@GRAD", "Label@GRAD"),
-      optional=("X@GRAD", "Label@GRAD"), infer=_grad_infer("X", "Label"), lower=_lower_sce_grad)

@@ -51,7 +51,7 @@ def _piecewise_infer(ctx):
 
 
 def _non_negative(v):
-    return None if v >= 0 else "must be >= 0"
+    return None if 0 <= v < float("inf") else "must be finite and >= 0"
 
 
 _DTYPE = {"dtype": Attr("dtype", "float32")}

@@ -107,18 +107,11 @@ def _lower_matmul_grad(ctx):
     return run
 
 
-def _matmul_grad_infer(ctx):
-    return {s + "@GRAD": (ctx.shape(s), ctx.dtype(s)) for s in ("X", "Y")}
-
-
 defop("matmul", inputs=("X", "Y"), attrs=_MATMUL_ATTRS, infer=_matmul_infer, lower=_lower_matmul,
-      grad=lambda g: [grad_op("matmul_grad", g, {"X": g.i("X"), "Y": g.i("Y"), "Out@GRAD": g.og("Out")},
-                              {"X@GRAD": g.ig("X"), "Y@GRAD": g.ig("Y")})],
+      grad_reads=("X", "Y"), grad_lower=_lower_matmul_grad, grad_picks=False,
       doc="Out = alpha * op(X) @ op(Y), op transposing the last two dims when transpose_X / transpose_Y. "
           "Leading (batch) dims broadcast like NumPy; a 1-D X is a row vector and a 1-D Y a column "
           "vector whose dimension is dropped from Out (NumPy matmul; transposes ignored for 1-D).")
-defop("matmul_grad", inputs=("X", "Y", "Out@GRAD"), outputs=("X@GRAD", "Y@GRAD"), attrs=_MATMUL_ATTRS,
-      optional=("X@GRAD", "Y@GRAD"), infer=_matmul_grad_infer, lower=_lower_matmul_grad)
 
 # ---------------------------------------------------------------- lookup_table
 
@@ -164,14 +157,10 @@ def _lower_lookup_grad(ctx):
 
 
 defop("lookup_table", inputs=("W", "Ids"), attrs=_LOOKUP_ATTRS, infer=_lookup_infer, lower=_lower_lookup,
-      grad=lambda g: [grad_op("lookup_table_grad", g, {"W": g.i("W"), "Ids": g.i("Ids"), "Out@GRAD": g.og("Out")},
-                              {"W@GRAD": g.ig("W")})],
+      grad_reads=("W", "Ids"), grad_wrt=("W",), grad_lower=_lower_lookup_grad,
       doc="Out[..., :] = W[Ids[...], :] (embedding); Ids int64 [..., 1] or [...]; rows at padding_idx "
           "read as zeros and get no gradient. An id outside [0, vocab) raises ValueError at run time. "
           "The gradient of W is dense (is_sparse is accepted and ignored).")
-defop("lookup_table_grad", inputs=("W", "Ids", "Out@GRAD"), outputs=("W@GRAD",), attrs=_LOOKUP_ATTRS,
-      optional=("W@GRAD",), infer=lambda ctx: {"W@GRAD": (ctx.shape("W"), ctx.dtype("W"))},
-      lower=_lower_lookup_grad)
 
 # ---------------------------------------------------------------- dropout
 

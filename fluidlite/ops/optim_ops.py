@@ -18,7 +18,7 @@ def _in_unit(v):
 
 
 def _non_negative(v):
-    return None if v >= 0 else "must be >= 0"
+    return None if 0 <= v < float("inf") else "must be finite and >= 0"
 
 
 def _check_update(ctx, state=(), scalars=()):

@@ -1,0 +1,72 @@
+"""fluidlite's thread pools: no process-wide side effects, a layer whose idle threads sleep."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import json, os
+before = dict(os.environ)
+import numpy as np
+import fluidlite as fl
+from fluidlite import layers
+x = layers.data(name="x", shape=[1 << 19], dtype="float32", append_batch_size=False)
+y = layers.relu(x)   # large enough for the prange kernel
+exe = fl.Executor()
+out, = exe.run(feed={"x": np.full(1 << 19, -1.0, np.float32)}, fetch_list=[y])
+import numba
+print(json.dumps({"env_changed": sorted(k for k in set(os.environ) | set(before) if os.environ.get(k) != before.get(k)),
+                  "layer": numba.threading_layer(), "ok": bool((out == 0).all())}))
+"""
+
+
+def _probe(extra_env=None, prelude=""):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_THREADING", "OMP_"))}
+    env.update(extra_env or {})
+    done = subprocess.run([sys.executable, "-c", prelude + PROBE], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_import_and_run_set_no_environment_variable_and_use_a_sleeping_pool():
+    r = _probe()
+    assert r == {"env_changed": [], "layer": "workqueue", "ok": True}
+
+
+def test_a_layer_the_user_chose_is_kept():
+    r = _probe({"NUMBA_THREADING_LAYER": "omp"})
+    assert r["layer"] == "omp" and r["env_changed"] == [] and r["ok"]
+
+
+def test_torch_imported_first_changes_nothing():
+    pytest.importorskip("torch")
+    r = _probe(prelude="import torch\n")
+    assert r == {"env_changed": [], "layer": "workqueue", "ok": True}
+
+
+def test_two_executors_in_two_threads_do_not_abort_under_workqueue():
+    code = """
+import threading, numpy as np, fluidlite as fl
+from fluidlite import layers
+x = layers.data(name="x", shape=[1 << 19], dtype="float32", append_batch_size=False)
+y = layers.scale(layers.relu(x), scale=2.0)
+feed = {"x": np.full(1 << 19, 1.0, np.float32)}
+errors = []
+def work():
+    exe = fl.Executor()
+    for _ in range(20):
+        out, = exe.run(feed=feed, fetch_list=[y])
+        if not (out == 2).all():
+            errors.append("wrong")
+threads = [threading.Thread(target=work) for _ in range(2)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+import numba
+print(numba.threading_layer(), len(errors))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_THREADING", "OMP_"))}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["workqueue", "0"]
