@@ -4,9 +4,8 @@ Geometry travels as one int64 array `geo` = (kh, kw, sh, sw, ph, pw, dh, dw, ho,
 serial and parallel twins share their signatures and helpers. A conv kernel splits the batch into
 `nblk` contiguous blocks of images; each block unrolls its images' windows into a column matrix
 col[(c, i, j), (image, oh, ow)] and multiplies it by the filter matrix with one np.dot (SciPy's
-BLAS), per group. The parallel twins run the blocks in prange (blocks write disjoint images; the
-filter gradient is summed from per-block partials). Pool kernels run one (image, channel) plane
-per iteration.
+BLAS), per group. The parallel twins unroll (and scatter back) the images of a block in prange,
+each image writing its own columns. Pool kernels run one (image, channel) plane per iteration.
 """
 import numpy as np
 from numba import njit, prange
@@ -25,8 +24,8 @@ def _valid(pad, off, stride, size, n_out):
 
 
 @njit(cache=True, error_model="numpy")
-def _im2col(x, col, n0, n1, c0, cg, geo):
-    """col[(c, i, j), (n - n0, oh, ow)] = x[n, c0 + c, oh*sh - ph + i*dh, ow*sw - pw + j*dw] (0 outside)."""
+def _im2col(x, col, n, base, c0, cg, geo):
+    """col[(c, i, j), (n - base, oh, ow)] = x[n, c0 + c, oh*sh - ph + i*dh, ow*sw - pw + j*dw] (0 outside)."""
     kh, kw, sh, sw, ph, pw, dh, dw, ho, wo = geo
     h, w = x.shape[2], x.shape[3]
     hw = ho * wo
@@ -34,116 +33,147 @@ def _im2col(x, col, n0, n1, c0, cg, geo):
         for i in range(kh):
             hlo, hhi = _valid(ph, i * dh, sh, h, ho)
             for j in range(kw):
-                row = (c * kh + i) * kw + j
                 wlo, whi = _valid(pw, j * dw, sw, w, wo)
-                for n in range(n0, n1):
-                    dst = col[row, (n - n0) * hw:(n - n0 + 1) * hw]
-                    dst[:hlo * wo] = 0
-                    dst[hhi * wo:] = 0
-                    for oh in range(hlo, hhi):
-                        src = x[n, c0 + c, oh * sh - ph + i * dh]
-                        o = oh * wo
-                        dst[o:o + wlo] = 0
-                        dst[o + whi:o + wo] = 0
-                        iw = wlo * sw - pw + j * dw
-                        for ow in range(wlo, whi):
-                            dst[o + ow] = src[iw]
-                            iw += sw
-    return col
+                dst = col[(c * kh + i) * kw + j, (n - base) * hw:(n - base + 1) * hw]
+                dst[:hlo * wo] = 0
+                dst[hhi * wo:] = 0
+                for oh in range(hlo, hhi):
+                    src = x[n, c0 + c, oh * sh - ph + i * dh]
+                    o = oh * wo
+                    dst[o:o + wlo] = 0
+                    dst[o + whi:o + wo] = 0
+                    iw = wlo * sw - pw + j * dw
+                    for ow in range(wlo, whi):
+                        dst[o + ow] = src[iw]
+                        iw += sw
 
 
 @njit(cache=True, error_model="numpy")
-def _col2im(dcol, dx, n0, n1, c0, cg, geo):
-    """The transpose of _im2col: dx[n, c0 + c, ...] += every column entry that read it."""
+def _col2im(dcol, dx, n, base, c0, cg, geo):
+    """The transpose of _im2col for image n: dx[n, c0 + c, ...] += every column entry that read it."""
     kh, kw, sh, sw, ph, pw, dh, dw, ho, wo = geo
     h, w = dx.shape[2], dx.shape[3]
     hw = ho * wo
-    for n in range(n0, n1):
-        for c in range(cg):
-            for i in range(kh):
-                hlo, hhi = _valid(ph, i * dh, sh, h, ho)
-                for j in range(kw):
-                    row = (c * kh + i) * kw + j
-                    wlo, whi = _valid(pw, j * dw, sw, w, wo)
-                    src = dcol[row, (n - n0) * hw:(n - n0 + 1) * hw]
-                    for oh in range(hlo, hhi):
-                        dst = dx[n, c0 + c, oh * sh - ph + i * dh]
-                        o = oh * wo
-                        iw = wlo * sw - pw + j * dw
-                        for ow in range(wlo, whi):
-                            dst[iw] += src[o + ow]
-                            iw += sw
+    for c in range(cg):
+        for i in range(kh):
+            hlo, hhi = _valid(ph, i * dh, sh, h, ho)
+            for j in range(kw):
+                wlo, whi = _valid(pw, j * dw, sw, w, wo)
+                src = dcol[(c * kh + i) * kw + j, (n - base) * hw:(n - base + 1) * hw]
+                for oh in range(hlo, hhi):
+                    dst = dx[n, c0 + c, oh * sh - ph + i * dh]
+                    o = oh * wo
+                    iw = wlo * sw - pw + j * dw
+                    for ow in range(wlo, whi):
+                        dst[iw] += src[o + ow]
+                        iw += sw
 
 
 @njit(cache=True, error_model="numpy")
-def _conv_block(x, w3, out3, n0, n1, geo):
-    """out3[n, (g, f), :] = w3[g] @ im2col(x[n0:n1], group g) for every group."""
-    groups, fg, k = w3.shape
-    cg = x.shape[1] // groups
-    hw = geo[8] * geo[9]
-    col = np.empty((k, (n1 - n0) * hw), x.dtype)
-    for g in range(groups):
-        r = np.dot(w3[g], _im2col(x, col, n0, n1, g * cg, cg, geo))
-        for n in range(n0, n1):
-            out3[n, g * fg:(g + 1) * fg, :] = r[:, (n - n0) * hw:(n - n0 + 1) * hw]
+def _put(r, out3, n, base, f0):
+    """out3[n, f0:f0 + fg, :] = the block result's columns of image n."""
+    hw = out3.shape[2]
+    out3[n, f0:f0 + r.shape[0], :] = r[:, (n - base) * hw:(n - base + 1) * hw]
 
 
 @njit(cache=True, error_model="numpy")
-def _conv_grad_block(x, w3, dout3, dx, dw_part, n0, n1, geo, need_dx, need_dw):
-    """For images n0:n1: dx (col2im of w3[g].T @ dout) and dw_part += dout @ im2col(x).T, per group."""
-    groups, fg, k = w3.shape
-    cg = x.shape[1] // groups
-    hw = geo[8] * geo[9]
-    col = np.empty((k, (n1 - n0) * hw), x.dtype)
-    d = np.empty((fg, (n1 - n0) * hw), x.dtype)
-    for g in range(groups):
-        for n in range(n0, n1):
-            d[:, (n - n0) * hw:(n - n0 + 1) * hw] = dout3[n, g * fg:(g + 1) * fg, :]
-        if need_dw:
-            dw_part[g] += np.dot(d, _im2col(x, col, n0, n1, g * cg, cg, geo).T)
-        if need_dx:
-            _col2im(np.dot(w3[g].T, d), dx, n0, n1, g * cg, cg, geo)
+def _take(dout3, d, n, base, f0):
+    """The transpose of _put: image n's output gradient into the block matrix d (fg, images * hw)."""
+    hw = dout3.shape[2]
+    d[:, (n - base) * hw:(n - base + 1) * hw] = dout3[n, f0:f0 + d.shape[0], :]
 
+
+@njit(cache=True, error_model="numpy")
+def _block(n, nblk, b):
+    return b * n // nblk, (b + 1) * n // nblk
+
+
+# The twins differ only in range / prange over the images of a block. BLAS is called from the
+# calling thread only, one product per block and group (SciPy's OpenBLAS threads it; calling it from
+# several threads at once made a step ten times slower on a busy machine).
 
 @njit(cache=True, error_model="numpy")
 def conv2d(x, w3, geo, nblk):
     """NCHW convolution; w3 is the filter as (groups, filters per group, C/groups * kh * kw)."""
-    n = x.shape[0]
-    out3 = np.empty((n, w3.shape[0] * w3.shape[1], geo[8] * geo[9]), x.dtype)
+    n, groups, fg, k = x.shape[0], w3.shape[0], w3.shape[1], w3.shape[2]
+    cg, hw = x.shape[1] // groups, geo[8] * geo[9]
+    out3 = np.empty((n, groups * fg, hw), x.dtype)
     for b in range(nblk):
-        _conv_block(x, w3, out3, b * n // nblk, (b + 1) * n // nblk, geo)
+        n0, n1 = _block(n, nblk, b)
+        col = np.empty((k, (n1 - n0) * hw), x.dtype)
+        for g in range(groups):
+            for i in range(n0, n1):
+                _im2col(x, col, i, n0, g * cg, cg, geo)
+            r = np.dot(w3[g], col)
+            for i in range(n0, n1):
+                _put(r, out3, i, n0, g * fg)
     return out3
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def conv2d_parallel(x, w3, geo, nblk):
-    n = x.shape[0]
-    out3 = np.empty((n, w3.shape[0] * w3.shape[1], geo[8] * geo[9]), x.dtype)
-    for b in prange(nblk):
-        _conv_block(x, w3, out3, b * n // nblk, (b + 1) * n // nblk, geo)
+    n, groups, fg, k = x.shape[0], w3.shape[0], w3.shape[1], w3.shape[2]
+    cg, hw = x.shape[1] // groups, geo[8] * geo[9]
+    out3 = np.empty((n, groups * fg, hw), x.dtype)
+    for b in range(nblk):
+        n0, n1 = _block(n, nblk, b)
+        col = np.empty((k, (n1 - n0) * hw), x.dtype)
+        for g in range(groups):
+            for i in prange(n0, n1):
+                _im2col(x, col, i, n0, g * cg, cg, geo)
+            r = np.dot(w3[g], col)
+            for i in prange(n0, n1):
+                _put(r, out3, i, n0, g * fg)
     return out3
 
 
 @njit(cache=True, error_model="numpy")
 def conv2d_grad(x, w3, dout3, geo, nblk, need_dx, need_dw):
     """(dx, dw3) of conv2d; dout3 is the output gradient as (N, F, ho * wo)."""
-    n = x.shape[0]
+    n, groups, fg, k = x.shape[0], w3.shape[0], w3.shape[1], w3.shape[2]
+    cg, hw = x.shape[1] // groups, geo[8] * geo[9]
     dx = np.zeros_like(x) if need_dx else np.zeros((0, 0, 0, 0), x.dtype)
-    dw_part = np.zeros((1, w3.shape[0], w3.shape[1], w3.shape[2]), x.dtype)
+    dw3 = np.zeros_like(w3)
     for b in range(nblk):
-        _conv_grad_block(x, w3, dout3, dx, dw_part[0], b * n // nblk, (b + 1) * n // nblk, geo, need_dx, need_dw)
-    return dx, dw_part[0]
+        n0, n1 = _block(n, nblk, b)
+        col = np.empty((k, (n1 - n0) * hw), x.dtype)
+        d = np.empty((fg, (n1 - n0) * hw), x.dtype)
+        for g in range(groups):
+            for i in range(n0, n1):
+                _take(dout3, d, i, n0, g * fg)
+            if need_dw:
+                for i in range(n0, n1):
+                    _im2col(x, col, i, n0, g * cg, cg, geo)
+                dw3[g] += np.dot(d, col.T)
+            if need_dx:
+                dcol = np.dot(w3[g].T, d)
+                for i in range(n0, n1):
+                    _col2im(dcol, dx, i, n0, g * cg, cg, geo)
+    return dx, dw3
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def conv2d_grad_parallel(x, w3, dout3, geo, nblk, need_dx, need_dw):
-    n = x.shape[0]
+    n, groups, fg, k = x.shape[0], w3.shape[0], w3.shape[1], w3.shape[2]
+    cg, hw = x.shape[1] // groups, geo[8] * geo[9]
     dx = np.zeros_like(x) if need_dx else np.zeros((0, 0, 0, 0), x.dtype)
-    dw_part = np.zeros((nblk, w3.shape[0], w3.shape[1], w3.shape[2]), x.dtype)
-    for b in prange(nblk):
-        _conv_grad_block(x, w3, dout3, dx, dw_part[b], b * n // nblk, (b + 1) * n // nblk,
-                         geo, need_dx, need_dw)
-    return dx, dw_part.sum(axis=0)
+    dw3 = np.zeros_like(w3)
+    for b in range(nblk):
+        n0, n1 = _block(n, nblk, b)
+        col = np.empty((k, (n1 - n0) * hw), x.dtype)
+        d = np.empty((fg, (n1 - n0) * hw), x.dtype)
+        for g in range(groups):
+            for i in prange(n0, n1):
+                _take(dout3, d, i, n0, g * fg)
+            if need_dw:
+                for i in prange(n0, n1):
+                    _im2col(x, col, i, n0, g * cg, cg, geo)
+                dw3[g] += np.dot(d, col.T)
+            if need_dx:
+                dcol = np.dot(w3[g].T, d)
+                for i in prange(n0, n1):
+                    _col2im(dcol, dx, i, n0, g * cg, cg, geo)
+    return dx, dw3
 
 
 # ---------------------------------------------------------------- pool2d

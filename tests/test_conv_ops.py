@@ -51,7 +51,7 @@ def test_conv2d_parallel_blocks_match_serial(monkeypatch):
     attrs = {"strides": (1, 1), "paddings": (1, 1), "dilations": (1, 1), "groups": 2}
     ref = lambda Input, Filter: np_conv(Input, Filter, (1, 1), (1, 1), (1, 1), 2)  # noqa: E731
     monkeypatch.setattr(conv_ops, "_PARALLEL_FLOPS", 0)
-    monkeypatch.setattr(conv_ops, "_BLOCK_COLS", 2 * 36 * 18)  # two images per block
+    monkeypatch.setattr(conv_ops, "_PARALLEL_BLOCK_COLS", 2 * 36 * 18)  # two images per block
     for dt in ("float32", "float64"):
         check_forward("conv2d", {"Input": x.astype(dt), "Filter": w.astype(dt)}, ref, attrs, ("Output",))
     check_grad("conv2d", {"Input": x[:2], "Filter": w}, ("Input", "Filter"), attrs, ("Output",))

@@ -11,11 +11,13 @@ from ..kernels import conv as K
 from ..registry import Attr, defop
 from .common import grad_op
 
-# work (multiply-adds) from which a conv runs its batch blocks on threads; below it one thread is
+# work (multiply-adds) from which a conv unrolls a block's images on threads; below it one thread is
 # faster than waking the pool
-_PARALLEL_FLOPS = 1 << 21
-# column-matrix elements per batch block (~1 MiB of float32 stays in cache while BLAS reads it)
-_BLOCK_COLS = 1 << 18
+_PARALLEL_FLOPS = 1 << 22
+# column-matrix elements per batch block: the serial kernel keeps a block's columns in cache while
+# BLAS reads them; the parallel one takes bigger blocks (fewer, larger products for BLAS to thread)
+_BLOCK_COLS = 1 << 15
+_PARALLEL_BLOCK_COLS = 1 << 20
 _POOL_PARALLEL_MIN = 1 << 17  # pooled input elements from which the planes run on threads
 
 
@@ -83,13 +85,9 @@ def _conv_plan(ctx):
     xs, ws, geo = _conv_geometry(ctx)
     groups = ctx.attrs["groups"]
     n, k, hw = xs[0], ws[1] * ws[2] * ws[3], int(geo[8] * geo[9])
-    per_block = max(1, _BLOCK_COLS // max(1, k * hw))
-    nblk = -(-n // per_block)
-    parallel = n > 1 and n * ws[0] * hw * k >= _PARALLEL_FLOPS
-    if parallel:
-        threads = numba.get_num_threads()
-        nblk = min(n, -(-max(nblk, threads) // threads) * threads)
-    return parallel, (groups, ws[0] // groups, k), geo, max(1, min(nblk, n))
+    parallel = n > 1 and numba.get_num_threads() > 1 and n * ws[0] * hw * k >= _PARALLEL_FLOPS
+    per_block = max(1, (_PARALLEL_BLOCK_COLS if parallel else _BLOCK_COLS) // max(1, k * hw))
+    return parallel, (groups, ws[0] // groups, k), geo, max(1, min(-(-n // per_block), n))
 
 
 def _c(a, shape):
