@@ -27,3 +27,15 @@ def test_sentiment_lstm_learns_with_error_clipping():
     result = ex.train(steps=120, seq_len=12, hidden=16, batch=32, verbose=False)
     assert result["losses"][-1] < 0.5 * result["losses"][0]
     assert result["accuracy"] > 0.85
+
+
+def test_recognize_digits_cnn_learns_with_gradient_clipping():
+    ex = _load("recognize_digits")
+    main, test, *_ = ex.build(clip=1.0)
+    types = [op.type for op in main.global_block().ops]
+    assert types.count("conv2d") == 2 and types.count("batch_norm") == 2 and types.count("pool2d") == 2
+    assert any(op.role == "grad_clip" for op in main.global_block().ops)
+    assert all(op.attrs["is_test"] for op in test.global_block().ops if op.type == "batch_norm")
+    result = ex.train(epochs=2, batch=64, verbose=False)
+    assert result["losses"][-1] < 0.5 * result["losses"][0]
+    assert result["accuracy"] > 0.9
