@@ -9,7 +9,6 @@ import numpy as np
 
 from ..kernels import conv as K
 from ..registry import Attr, defop
-from .common import grad_op
 
 # work (multiply-adds) from which a conv unrolls a block's images on threads; below it one thread is
 # faster than waking the pool
@@ -116,22 +115,12 @@ def _lower_conv_grad(ctx):
     return run
 
 
-def _conv_grad_infer(ctx):
-    _conv_geometry(ctx)
-    return {s + "@GRAD": (ctx.shape(s), ctx.dtype(s)) for s in ("Input", "Filter")}
-
-
 defop("conv2d", inputs=("Input", "Filter"), outputs=("Output",), attrs=_CONV_ATTRS, infer=_conv_infer,
-      lower=_lower_conv,
-      grad=lambda g: [grad_op("conv2d_grad", g, {"Input": g.i("Input"), "Filter": g.i("Filter"),
-                                                 "Output@GRAD": g.og("Output")},
-                              {"Input@GRAD": g.ig("Input"), "Filter@GRAD": g.ig("Filter")})],
+      lower=_lower_conv, grad_reads=("Input", "Filter"), grad_lower=_lower_conv_grad, grad_picks=False,
       doc="2-D convolution (cross-correlation) of NCHW Input with Filter [F, C / groups, kh, kw]; "
           "strides, paddings (zeros) and dilations are (h, w) pairs; channel group g sees input channels "
           "g*C/groups.. and makes filters g*F/groups..; Output [N, F, Ho, Wo]. im2col + one BLAS "
           "product per block of images; the blocks run in parallel for large inputs.")
-defop("conv2d_grad", inputs=("Input", "Filter", "Output@GRAD"), outputs=("Input@GRAD", "Filter@GRAD"),
-      optional=("Input@GRAD", "Filter@GRAD"), attrs=_CONV_ATTRS, infer=_conv_grad_infer, lower=_lower_conv_grad)
 
 # ---------------------------------------------------------------- pool2d
 
@@ -191,16 +180,9 @@ def _lower_pool_grad(ctx):
     return lambda x, dout: kernel(np.ascontiguousarray(x), np.ascontiguousarray(dout), geo, is_max, exclusive)
 
 
-def _pool_grad_infer(ctx):
-    _pool_geometry(ctx)
-    return {"X@GRAD": (ctx.shape("X"), ctx.dtype("X"))}
-
-
-defop("pool2d", inputs=("X",), attrs=_POOL_ATTRS, infer=_pool_infer, lower=_lower_pool,
-      grad=lambda g: [grad_op("pool2d_grad", g, {"X": g.i("X"), "Out@GRAD": g.og("Out")}, {"X@GRAD": g.ig("X")})],
+defop("pool2d", inputs=("X",), attrs=_POOL_ATTRS, infer=_pool_infer, lower=_lower_pool, grad_reads=("X",),
+      grad_lower=_lower_pool_grad,
       doc="Max or average pooling of NCHW X over ksize windows (global_pooling: the whole H x W). Windows "
           "are clipped to the input: padding never wins a max; an exclusive average divides by the "
           "elements inside the input, a non-exclusive one by kh * kw (Paddle). The max's gradient goes to "
           "the first maximum of each window.")
-defop("pool2d_grad", inputs=("X", "Out@GRAD"), outputs=("X@GRAD",), optional=("X@GRAD",), attrs=_POOL_ATTRS,
-      infer=_pool_grad_infer, lower=_lower_pool_grad)

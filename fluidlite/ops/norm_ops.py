@@ -11,7 +11,7 @@ import numpy as np
 from ..kernels import norm as K
 from ..registry import Attr, defop
 from ..shapes import numel
-from .common import PARALLEL_MIN, grad_op
+from .common import PARALLEL_MIN
 
 _BN_ATTRS = {"momentum": Attr(float, 0.9, lambda v: None if 0 <= v <= 1 else "must be in [0, 1]"),
              "epsilon": Attr(float, 1e-5, lambda v: None if v >= 0 else "must be >= 0"),
@@ -65,53 +65,30 @@ def _lower_bn(ctx):
     return run
 
 
-def _bn_grad(g):
-    return [grad_op("batch_norm_grad", g, {"X": g.i("X"), "Scale": g.i("Scale"), "SavedMean": g.o("SavedMean"),
-                                           "SavedVariance": g.o("SavedVariance"), "Y@GRAD": g.og("Y")},
-                    {"X@GRAD": g.ig("X"), "Scale@GRAD": g.ig("Scale"), "Bias@GRAD": g.ig("Bias")})]
-
-
-def _bn_grad_infer(ctx):
-    ctx.expect_dtype("X", "Scale", "Y@GRAD")
-    xs, c = _bn_shapes(ctx)
-    return {"X@GRAD": (xs, ctx.dtype("X")), "Scale@GRAD": ((c,), ctx.dtype("X")), "Bias@GRAD": ((c,), ctx.dtype("X"))}
-
-
-def _wanted(ctx, slots):
-    return tuple(i for i, s in enumerate(slots) if ctx.has_output(s))
-
-
-def _pick(values, wanted):
-    out = tuple(values[i] for i in wanted)
-    return out if len(out) > 1 else out[0]
-
-
 def _lower_bn_grad(ctx):
     xs = ctx.shape("X")
     kernel = K.batch_norm_grad_parallel if _is_parallel(xs) else K.batch_norm_grad
     is_test = ctx.attrs["is_test"]
-    wanted = _wanted(ctx, ("X@GRAD", "Scale@GRAD", "Bias@GRAD"))
     x3 = _x3(xs)
 
     def run(x, scale, mean, inv, dy):
         saved = np.stack((mean, inv))
         dx, dscale, dbias = kernel(np.ascontiguousarray(x).reshape(x3), np.ascontiguousarray(dy).reshape(x3),
                                    scale, saved, is_test)
-        return _pick((dx.reshape(xs), dscale, dbias), wanted)
+        return dx.reshape(xs), dscale, dbias
 
     return run
 
 
 defop("batch_norm", inputs=("X",) + _BN_STATS, outputs=("Y",) + _BN_SIDE, attrs=_BN_ATTRS, infer=_bn_infer,
-      lower=_lower_bn, grad=_bn_grad, nondiff_outputs=_BN_SIDE,
+      lower=_lower_bn, nondiff_outputs=_BN_SIDE, grad_reads=("X", "Scale", "SavedMean", "SavedVariance"),
+      grad_wrt=("X", "Scale", "Bias"), grad_lower=_lower_bn_grad,
+      grad_infer={"X@GRAD": "X", "Scale@GRAD": "Scale", "Bias@GRAD": "Scale"},
       doc="Per channel c (axis 1 of a 2-D or 4-D X): Y = (X - mean_c) / sqrt(var_c + epsilon) * Scale_c + "
           "Bias_c. Training: the batch's mean and biased variance, and MeanOut = momentum * Mean + "
           "(1 - momentum) * batch mean (VarianceOut likewise); name MeanOut / VarianceOut like Mean / "
           "Variance to update them in place. is_test: the Mean / Variance inputs, returned unchanged. "
           "SavedMean / SavedVariance: the mean and 1 / sqrt(var + epsilon) used (for the gradient).")
-defop("batch_norm_grad", inputs=("X", "Scale", "SavedMean", "SavedVariance", "Y@GRAD"),
-      outputs=("X@GRAD", "Scale@GRAD", "Bias@GRAD"), optional=("X@GRAD", "Scale@GRAD", "Bias@GRAD"),
-      attrs=_BN_ATTRS, infer=_bn_grad_infer, lower=_lower_bn_grad)
 
 # ---------------------------------------------------------------- layer_norm
 
@@ -167,12 +144,6 @@ def _c2(a, rows, d):
     return np.ascontiguousarray(a).reshape(rows, d)
 
 
-def _ln_grad(g):
-    return [grad_op("layer_norm_grad", g, {"X": g.i("X"), "Scale": g.i("Scale"), "Mean": g.o("Mean"),
-                                           "Variance": g.o("Variance"), "Y@GRAD": g.og("Y")},
-                    {"X@GRAD": g.ig("X"), "Scale@GRAD": g.ig("Scale"), "Bias@GRAD": g.ig("Bias")})]
-
-
 def _ln_grad_infer(ctx):
     ctx.expect_dtype("X", "Scale", "Y@GRAD")
     _, d = _ln_shapes(ctx)
@@ -185,21 +156,18 @@ def _lower_ln_grad(ctx):
     kernel = K.layer_norm_grad_parallel if parallel else K.layer_norm_grad
     eps, has_scale = ctx.attrs["epsilon"], ctx.has("Scale")
     ones = np.ones(d, ctx.dtype("X"))
-    wanted = _wanted(ctx, ("X@GRAD", "Scale@GRAD", "Bias@GRAD"))
 
     def run(x, *rest):
         scale, mean, var, dy = rest if has_scale else (ones,) + rest
         dx, dscale, dbias = kernel(_c2(x, rows, d), _c2(dy, rows, d), scale, mean, var, eps, nblk)
-        return _pick((dx.reshape(x.shape), dscale, dbias), wanted)
+        return dx.reshape(x.shape), dscale, dbias
 
     return run
 
 
 defop("layer_norm", inputs=("X", "Scale", "Bias"), outputs=("Y", "Mean", "Variance"), optional=("Scale", "Bias"),
-      attrs=_LN_ATTRS, infer=_ln_infer, lower=_lower_ln, grad=_ln_grad, nondiff_outputs=("Mean", "Variance"),
+      attrs=_LN_ATTRS, infer=_ln_infer, lower=_lower_ln, nondiff_outputs=("Mean", "Variance"),
+      grad_reads=("X", "Scale", "Mean", "Variance"), grad_lower=_lower_ln_grad, grad_infer=_ln_grad_infer,
       doc="Each row of X flattened at begin_norm_axis ([prod(dims before), prod(dims from)]) is normalised: "
           "Y = (X - mean) / sqrt(var + epsilon) * Scale + Bias, biased variance; Scale and Bias (optional) "
           "have the row's length. Mean and Variance (one per row) are saved for the gradient.")
-defop("layer_norm_grad", inputs=("X", "Scale", "Mean", "Variance", "Y@GRAD"),
-      outputs=("X@GRAD", "Scale@GRAD", "Bias@GRAD"), optional=("Scale", "X@GRAD", "Scale@GRAD", "Bias@GRAD"),
-      attrs=_LN_ATTRS, infer=_ln_grad_infer, lower=_lower_ln_grad)
