@@ -9,8 +9,9 @@
         A['fc_0.w_0'] = v7      # persistable results back to the scope
         return [v5]             # fetches (a persistable one is copied)
 
-Each value is deleted after its last use. With `options.check_nan_inf` a line `N<i>((outs), (ins))`
-follows each kernel call (see `nan_check`) and the persistables the plan updates are read as copies. A folded step's inputs are accumulated into `acc<i>` as
+Each value is deleted after its last use. With `options.check_nan_inf` a line `N<i>((outs), I)`
+follows each kernel call, `I` the inputs the op saw (see `nan_check`), and the persistables the plan
+updates are read as copies. A folded step's inputs are accumulated into `acc<i>` as
 they are made (`F<i>` is its fold step). The source is kept as `PlanIR.source` (public as `Plan.source`)
 and `line_to_op` maps each line number back to its op for error messages.
 """
