@@ -1,11 +1,11 @@
 """The plan compiler: named passes over a typed step list (see docs/design.md, "The executor plan").
 
-    prune -> infer -> alias -> inplace -> lower -> fold -> codegen
+    prune -> infer -> batch_grad -> alias -> inplace -> lower -> fold -> codegen
 
 Each pass is a function `pass_(ir: PlanIR, options: CompileOptions) -> PlanIR` in its own module and
 can be run alone on a hand-made `PlanIR`. `compile_plan` runs them in order; with `options.debug` the
 IR verifier (`ir.check`) runs after every pass (the feed counts as defining values, unlike `fl.verify`). Passes that
-only optimise (`alias`, `inplace`, `fold`) and `prune` can be switched off for debugging:
+only optimise (`batch_grad`, `alias`, `inplace`, `fold`) and `prune` can be switched off for debugging:
 
     fl.Executor(compile_options=CompileOptions(disabled={"fold", "alias"}, debug=True))
 
@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass, field
 
 from .alias import alias
+from .batch_grad import batch_grad
 from .codegen import codegen
 from .fold import fold
 from .infer import infer
@@ -26,9 +27,9 @@ from .ir import IRError, PlanIR, Step, check
 from .lower import lower
 from .prune import prune
 
-PASSES = (("prune", prune), ("infer", infer), ("alias", alias), ("inplace", inplace), ("lower", lower),
-          ("fold", fold), ("codegen", codegen))
-SWITCHABLE = frozenset({"prune", "alias", "inplace", "fold"})
+PASSES = (("prune", prune), ("infer", infer), ("batch_grad", batch_grad), ("alias", alias), ("inplace", inplace),
+          ("lower", lower), ("fold", fold), ("codegen", codegen))
+SWITCHABLE = frozenset({"prune", "batch_grad", "alias", "inplace", "fold"})
 
 
 @dataclass(frozen=True)
@@ -69,4 +70,4 @@ def compile_plan(block, feed_sig: tuple, fetch_names: tuple, options: CompileOpt
 
 
 __all__ = ["CompileOptions", "IRError", "PASSES", "PlanIR", "Step", "check", "compile_plan",
-           "alias", "codegen", "fold", "infer", "inplace", "lower", "prune"]
+           "alias", "batch_grad", "codegen", "fold", "infer", "inplace", "lower", "prune"]
