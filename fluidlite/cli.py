@@ -9,7 +9,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
+
+_MAX_NODES, _TIMEOUT = 250, 60.0  # fluidlite.graphviz's defaults (not imported: --help stays fast)
 
 # subcommands implemented by other modules: name -> (module, help)
 PASSTHROUGH = {
@@ -36,8 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("program", metavar="PROGRAM.json")
     d.add_argument("-o", "--output", metavar="OUT", help="OUT.dot/.svg/.png/.pdf; without it the DOT text is printed")
     d.add_argument("--block", type=int, default=None, help="draw only this block (default: all blocks)")
-    d.add_argument("--collapse", nargs="?", const="scope", choices=("scope", "step"),
-                   help="fold the ops of each name scope (and with 'step', each unrolled RNN step) into one node")
+    d.add_argument("--collapse", nargs="?", const="scope", default="auto", choices=("auto", "none", "scope", "step"),
+                   help="auto (default): an unrolled RNN as one step, the optimizer as one node; none: every op; "
+                        "scope (also plain --collapse): one node per name scope; step: one per scope and RNN step")
+    d.add_argument("--max-nodes", type=int, default=None, metavar="N",
+                   help="refuse drawings with more nodes (default %d; 0: no limit)" % _MAX_NODES)
+    d.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="stop Graphviz after this long (default %g; 0: no limit)" % _TIMEOUT)
     d.add_argument("--around", action="append", metavar="VAR", help="draw only the graph near VAR (repeatable)")
     d.add_argument("--hops", type=int, default=2, help="with --around: how many edges away to draw (default 2)")
     d.add_argument("--highlight", action="append", metavar="NAME", help="emphasise a variable or op type (repeatable)")
@@ -64,14 +73,29 @@ def _cmd_dot(args) -> int:
         if not 0 <= args.block < program.num_blocks:
             raise ValueError(f"--block {args.block}: the program has blocks 0..{program.num_blocks - 1}")
         target = program.block(args.block)
-    options = dict(highlights=args.highlight, collapse=args.collapse, around=args.around,
-                   hops=args.hops, rankdir=args.rankdir, legend=not args.no_legend)
+    max_nodes = graphviz.MAX_NODES if args.max_nodes is None else (args.max_nodes or None)
+    options = dict(highlights=args.highlight, collapse=None if args.collapse == "none" else args.collapse,
+                   around=args.around, hops=args.hops, rankdir=args.rankdir, legend=not args.no_legend,
+                   max_nodes=max_nodes)
     if args.output in (None, "-"):
         sys.stdout.write(graphviz.to_dot(target, **options))
     else:
-        graphviz.draw(target, args.output, **options)
+        timeout = graphviz.TIMEOUT if args.timeout is None else (args.timeout or None)
+        # SIGTERM ends us through Python, so the Graphviz child is stopped too (on Linux it also
+        # dies with us on SIGKILL: see fluidlite.childproc)
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+        try:
+            graphviz.draw(target, args.output, timeout=timeout, **options)
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
         print(f"wrote {args.output}")
     return 0
+
+
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def _cmd_show(args) -> int:

@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.steps):
             f.write(f"{i}," + ",".join(f"{r[k][i]:.9g}" for r in runs for k in ("loss", "grad_norm")) + "\n")
     dot = os.path.join(args.out, "program.dot")
-    fl.graphviz.draw(runs[2]["program"], dot, collapse="step")
+    fl.graphviz.draw(runs[2]["program"], dot)
     print(f"history: {os.path.join(args.out, 'history.csv')}\nprogram graph (error-clip run): {dot}")
     return 0
 

@@ -10,7 +10,7 @@ from .registry import GradOpSpec, OpDef, grad_var_name
 
 
 def derive_grad(fwd: OpDef, reads=(), kernel=None, kernel_attrs=(), lower=None, infer=None, wrt=None,
-                 picks=True):
+                 picks=True, returns_view=False):
     """The `<type>_grad` OpDef and the forward rule that appends it.
 
     Slots: inputs `reads + <out>@GRAD` for every differentiable output (a zero-filled variable where no
@@ -47,6 +47,7 @@ def derive_grad(fwd: OpDef, reads=(), kernel=None, kernel_attrs=(), lower=None, 
     if picks and len(outs) > 1:
         lower = _picking(lower, outs)
     gdef = OpDef(fwd.type + "_grad", inputs=ins, outputs=outs, attrs=fwd.attrs, infer=infer, lower=lower,
+                 returns_view=returns_view,
                  duplicable=frozenset(s for s in ins + outs if s in dup),
                  optional=frozenset(outs) | {s for s in ins if s in opt},
                  doc=f"The gradient of `{fwd.type}`: {', '.join(outs)} from {', '.join(ins)}.")

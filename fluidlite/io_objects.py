@@ -25,6 +25,7 @@ ALLOWED = (
     "fluidlite.clip.GradientClipAdaptive",
     "fluidlite.clip.GradientClipAutoClip",
     "fluidlite.clip.GradientClipZScore",
+    "fluidlite.clip.GradientClipPerExample",
     "fluidlite.regularizer.L1Decay",
     "fluidlite.regularizer.L2Decay",
     "fluidlite.initializer.Constant",

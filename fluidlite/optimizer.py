@@ -146,6 +146,8 @@ class Optimizer:
         program = loss.block.program if isinstance(loss, Variable) else None
         clips = [getattr(p, "gradient_clip_attr", None) for p in (program.all_parameters() if program else ())]
         with atomic(program, startup_program or default_startup_program(), objects=(self, grad_clip, *clips)):
+            if getattr(grad_clip, "replaces_backward", False):  # per-example clipping builds its own backward
+                return grad_clip._minimize(self, loss, startup_program, parameter_list, no_grad_set, callback)
             params_grads = self.backward(loss, startup_program, parameter_list, no_grad_set, callback)
             return self.apply_optimize(loss, startup_program, params_grads, grad_clip)
 
@@ -179,21 +181,40 @@ class Momentum(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba) with the bias correction folded into the rate; beta powers are per parameter."""
+    """Adam (Kingma & Ba) with the bias correction folded into the rate; beta powers are per parameter.
+
+    `update_clip=True` clips each tensor's update as StableAdamW does (Wortsman et al. 2023): its
+    learning rate is divided by max(1, RMS(g^2 / max(v_hat, epsilon^2))), the RMS taken over the tensor,
+    v_hat = v / (1 - beta2^t) the bias-corrected second moment *including* this step's gradient (the
+    one the update divides by), so the first step is never clipped. The factor comes from an
+    `update_clip_rate` op (role optimize) before the update op; the divided rate is the update op's
+    LearningRate, so AdamW's decoupled decay shrinks with it, as in StableAdamW."""
 
     type = "adam"
 
-    def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8, regularization=None):
+    def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8, regularization=None,
+                 update_clip=False):
         super().__init__(learning_rate, regularization)
         self.beta1 = _number("Adam", "beta1", beta1, high=1.0, high_open=True)
         self.beta2 = _number("Adam", "beta2", beta2, high=1.0, high_open=True)
         self.epsilon = _number("Adam", "epsilon", epsilon)
+        self.update_clip = bool(update_clip)
+
+    def _clipped_rate(self, param, grad, lr, m2, b2):
+        block = grad.block
+        out = block.create_var(name=unique_name.generate(f"{param.name}_clipped_lr"), shape=lr.shape, dtype=lr.dtype)
+        rms = block.create_var(name=unique_name.generate(f"{param.name}_update_rms"), shape=lr.shape, dtype=lr.dtype)
+        block.append_op("update_clip_rate", {"Grad": grad, "Moment2": m2, "Beta2Pow": b2, "LearningRate": lr},
+                        {"Out": out, "Rms": rms}, {"beta2": self.beta2, "epsilon": self.epsilon})
+        return out
 
     def _update(self, param, grad, lr, startup):
         m1 = self._accumulator("moment1", param, startup)
         m2 = self._accumulator("moment2", param, startup)
         b1 = self._accumulator("beta1_pow_acc", param, startup, self.beta1, (1,))
         b2 = self._accumulator("beta2_pow_acc", param, startup, self.beta2, (1,))
+        if self.update_clip:
+            lr = self._clipped_rate(param, grad, lr, m2, b2)
         return ({"Param": param, "Grad": grad, "LearningRate": lr, "Moment1": m1, "Moment2": m2,
                  "Beta1Pow": b1, "Beta2Pow": b2},
                 {"ParamOut": param, "Moment1Out": m1, "Moment2Out": m2, "Beta1PowOut": b1, "Beta2PowOut": b2},
@@ -207,8 +228,8 @@ class AdamW(Adam):
     type = "adamw"
 
     def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8, weight_decay=0.01,
-                 regularization=None):
-        super().__init__(learning_rate, beta1, beta2, epsilon, regularization)
+                 regularization=None, update_clip=False):
+        super().__init__(learning_rate, beta1, beta2, epsilon, regularization, update_clip)
         self.weight_decay = _number("AdamW", "weight_decay", weight_decay)
 
     def _update(self, param, grad, lr, startup):

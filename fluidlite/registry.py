@@ -278,7 +278,7 @@ def register(opdef: OpDef) -> OpDef:
 
 
 _GRAD_KEYS = ("grad_reads", "grad_kernel", "grad_kernel_attrs", "grad_lower", "grad_infer", "grad_wrt",
-              "grad_picks")
+              "grad_picks", "grad_returns_view")
 
 
 def defop(type: str, **kw) -> OpDef:

@@ -131,3 +131,31 @@ def sign(x):
         v = xf[i]
         of[i] = 1 if v > 0 else (-1 if v < 0 else 0)
     return out
+
+
+@njit(cache=True, error_model="numpy")
+def _rms_term(gi, vi, beta2, bc2, eps2):
+    """g^2 / max(v_hat, eps^2) for one element, v_hat the bias-corrected updated second moment (0 for 0/0)."""
+    v_hat = (beta2 * vi + (1.0 - beta2) * gi * gi) / bc2
+    d = max(v_hat, eps2)
+    return gi * gi / d if d > 0 else 0.0
+
+
+@njit(cache=True, error_model="numpy")
+def update_rms(g, v, beta2, bc2, eps2):
+    """RMS over the tensor of g^2 / max(v_hat, eps^2) (StableAdamW's update clipping), float64."""
+    gf, vf = g.reshape(-1), v.reshape(-1)
+    acc = 0.0
+    for i in range(gf.size):
+        acc += _rms_term(np.float64(gf[i]), np.float64(vf[i]), beta2, bc2, eps2)
+    return np.sqrt(acc / gf.size) if gf.size else 0.0
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def update_rms_parallel(g, v, beta2, bc2, eps2):
+    gf = g.reshape(-1)
+    vf = v.reshape(-1)
+    acc = 0.0
+    for i in prange(gf.size):
+        acc += _rms_term(np.float64(gf[i]), np.float64(vf[i]), beta2, bc2, eps2)
+    return np.sqrt(acc / gf.size) if gf.size else 0.0

@@ -1,6 +1,7 @@
-"""Sum reductions and their gradient (a broadcast back), over a (pre, n, post) view or general strides.
+"""Sum reductions and their gradient (a broadcast back), over a (pre, n, post) view or general strides,
+and max/min reductions with their gradient (to the extreme elements).
 
-`scale` multiplies the result (1 for a sum, 1/count for a mean).
+`scale` multiplies a sum (1 for a sum, 1/count for a mean).
 """
 import numpy as np
 from numba import njit
@@ -56,4 +57,46 @@ def expand_pnp(g, pre, n, post, scale):
             for q in range(post):
                 dx[k] = gf[p * post + q] * scale
                 k += 1
+    return dx
+
+
+@njit(cache=True, error_model="numpy")
+def extreme_strided(x, shape, ost, nout, is_max):
+    """Flat [nout] maxima (or minima): element i of x meets out[offset], offset stepping by ost (0 on
+    reduced dims). NaN propagates, as np.max."""
+    out = np.empty(nout, x.dtype)
+    seen = np.zeros(nout, np.bool_)
+    xf = x.reshape(-1)
+    idx = np.zeros(shape.size, np.int64)
+    o = 0
+    for i in range(xf.size):
+        v = xf[i]
+        if not seen[o]:
+            out[o] = v
+            seen[o] = True
+        elif out[o] == out[o] and (v != v or (v > out[o] if is_max else v < out[o])):
+            out[o] = v
+        o = advance(idx, shape, ost, o)
+    return out
+
+
+@njit(cache=True, error_model="numpy")
+def extreme_grad_strided(x, out, dout, shape, ost):
+    """dX: dOut[o] split evenly among the elements equal to their extreme out[o], 0 elsewhere."""
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
+    gf = dout.reshape(-1)
+    ties = np.zeros(of.size, np.int64)
+    idx = np.zeros(shape.size, np.int64)
+    o = 0
+    for i in range(xf.size):
+        if xf[i] == of[o]:
+            ties[o] += 1
+        o = advance(idx, shape, ost, o)
+    dx = np.zeros(xf.size, x.dtype)
+    o = 0
+    for i in range(xf.size):
+        if xf[i] == of[o]:
+            dx[i] = gf[o] / ties[o]
+        o = advance(idx, shape, ost, o)
     return dx

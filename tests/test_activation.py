@@ -1,4 +1,6 @@
 """Activations: relu, sigmoid, exp, log, square, sqrt, abs, softmax."""
+import math
+
 import numpy as np
 import pytest
 
@@ -121,3 +123,50 @@ def test_large_parallel_kernels_agree_with_numpy():
     np.testing.assert_allclose(got_dx, g * s * (1 - s), rtol=1e-4, atol=1e-6)
     sm = check_forward("softmax", {"X": x}, _softmax_ref(-1))["Out"]
     np.testing.assert_allclose(sm.sum(-1), 1, rtol=1e-5)
+
+
+def _gelu_ref(approximate):
+    def ref(X):
+        x = X.astype(np.float64)
+        if approximate:
+            y = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+        else:
+            y = 0.5 * x * (1 + np.vectorize(math.erf)(x / np.sqrt(2)))
+        return y.astype(X.dtype)
+
+    return ref
+
+
+@pytest.mark.parametrize("approximate", [False, True])
+def test_gelu_forward_and_grad(approximate):
+    x = rng.standard_normal((3, 5)) * 2
+    check_op("gelu", lambda dt: {"X": x.astype(dt)}, _gelu_ref(approximate), attrs={"approximate": approximate})
+
+
+@pytest.mark.parametrize("alpha", [0.02, 0.3])
+def test_leaky_relu_forward_and_grad(alpha):
+    x = _away_from_zero((3, 4))
+    check_op("leaky_relu", lambda dt: {"X": x.astype(dt)}, lambda X: np.where(X > 0, X, alpha * X).astype(X.dtype),
+             attrs={"alpha": alpha})
+
+
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+def test_gelu_leaky_relu_layers_infer_batch_dim(dt):
+    x = layers.data(name="x", shape=[3, 4], dtype=dt)
+    for out in (layers.gelu(x), layers.gelu(x, approximate=True), layers.leaky_relu(x, alpha=0.1)):
+        assert out.shape == (-1, 3, 4) and out.dtype == np.dtype(dt)
+    ops = fl.default_main_program().global_block().ops
+    assert [op.attrs.get("approximate", op.attrs.get("alpha")) for op in ops] == [False, True, 0.1]
+
+
+def test_gelu_leaky_relu_errors_name_op_and_variable():
+    xi = layers.data(name="xi", shape=[3], dtype="int64")
+    xf = layers.data(name="xf", shape=[3], dtype="float32")
+    with pytest.raises(ValueError, match=r"gelu.*X.*float.*'xi'"):
+        layers.gelu(xi)
+    with pytest.raises(ValueError, match=r"leaky_relu.*X.*float.*'xi'"):
+        layers.leaky_relu(xi)
+    with pytest.raises(TypeError, match="gelu.*approximate"):
+        layers.gelu(xf, approximate="yes")
+    with pytest.raises(TypeError, match="leaky_relu.*alpha"):
+        layers.leaky_relu(xf, alpha="big")

@@ -112,6 +112,21 @@ def test_zclip_skip_spikes_skips_the_update_and_counts_it():
     assert fl.fetch_var(C.skipped_steps_var(main).name).tolist() == [skipped]
 
 
+def test_zclip_skip_spikes_also_skips_a_nonfinite_norm_and_keeps_its_state():
+    main, startup, result = clip_program(C.GradientClipZScore(warmup_steps=2, skip_spikes=True))
+    exe = fl.Executor()
+    exe.run(startup)
+    state = ["default_group@ZCLIP_MU", "default_group@ZCLIP_VAR", "default_group@ZCLIP_STEP"]
+    for g in ([1.0, 0, 0], [2.0, 0, 0], [1.5, 0, 0]):
+        exe.run(main, feed={"p@GRAD": np.array(g)})
+    before = [fl.fetch_var(n).copy() for n in state]
+    (_, out), = result.params_grads
+    got, found = exe.run(main, feed={"p@GRAD": np.array([np.nan, 1.0, 0.0])}, fetch_list=[out, result.skip])
+    assert found.tolist() == [True] and not got.any()  # zeros, and the update is skipped
+    assert all(np.array_equal(fl.fetch_var(n), b) for n, b in zip(state, before))
+    assert fl.fetch_var(C.skipped_steps_var(main).name).tolist() == [1]
+
+
 def build_training(seed=7):
     main, startup = fl.Program(), fl.Program()
     startup.random_seed = seed
@@ -164,3 +179,19 @@ def test_checkpoint_resumes_zclip_bit_for_bit(tmp_path):
 def test_bad_zclip_arguments_raise_when_made(kwargs):
     with pytest.raises(ValueError):
         C.GradientClipZScore(**kwargs)
+
+
+def test_the_zclip_example_runs_and_zclip_beats_no_clipping(tmp_path):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "examples" / "zclip_spikes.py"
+    spec = importlib.util.spec_from_file_location("example_zclip_spikes", path)
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    pytest.importorskip("matplotlib")
+    results = ex.main(["--steps", "50", "--spike-every", "5", "--out", str(tmp_path / "z.png")])
+    assert (tmp_path / "z.png").stat().st_size > 10_000
+    final = {run: np.mean(r["held_out"][-8:]) for run, r in results.items()}
+    assert final["ZClip"] < 0.1 * final["no clipping"]
+    assert final["ZClip skip_spikes"] < 0.1 * final["no clipping"]

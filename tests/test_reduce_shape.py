@@ -19,7 +19,8 @@ def _np_reduce(fn, dim, keep):
     return ref
 
 
-@pytest.mark.parametrize("op,fn", [("reduce_sum", np.sum), ("reduce_mean", np.mean)])
+@pytest.mark.parametrize("op,fn", [("reduce_sum", np.sum), ("reduce_mean", np.mean), ("reduce_max", np.max),
+                                   ("reduce_min", np.min)])
 @pytest.mark.parametrize("dim,keep", [(None, False), (None, True), ([0], False), ([1], True), ([-1], False),
                                       ([0, 2], False), ([0, 2], True), ([1, 2], False), ([0, 1, 2], False)])
 def test_reduce(op, fn, dim, keep):
@@ -42,18 +43,19 @@ def test_reduce_all_shape_is_one_and_mean_value():
 def test_reduce_infer_with_batch_dim(dim, keep, out):
     for dt in ("float32", "float64"):
         x = layers.data(name=f"x{dt}", shape=[3, 4], dtype=dt)
-        for layer in (layers.reduce_sum, layers.reduce_mean):
+        for layer in (layers.reduce_sum, layers.reduce_mean, layers.reduce_max, layers.reduce_min):
             o = layer(x, dim=dim, keep_dim=keep)
             assert o.shape == out and o.dtype == np.dtype(dt)
 
 
+@pytest.mark.parametrize("op", ["reduce_sum", "reduce_max"])
 @pytest.mark.parametrize("dim,msg", [([3], "out of range"), ([-4], "out of range"), ([0, -3], "repeats")])
-def test_reduce_bad_dims(dim, msg):
+def test_reduce_bad_dims(op, dim, msg):
     block = fl.default_main_program().global_block()
     x = block.create_var(name="xr", shape=[-1, 3, 4], dtype="float32")
     n_ops = len(block.ops)
-    with pytest.raises(ValueError, match=rf"reduce_sum.*{msg}.*'xr' shape=\[-1, 3, 4\]"):
-        block.append_op("reduce_sum", {"X": x}, {"Out": "o"}, {"dim": dim})
+    with pytest.raises(ValueError, match=rf"{op}.*{msg}.*'xr' shape=\[-1, 3, 4\]"):
+        block.append_op(op, {"X": x}, {"Out": "o"}, {"dim": dim})
     assert len(block.ops) == n_ops and "o" not in block.vars
 
 
@@ -214,3 +216,31 @@ def test_assign():
     assert layers.assign(x).shape == (-1, 3)
     with pytest.raises(TypeError, match="assign"):
         layers.assign("not a tensor")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_reduce_max_splits_the_gradient_among_ties_and_propagates_nan(dtype):
+    x = layers.data(name="x", shape=[4], dtype=dtype, stop_gradient=False)
+    m = layers.reduce_max(x, dim=1)
+    g = layers.data(name="g", shape=[], dtype=dtype)
+    dx, = fl.gradients([m], [x], target_gradients=[g])
+    xs = np.array([[1, 3, 3, 0], [np.nan, 1, 2, 3], [5, 5, 5, 5]], dtype)
+    out, grad = fl.Executor().run(feed={"x": xs, "g": np.array([2, 1, 3], dtype)}, fetch_list=[m, dx])
+    np.testing.assert_array_equal(out, np.array([3, np.nan, 5], dtype))
+    np.testing.assert_array_equal(grad[0], [0, 1, 1, 0])
+    np.testing.assert_array_equal(grad[2], [0.75] * 4)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, 3])
+def test_flatten(axis):
+    want = (int(np.prod(X234.shape[:axis])), int(np.prod(X234.shape[axis:])))
+    check_op("flatten", lambda dt: {"X": X234.astype(dt)}, lambda X: X.reshape(want), attrs={"axis": axis})
+
+
+def test_flatten_infer_and_errors():
+    x = layers.data(name="x", shape=[3, 4, 5], dtype="float64")
+    assert layers.flatten(x).shape == (-1, 60) and layers.flatten(x, axis=2).shape == (-1, 20)
+    assert layers.flatten(x, axis=0).shape == (1, -1) and layers.flatten(x, axis=4).shape == (-1, 1)
+    assert layers.flatten(x).dtype == np.float64
+    with pytest.raises(ValueError, match=r"flatten.*axis=5 must be in \[0, 4\].*'x' shape=\[-1, 3, 4, 5\]"):
+        layers.flatten(x, axis=5)

@@ -34,6 +34,18 @@ for _cls in (BaseErrorClip, GradientClipBase, ErrorClipByValue, GradientClipByVa
              GradientClipByGlobalNorm, GradientClipAdaptive, GradientClipAutoClip, GradientClipZScore):
     _cls.__module__ = __name__
 
+
+
+def __getattr__(name):
+    # DP-SGD's clip lives in fluidlite.privacy (which imports this package), so it is looked up lazily;
+    # it works only as minimize(grad_clip=...), so it is not among the per-parameter clips of __all__
+    if name in ("GradientClipPerExample", "per_example_norm_var"):
+        from .. import privacy
+
+        return getattr(privacy, name)
+    raise AttributeError(f"module 'fluidlite.clip' has no attribute {name!r}")
+
+
 __all__ = [
     "BaseErrorClip", "ClipGroup", "ClipResult", "ErrorClipByValue", "GradientClipAdaptive", "GradientClipAutoClip",
     "GradientClipBase", "GradientClipByGlobalNorm", "GradientClipByNorm", "GradientClipByValue",

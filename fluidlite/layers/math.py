@@ -7,7 +7,8 @@ from ..framework import Variable
 from .helper import LayerHelper, check_variable
 
 __all__ = ["elementwise_add", "elementwise_sub", "elementwise_mul", "elementwise_div", "elementwise_max",
-           "relu", "sigmoid", "softmax", "exp", "log", "square", "sqrt", "abs", "reduce_sum", "reduce_mean"]
+           "relu", "sigmoid", "softmax", "exp", "log", "square", "sqrt", "abs", "gelu", "leaky_relu",
+           "reduce_sum", "reduce_mean", "reduce_max", "reduce_min"]
 
 
 def _elementwise(op_type, x, y, axis, act, name):
@@ -81,6 +82,16 @@ def abs(x, name=None):
     return _unary("abs", x, name)
 
 
+def gelu(x, approximate=False, name=None):
+    """x * Phi(x) with the normal CDF Phi (exact, through erf); `approximate`: the tanh formula."""
+    return _unary("gelu", x, name, {"approximate": approximate})
+
+
+def leaky_relu(x, alpha=0.02, name=None):
+    """x where x > 0, else alpha * x."""
+    return _unary("leaky_relu", x, name, {"alpha": alpha})
+
+
 def _reduce(op_type, input, dim, keep_dim, name):
     if dim is None:
         attrs = {"dim": [], "keep_dim": keep_dim, "reduce_all": True}
@@ -97,6 +108,16 @@ def reduce_sum(input, dim=None, keep_dim=False, name=None):
 def reduce_mean(input, dim=None, keep_dim=False, name=None):
     """Mean over `dim`, as reduce_sum."""
     return _reduce("reduce_mean", input, dim, keep_dim, name)
+
+
+def reduce_max(input, dim=None, keep_dim=False, name=None):
+    """Maximum over `dim`, as reduce_sum; the gradient goes to the maximal elements (split among ties)."""
+    return _reduce("reduce_max", input, dim, keep_dim, name)
+
+
+def reduce_min(input, dim=None, keep_dim=False, name=None):
+    """Minimum over `dim`, as reduce_max."""
+    return _reduce("reduce_min", input, dim, keep_dim, name)
 
 
 # --- operators on Variable -------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import numpy as np
 from ..initializer import assign_value_attrs
 from .helper import LayerHelper, check_variable
 
-__all__ = ["reshape", "concat", "split", "transpose", "assign"]
+__all__ = ["reshape", "concat", "split", "transpose", "assign", "flatten"]
 
 
 def reshape(x, shape, act=None, name=None):
@@ -66,3 +66,8 @@ def assign(input, output=None):
         return helper.append_op("assign", {"X": input})
     helper.block.append_op("assign", {"X": input}, {"Out": output})
     return output
+
+
+def flatten(x, axis=1, name=None):
+    """x as a matrix [prod(x.shape[:axis]), prod(x.shape[axis:])]; the batch -1 stays unknown."""
+    return LayerHelper("flatten", name).append_op("flatten", {"X": check_variable(x, "x", "flatten")}, {"axis": axis})

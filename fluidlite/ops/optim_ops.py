@@ -1,4 +1,4 @@
-"""Parameter update ops (sgd, momentum, adam) and sign (for L1 decay).
+"""Parameter update ops (sgd, momentum, adam), update_clip_rate (Adam's update clipping) and sign (for L1 decay).
 
 An update op names its outputs like its inputs (`ParamOut` = Param's name, ...): the executor then
 lists those slots in `ctx.overwritable` and the kernel updates the scope's arrays in place. With
@@ -112,6 +112,41 @@ defop("adam", inputs=("Param", "Grad", "LearningRate") + _ADAM_STATE + _ADAM_POW
       doc="Adam with bias correction folded into the rate: lr_t = lr * sqrt(1 - Beta2Pow) / (1 - Beta1Pow); "
           "m1 = beta1*m1 + (1-beta1)*g; m2 = beta2*m2 + (1-beta2)*g^2; p -= lr_t * m1 / (sqrt(m2) + epsilon); "
           "Beta1Pow *= beta1, Beta2Pow *= beta2.")
+
+def _lower_update_clip_rate(ctx):
+    kernel = K.update_rms_parallel if is_large(ctx.meta("Grad")) else K.update_rms
+    beta2, eps = ctx.attrs["beta2"], ctx.attrs["epsilon"]
+    dtype = ctx.dtype("LearningRate")
+
+    with_rms = ctx.has_output("Rms")
+
+    def run(g, v, b2p, lr):
+        rms = kernel(g, v, beta2, 1.0 - float(b2p[0]), eps * eps)
+        out = np.array([lr[0] / max(1.0, rms)], dtype)
+        return (out, np.array([rms], dtype)) if with_rms else out
+
+    return run
+
+
+def _update_clip_infer(ctx):
+    ctx.expect_dtype("Grad", "Moment2", "Beta2Pow")
+    ctx.expect_dtype("LearningRate")
+    g, v = ctx.shape("Grad"), ctx.shape("Moment2")
+    if len(g) != len(v) or not all(map(dims_match, g, v)):
+        raise ctx.error(f"Moment2 must have Grad's shape {list(g)}, got {list(v)}", "Grad", "Moment2")
+    for slot in ("Beta2Pow", "LearningRate"):
+        if numel(ctx.shape(slot)) != 1:
+            raise ctx.error(f"{slot} must hold one element, got shape {list(ctx.shape(slot))}", slot)
+    lr = (ctx.shape("LearningRate"), ctx.dtype("LearningRate"))
+    return {"Out": lr, "Rms": lr}
+
+
+defop("update_clip_rate", inputs=("Grad", "Moment2", "Beta2Pow", "LearningRate"), outputs=("Out", "Rms"),
+      optional=("Rms",), attrs={"beta2": Attr(float, 0.999, _in_unit), "epsilon": Attr(float, 1e-8, _non_negative)},
+      infer=_update_clip_infer, lower=_lower_update_clip_rate, grad=NO_GRAD,
+      doc="StableAdamW's update clipping, read before the adam step: with v = beta2 * Moment2 + (1 - beta2) * "
+          "Grad^2 (the second moment that step will hold) and v_hat = v / (1 - Beta2Pow), Rms = "
+          "sqrt(mean(Grad^2 / max(v_hat, epsilon^2))) over the tensor and Out = LearningRate / max(1, Rms).")
 
 defop("sign", inputs=("X",), infer=float_same_as("X"), kernel=K.sign, grad=NO_GRAD,
       doc="Out = sign(X) (1, -1 or 0); no gradient flows through it (its derivative is 0 almost everywhere).")

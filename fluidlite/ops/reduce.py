@@ -1,4 +1,4 @@
-"""reduce_sum and reduce_mean over `dim` (all dims when empty or reduce_all), Paddle semantics."""
+"""reduce_sum, reduce_mean, reduce_max and reduce_min over `dim` (all dims when empty or reduce_all), Paddle semantics."""
 from __future__ import annotations
 
 import numpy as np
@@ -92,3 +92,32 @@ for _type, _what in (("reduce_sum", "sum"), ("reduce_mean", "mean")):
     defop(_type, inputs=("X",), attrs=_ATTRS, infer=_infer, lower=_lower, grad_reads=("X",), grad_lower=_lower_grad,
           doc=f"Out = the {_what} of X over `dim` (all dims if empty or reduce_all); the reduced dims are "
               f"dropped unless keep_dim, and a full reduction gives shape [1].")
+
+
+def _walk(ctx):
+    """The reduction as a strided walk over X: (sizes, out strides, out size)."""
+    form, _ = _plan(ctx, ctx.shape("X"))
+    if form[0] == "strided":
+        return form[1:]
+    _, pre, n, post = form
+    return np.array([pre, n, post], np.int64), np.array([post, 0, 1], np.int64), pre * post
+
+
+def _lower_extreme(ctx):
+    out_shape = _infer(ctx)["Out"][0]
+    sizes, ost, nout = _walk(ctx)
+    is_max = ctx.opdef.type == "reduce_max"
+    return lambda x: K.extreme_strided(x, sizes, ost, nout, is_max).reshape(out_shape)
+
+
+def _lower_extreme_grad(ctx):
+    xs = ctx.shape("X")
+    sizes, ost, _ = _walk(ctx)
+    return lambda x, out, g: K.extreme_grad_strided(x, out, g, sizes, ost).reshape(xs)
+
+
+for _type, _what in (("reduce_max", "maximum"), ("reduce_min", "minimum")):
+    defop(_type, inputs=("X",), attrs=_ATTRS, infer=_infer, lower=_lower_extreme, grad_reads=("X", "Out"),
+          grad_lower=_lower_extreme_grad,
+          doc=f"Out = the {_what} of X over `dim`, shaped as reduce_sum's; NaN propagates. The gradient goes "
+              f"to the elements equal to the {_what}, split evenly among ties.")

@@ -1,4 +1,4 @@
-"""reshape, concat, split, transpose and assign."""
+"""reshape, concat, split, transpose, assign and flatten."""
 from __future__ import annotations
 
 import numpy as np
@@ -229,3 +229,19 @@ defop("transpose", inputs=("X",), attrs={"axis": Attr("ints", REQUIRED)}, infer=
 defop("assign", inputs=("X",), infer=same_as("X"), kernel=K.copy,
       grad=lambda g: [grad_op("assign", g, {"X": g.og("Out")}, {"Out": g.ig("X")})],
       doc="Out = a copy of X.")
+
+
+# --- flatten ---------------------------------------------------------------------------------------------
+
+def _flatten_infer(ctx):
+    xs, axis = ctx.shape("X"), ctx.attrs["axis"]
+    if not 0 <= axis <= len(xs):
+        raise ctx.error(f"axis={axis} must be in [0, {len(xs)}] for rank {len(xs)}", "X")
+    return {"Out": ((numel(xs[:axis]), numel(xs[axis:])), ctx.dtype("X"))}
+
+
+defop("flatten", inputs=("X",), attrs={"axis": Attr(int, 1)}, infer=_flatten_infer, returns_view=True,
+      lower=lambda ctx: (lambda x, shape=_flatten_infer(ctx)["Out"][0]: x.reshape(shape)),
+      grad_reads=("X",), grad_returns_view=True,
+      grad_lower=lambda ctx: (lambda x, g, xs=ctx.shape("X"): g.reshape(xs)),
+      doc="Out = X as a matrix [prod(X.shape[:axis]), prod(X.shape[axis:])] (axis 0: [1, numel]).")

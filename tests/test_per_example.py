@@ -1,0 +1,281 @@
+"""Per-example norms and the clipped update (fluidlite/per_example.py) against per-example gradients
+computed independently: NumPy backprop written out per example (MLP, embedding classifier, vanilla RNN
+with shared weights) or fluidlite's ordinary backward run on one example at a time (LSTM)."""
+import numpy as np
+import pytest
+
+import fluidlite as fl
+from fluidlite import layers
+
+
+def _softmax_ce_grad(z, label):
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    p[label] -= 1.0
+    return p
+
+
+def _run_private(build, feed, clip_norm, dtype="float32", loss_kind="mean", lr=0.0):
+    """Builds `build()` -> per-example loss l, minimizes mean(l) (or reduce_sum) with the per-example clip;
+    returns (norms, {param: clipped grad}, {param: initial value}, program, scope)."""
+    main, startup = fl.Program(), fl.Program()
+    with fl.program_guard(main, startup), fl.unique_name.guard():
+        per_example = build(dtype)
+        loss = layers.mean(per_example) if loss_kind == "mean" else layers.reduce_sum(per_example)
+        _, pairs = fl.optimizer.SGD(lr).minimize(loss, grad_clip=fl.clip.GradientClipPerExample(clip_norm))
+    fl.verify(main)
+    exe, scope = fl.Executor(), fl.Scope()
+    exe.run(startup, scope=scope)
+    params = {p.name: fl.fetch_var(p.name, scope).copy() for p, _ in pairs}
+    norm = fl.clip.per_example_norm_var(main)
+    out = exe.run(main, feed=feed, fetch_list=[norm] + [g for _, g in pairs], scope=scope)
+    return out[0], {p.name: g for (p, _), g in zip(pairs, out[1:])}, params, main, scope
+
+
+def _check(norms, grads, per_example, clip_norm, rtol, mean=True):
+    """norms vs the NumPy per-example norms, grads vs sum_i c_i g_i (/ B for a mean loss)."""
+    ref_norms = np.sqrt([sum(float((g.astype(np.float64) ** 2).sum()) for g in pe.values()) for pe in per_example])
+    np.testing.assert_allclose(norms, ref_norms, rtol=rtol)
+    scale = np.minimum(1.0, clip_norm / ref_norms)
+    assert (scale < 1).any() and (scale == 1).any(), "the test needs clipped and unclipped examples"
+    for name, got in grads.items():
+        ref = sum(c * pe[name] for c, pe in zip(scale, per_example)) / (len(per_example) if mean else 1)
+        np.testing.assert_allclose(got, ref, rtol=rtol, atol=rtol * np.abs(ref).max())
+
+
+# ---- MLP -----------------------------------------------------------------------------------------
+
+def _mlp(dtype):
+    x = layers.data("x", [5], dtype=dtype)
+    y = layers.data("y", [1], dtype="int64")
+    h = layers.fc(x, 7, act="tanh")
+    return layers.softmax_with_cross_entropy(layers.fc(h, 3), y)
+
+
+def _mlp_numpy(p, xs, ys):
+    w0, b0, w1, b1 = p["fc_0.w_0"], p["fc_0.b_0"], p["fc_1.w_0"], p["fc_1.b_0"]
+    out = []
+    for x, y in zip(xs.astype(np.float64), ys[:, 0]):
+        h = np.tanh(x @ w0 + b0)
+        d = _softmax_ce_grad(h @ w1 + b1, y)
+        dz = (w1 @ d) * (1 - h ** 2)
+        out.append({"fc_0.w_0": np.outer(x, dz), "fc_0.b_0": dz, "fc_1.w_0": np.outer(h, d), "fc_1.b_0": d})
+    return out
+
+
+def _mlp_data(batch, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"x": (3 * rng.standard_normal((batch, 5))).astype(dtype), "y": rng.integers(0, 3, (batch, 1))}
+
+
+@pytest.mark.parametrize("dtype,rtol", [("float32", 2e-4), ("float64", 1e-10)])
+def test_mlp_norms_and_clipped_mean_match_numpy(dtype, rtol):
+    feed = _mlp_data(8, dtype)
+    norms, grads, params, _, _ = _run_private(_mlp, feed, 1.0, dtype)  # a first pass to learn the norms
+    clip_norm = float(np.median(norms))
+    norms, grads, params, _, _ = _run_private(_mlp, feed, clip_norm, dtype)
+    assert norms.shape == (8,) and norms.dtype == np.dtype(dtype)
+    _check(norms, grads, _mlp_numpy(params, feed["x"], feed["y"]), clip_norm, rtol)
+
+
+def test_reduce_sum_loss_drops_the_one_over_b():
+    feed = _mlp_data(6, "float64", seed=1)
+    norms, grads, params, _, _ = _run_private(_mlp, feed, 3.7, "float64", loss_kind="sum")
+    _check(norms, grads, _mlp_numpy(params, feed["x"], feed["y"]), 3.7, 1e-10, mean=False)
+
+
+def test_batch_of_one_and_the_update_uses_the_clipped_gradient():
+    feed = _mlp_data(1, "float64", seed=2)
+    norms, grads, params, main, scope = _run_private(_mlp, feed, 0.01, "float64", lr=0.5)
+    pe = _mlp_numpy(params, feed["x"], feed["y"])[0]
+    scale = min(1.0, 0.01 / norms[0])
+    assert scale < 1
+    for name, g in pe.items():
+        np.testing.assert_allclose(grads[name], scale * g, rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(fl.fetch_var(name, scope), params[name] - 0.5 * scale * g, rtol=1e-10, atol=1e-14)
+
+
+# ---- embedding classifier: ids [B, L], a 3-D fc over the L tokens, summed ----------------------------
+
+V, L, E, H = 6, 5, 4, 3
+
+
+def _embedding_net(dtype):
+    ids = layers.data("ids", [L], dtype="int64")
+    y = layers.data("y", [1], dtype="int64")
+    emb = layers.embedding(ids, size=[V, E], padding_idx=0, dtype=dtype)  # [-1, L, E]
+    h = layers.fc(emb, H, num_flatten_dims=2, act="tanh")  # [-1, L, H]: one weight used at L positions
+    return layers.softmax_with_cross_entropy(layers.fc(layers.reduce_sum(h, dim=1), 2), y)
+
+
+def _embedding_numpy(p, ids, ys):
+    table, w0, b0, w1, b1 = (p[n] for n in ("embedding_0.w_0", "fc_0.w_0", "fc_0.b_0", "fc_1.w_0", "fc_1.b_0"))
+    out = []
+    for row, y in zip(ids, ys[:, 0]):
+        e = np.where((row == 0)[:, None], 0.0, table[row])
+        a = np.tanh(e @ w0 + b0)
+        s = a.sum(axis=0)
+        d = _softmax_ce_grad(s @ w1 + b1, y)
+        dz = (w1 @ d)[None, :] * (1 - a ** 2)
+        g_table = np.zeros_like(table)
+        for pos, i in enumerate(row):
+            if i != 0:
+                g_table[i] += dz[pos] @ w0.T
+        out.append({"embedding_0.w_0": g_table, "fc_0.w_0": e.T @ dz, "fc_0.b_0": dz.sum(axis=0),
+                    "fc_1.w_0": np.outer(s, d), "fc_1.b_0": d})
+    return out
+
+
+def test_embedding_classifier_sums_repeated_ids():
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, V, (7, L))  # a vocabulary of 6 over 5 positions: ids repeat, 0 is padding
+    ids[0] = [2, 2, 2, 0, 0]
+    feed = {"ids": ids, "y": rng.integers(0, 2, (7, 1))}
+    norms, _, _, _, _ = _run_private(_embedding_net, feed, 1.0, "float64")
+    clip_norm = float(np.median(norms))
+    norms, grads, params, _, _ = _run_private(_embedding_net, feed, clip_norm, "float64")
+    _check(norms, grads, _embedding_numpy(params, ids, feed["y"]), clip_norm, 1e-10)
+
+
+# ---- StaticRNN: a vanilla RNN whose weights every step shares --------------------------------------
+
+T, D, R = 4, 3, 5
+
+
+def _rnn(dtype):
+    x = layers.data("x", [T, -1, D], dtype=dtype, append_batch_size=False)
+    y = layers.data("y", [1], dtype="int64")
+    rnn = layers.StaticRNN()
+    with rnn.step():
+        x_t = rnn.step_input(x)
+        h_prev = rnn.memory(shape=[-1, R], batch_ref=x_t)
+        h = layers.fc([x_t, h_prev], R, act="tanh")
+        rnn.update_memory(h_prev, h)
+    return layers.softmax_with_cross_entropy(layers.fc(rnn.step_var(h), 2), y)
+
+
+def _rnn_numpy(p, xs, ys):
+    wx, wh, b, wo, bo = (p[n] for n in ("fc_0.w_0", "fc_0.w_1", "fc_0.b_0", "fc_1.w_0", "fc_1.b_0"))
+    out = []
+    for i, y in enumerate(ys[:, 0]):
+        hs = [np.zeros(R)]
+        for t in range(T):
+            hs.append(np.tanh(xs[t, i] @ wx + hs[-1] @ wh + b))
+        d = _softmax_ce_grad(hs[-1] @ wo + bo, y)
+        g = {"fc_1.w_0": np.outer(hs[-1], d), "fc_1.b_0": d, "fc_0.w_0": 0, "fc_0.w_1": 0, "fc_0.b_0": 0}
+        dh = wo @ d
+        for t in range(T - 1, -1, -1):
+            dz = dh * (1 - hs[t + 1] ** 2)
+            g["fc_0.w_0"] = g["fc_0.w_0"] + np.outer(xs[t, i], dz)
+            g["fc_0.w_1"] = g["fc_0.w_1"] + np.outer(hs[t], dz)
+            g["fc_0.b_0"] = g["fc_0.b_0"] + dz
+            dh = wh @ dz
+        out.append(g)
+    return out
+
+
+def test_static_rnn_shared_weights_match_numpy_bptt():
+    rng = np.random.default_rng(4)
+    feed = {"x": (2 * rng.standard_normal((T, 6, D))), "y": rng.integers(0, 2, (6, 1))}
+    norms, _, _, main, _ = _run_private(_rnn, feed, 1.0, "float64")
+    # the input projection is hoisted over the sequence (one [T, B, D] product); the recurrent one runs per step
+    ops = main.global_block().ops
+    norm_ops = [op for op in ops if op.type == "dp_linear_norm"]
+    assert sorted(len(op.input("A")) for op in norm_ops) == [1, 1, T]
+    assert any(len(main.global_block().var(op.input("A")[0]).shape) == 3 for op in norm_ops)
+    clip_norm = float(np.median(norms))
+    norms, grads, params, _, _ = _run_private(_rnn, feed, clip_norm, "float64")
+    _check(norms, grads, _rnn_numpy(params, feed["x"], feed["y"]), clip_norm, 1e-10)
+
+
+# ---- LSTM: against fluidlite's ordinary backward run one example at a time ---------------------------
+
+def _lstm(dtype):
+    x = layers.data("x", [T, -1, D], dtype=dtype, append_batch_size=False)
+    y = layers.data("y", [1], dtype="int64")
+    rnn = layers.StaticRNN()
+    with rnn.step():
+        x_t = rnn.step_input(x)
+        h_prev = rnn.memory(shape=[-1, R], batch_ref=x_t)
+        c_prev = rnn.memory(shape=[-1, R], batch_ref=x_t)
+        h, c = layers.lstm_unit(x_t, h_prev, c_prev, forget_bias=1.0)
+        rnn.update_memory(h_prev, h)
+        rnn.update_memory(c_prev, c)
+    return layers.softmax_with_cross_entropy(layers.fc(rnn.step_var(h), 2), y)
+
+
+def _one_at_a_time(build, params, feed, batch_axis):
+    main, startup = fl.Program(), fl.Program()
+    with fl.program_guard(main, startup), fl.unique_name.guard():
+        pairs = fl.append_backward(layers.mean(build("float64")))
+    exe, scope = fl.Executor(), fl.Scope()
+    exe.run(startup, scope=scope)
+    for name, value in params.items():
+        scope.var(name).get_tensor().set(value)
+    out = []
+    for i in range(feed["y"].shape[0]):
+        one = {k: np.take(v, [i], axis=batch_axis.get(k, 0)) for k, v in feed.items()}
+        grads = exe.run(main, feed=one, fetch_list=[g for _, g in pairs], scope=scope)
+        out.append({p.name: g for (p, _), g in zip(pairs, grads)})
+    return out
+
+
+def test_lstm_matches_per_example_backward():
+    rng = np.random.default_rng(5)
+    feed = {"x": rng.standard_normal((T, 5, D)), "y": rng.integers(0, 2, (5, 1))}
+    norms, _, _, _, _ = _run_private(_lstm, feed, 1.0, "float64")
+    clip_norm = float(np.median(norms))
+    norms, grads, params, _, _ = _run_private(_lstm, feed, clip_norm, "float64")
+    _check(norms, grads, _one_at_a_time(_lstm, params, feed, {"x": 1}), clip_norm, 1e-9)
+
+
+def test_the_checks_can_fail():
+    """A wrong clip norm in the reference (or a wrong norm) is caught."""
+    feed = _mlp_data(8, "float64")
+    norms, grads, params, _, _ = _run_private(_mlp, feed, 0.8, "float64")
+    ref = _mlp_numpy(params, feed["x"], feed["y"])
+    with pytest.raises(AssertionError):
+        _check(norms, grads, ref, 0.7, 1e-6)
+    with pytest.raises(AssertionError):
+        _check(norms * 1.01, grads, ref, 0.8, 1e-6)
+
+
+# ---- CNN: conv2d filters over unfolded patches ---------------------------------------------------------
+
+def _cnn(dtype):
+    x = layers.data("img", [2, 7, 7], dtype=dtype)
+    y = layers.data("y", [1], dtype="int64")
+    h = layers.conv2d(x, num_filters=3, filter_size=3, padding=1, act="tanh")
+    h = layers.conv2d(h, num_filters=4, filter_size=3, stride=2, padding=2, dilation=2, act="tanh")
+    h = layers.pool2d(h, pool_size=2, pool_type="max", pool_stride=1)
+    return layers.softmax_with_cross_entropy(layers.fc(h, 3), y)
+
+
+@pytest.mark.skipif(not hasattr(layers, "conv2d"), reason="conv2d has not landed")
+def test_cnn_matches_per_example_backward():
+    rng = np.random.default_rng(6)
+    feed = {"img": rng.standard_normal((5, 2, 7, 7)), "y": rng.integers(0, 3, (5, 1))}
+    norms, _, _, main, _ = _run_private(_cnn, feed, 1.0, "float64")
+    assert [op.type for op in main.global_block().ops].count("dp_conv2d_norm") == 2
+    clip_norm = float(np.median(norms))
+    norms, grads, params, _, _ = _run_private(_cnn, feed, clip_norm, "float64")
+    _check(norms, grads, _one_at_a_time(_cnn, params, feed, {}), clip_norm, 1e-9)
+
+
+# ---- matmul with a parameter: transposed, scaled, on a 3-D input -----------------------------------
+
+def _matmul_net(dtype):
+    x = layers.data("x3", [3, 4], dtype=dtype)  # [-1, 3, 4]: the weight is read at 3 positions
+    y = layers.data("y", [1], dtype="int64")
+    w = layers.create_parameter([5, 4], dtype)
+    h = layers.tanh(layers.matmul(x, w, transpose_y=True, alpha=0.5))  # [-1, 3, 5]
+    return layers.softmax_with_cross_entropy(layers.fc(layers.reduce_sum(h, dim=1), 2), y)
+
+
+def test_matmul_weight_transposed_and_scaled():
+    rng = np.random.default_rng(7)
+    feed = {"x3": rng.standard_normal((6, 3, 4)), "y": rng.integers(0, 2, (6, 1))}
+    norms, _, _, _, _ = _run_private(_matmul_net, feed, 1.0, "float64")
+    clip_norm = float(np.median(norms))
+    norms, grads, params, _, _ = _run_private(_matmul_net, feed, clip_norm, "float64")
+    _check(norms, grads, _one_at_a_time(_matmul_net, params, feed, {}), clip_norm, 1e-9)
