@@ -131,7 +131,8 @@ def test_switching_passes_off_changes_no_number(off, dtype):
     loss = _train_net(dtype)
     startup = fl.default_startup_program()
     results = []
-    for options in (CompileOptions(debug=True), CompileOptions(disabled=set(off), debug=True)):
+    for options in (CompileOptions(debug=True, batch_grad=True),
+                    CompileOptions(disabled=set(off), debug=True, batch_grad=True)):
         scope, exe = fl.Scope(), fl.Executor(compile_options=options)
         exe.run(startup, scope=scope)
         losses = [exe.run(feed=_feed(dtype=dtype), fetch_list=[loss], scope=scope)[0] for _ in range(3)]
@@ -156,7 +157,8 @@ def test_unknown_pass_cannot_be_switched_off():
 def test_options_from_the_environment(monkeypatch):
     monkeypatch.setenv("FLUIDLITE_PASSES_OFF", "fold, alias")
     monkeypatch.setenv("FLUIDLITE_DEBUG_PASSES", "1")
-    assert fl.Executor().compile_options == CompileOptions(disabled={"fold", "alias"}, debug=True)
+    monkeypatch.setenv("FLUIDLITE_BATCH_GRAD", "1")
+    assert fl.Executor().compile_options == CompileOptions(disabled={"fold", "alias"}, debug=True, batch_grad=True)
 
 
 def test_compile_returns_the_plan_run_uses_and_its_source_is_public():
@@ -275,7 +277,7 @@ def test_batch_grad_makes_the_recurrent_weight_gradient_one_product(dtype):
     feed = {"x": rng.standard_normal((6, 3, 5)).astype(dtype), "label": rng.integers(0, 3, (3, 1)).astype(np.int64)}
     fetch = [loss, grads["w_hh"], grads["w_ih"]]
     results = {}
-    for name, options in (("on", CompileOptions(debug=True)), ("off", CompileOptions(disabled={"batch_grad"}))):
+    for name, options in (("on", CompileOptions(debug=True, batch_grad=True)), ("off", CompileOptions())):
         exe = fl.Executor(compile_options=options)
         exe.run(fl.default_startup_program())
         plan = exe.compile(feed=feed, fetch_list=fetch)

@@ -38,12 +38,15 @@ SWITCHABLE = frozenset({"prune", "batch_grad", "alias", "inplace", "fold"})
 @dataclass(frozen=True)
 class CompileOptions:
     """How plans are compiled. `disabled`: names of switchable passes to skip (their safe fallback is
-    used: keep every op, overwrite nothing, allocate every result, fold nothing); `debug`: verify the IR after every pass.
+    used: keep every op, overwrite nothing, allocate every result, fold nothing); `debug`: verify the IR after
+    every pass; `batch_grad`: run the batch_grad pass (off by default: it changes rounding, and the docs'
+    demo figures are bit-exact runs; FLUIDLITE_BATCH_GRAD=1 turns it on).
     Options are part of the plan: an Executor's plans all share its options."""
 
     disabled: frozenset = field(default_factory=frozenset)
     debug: bool = False
     check_nan_inf: bool = False
+    batch_grad: bool = False  # opt in: changes the rounding of summed weight gradients (see batch_grad.py)
 
     def __post_init__(self):
         disabled = frozenset(self.disabled)
@@ -60,7 +63,8 @@ class CompileOptions:
         """Options from FLUIDLITE_PASSES_OFF (comma-separated pass names) and FLUIDLITE_DEBUG_PASSES=1."""
         off = os.environ.get("FLUIDLITE_PASSES_OFF", "")
         return cls(disabled=frozenset(p.strip() for p in off.split(",") if p.strip()),
-                   debug=os.environ.get("FLUIDLITE_DEBUG_PASSES", "") not in ("", "0"))
+                   debug=os.environ.get("FLUIDLITE_DEBUG_PASSES", "") not in ("", "0"),
+                   batch_grad=os.environ.get("FLUIDLITE_BATCH_GRAD", "") not in ("", "0"))
 
 
 def compile_plan(block, feed_sig: tuple, fetch_names: tuple, options: CompileOptions | None = None) -> PlanIR:

@@ -34,7 +34,7 @@ def _part_producer(ir: PlanIR, producer: dict, readers: dict, name: str):
 
 
 def batch_grad(ir: PlanIR, options) -> PlanIR:
-    if "batch_grad" in options.disabled:
+    if not getattr(options, "batch_grad", False) or "batch_grad" in options.disabled:
         return ir
     producer, readers = {}, {}
     for i, step in enumerate(ir.steps):
