@@ -1,6 +1,6 @@
 """One training step of a Transformer encoder: fluidlite's Executor vs torch eager, in the same run.
 
-    python benchmarks/transformer_step.py [--quick]
+    python benchmarks/transformer_step.py [--quick] [--import-torch-first] [--json]
 
 Batch 32, sequence 64, d_model 128, 4 heads, feed-forward 512 with gelu, 2 post-norm encoder layers,
 a 16-way token classifier, softmax cross-entropy, Adam, float32, no dropout (so both sides compute
@@ -14,13 +14,15 @@ import os
 
 import numpy as np
 
-import fluidlite as fl
-from fluidlite import layers
-
 try:
-    from .mlp_step import _time_ms
+    from . import _harness
 except ImportError:  # run as a script
-    from mlp_step import _time_ms
+    import _harness
+
+_harness.early_imports(__name__)
+import fluidlite as fl  # noqa: E402
+from fluidlite import layers  # noqa: E402
+from fluidlite.benchmarks.mlp_step import _time_ms  # noqa: E402
 
 BATCH, SEQ, D, HEADS, FFN, LAYERS, CLASSES, LR = 32, 64, 128, 4, 512, 2, 16, 1e-3
 
@@ -117,8 +119,12 @@ def run(quick: bool = False) -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    r = run(parser.parse_args(argv).quick)
+    _harness.add_arguments(parser, peers_only=False)
+    args = parser.parse_args(argv)
+    r = run(args.quick)
+    r["import_order"] = "torch first" if args.import_torch_first else "fluidlite first"
+    if args.json:
+        return _harness.emit_json(r)
     print(f"Transformer encoder x{LAYERS}: batch {BATCH}, seq {SEQ}, d {D}, {HEADS} heads, ffn {FFN}, float32, Adam: "
           "one train step")
     for name, ms in r["peers_ms"].items():
