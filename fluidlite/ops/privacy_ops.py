@@ -260,3 +260,27 @@ defop("dp_conv2d_norm", inputs=("Input", "G", "Param"), attrs=_CONV, grad=NO_GRA
 defop("dp_conv2d_clipped_sum", inputs=("Input", "G", "Param", "Scale"), attrs=_CONV, grad=NO_GRAD,
       infer=_param_infer, lower=_lower_conv_sum,
       doc="Out = sum_b Scale[b] * (example b's conv2d filter gradient), as one product of the unfolded patches.")
+
+
+# ---- layer_norm's scale: the bias rule applied to G * x_hat --------------------------------------------
+
+_LN = {"batch_axis": Attr(int, 0), "begin_norm_axis": Attr(int, 1), "epsilon": Attr(float, 1e-5)}
+
+
+def _ln_scale_pe(ctx, x, mean, var, g):
+    begin, eps = ctx.attrs["begin_norm_axis"], ctx.attrs["epsilon"]
+    d = numel(x.shape[begin:])
+    x2 = np.ascontiguousarray(x).reshape(-1, d)
+    xhat = (x2 - mean.reshape(-1, 1)) / np.sqrt(var.reshape(-1, 1) + eps)
+    geff = (np.ascontiguousarray(g).reshape(-1, d) * xhat).reshape(x.shape)
+    return K.bias_per_example(geff.reshape(_split(x.shape, ctx.attrs["batch_axis"], (begin, len(x.shape), len(x.shape)))))
+
+
+defop("dp_layer_norm_scale_norm", inputs=("X", "Mean", "Variance", "G", "Param"), attrs=_LN, grad=NO_GRAD,
+      infer=lambda ctx: {"Out": ((ctx.shape("G")[ctx.attrs["batch_axis"]],), ctx.dtype("G"))},
+      lower=lambda ctx: lambda x, m, v, g, w: K.row_sq_norms(_ln_scale_pe(ctx, x, m, v, g)),
+      doc="Out[b] = ||example b's layer_norm scale gradient||^2: G * (X normalised) summed over example b's rows.")
+defop("dp_layer_norm_scale_clipped_sum", inputs=("X", "Mean", "Variance", "G", "Param", "Scale"), attrs=_LN,
+      grad=NO_GRAD, infer=_param_infer,
+      lower=lambda ctx: lambda x, m, v, g, w, c: K.weighted_row_sum(_ln_scale_pe(ctx, x, m, v, g), c),
+      doc="Out = sum_b Scale[b] * (example b's layer_norm scale gradient).")
