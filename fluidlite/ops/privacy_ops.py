@@ -7,6 +7,9 @@ backward pass made: `dp_linear_*` (mul/matmul weights), `dp_bias_*` (elementwise
 steps) passes all its uses in the duplicable slots; each use's attributes are lists, one entry per use.
 The batch dimension of each input is given by attribute (it is the dimension marked -1 at build time).
 """
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
 import numpy as np
 
 from ..kernels import basic as KB
@@ -178,16 +181,40 @@ defop("dp_clip_norm", inputs=("SqNorm",), outputs=("Norm", "Scale"), duplicable=
           "backward's gradients carry 1/B), Scale[b] = min(1, l2_norm_clip / Norm[b]).")
 
 
+_NOISE_CHUNK = 1 << 18  # elements per independent noise stream; fixed, so the noise never depends on threads
+
+
+def _add_normals(out, key, counter, stream, std):
+    """out += std * N(0, I) in place: chunk k of the flat array from the stream (key, counter, stream, k);
+    chunks are drawn on threads (NumPy's generators and ufuncs release the GIL) and never materialised
+    whole, so the noise costs one chunk of memory per thread."""
+    flat = out.reshape(-1)
+    chunks = range(0, flat.size, _NOISE_CHUNK)
+
+    def add(start):
+        part = flat[start:start + _NOISE_CHUNK]
+        z = np.random.default_rng([key, counter, stream, start // _NOISE_CHUNK]).standard_normal(part.size, out.dtype)
+        K.add_noise_into(part, z, out.dtype.type(std))
+
+    if len(chunks) > 1 and numba.get_num_threads() > 1:
+        with ThreadPoolExecutor(min(len(chunks), numba.get_num_threads())) as pool:
+            list(pool.map(add, chunks))
+    else:
+        for start in chunks:
+            add(start)
+    return out
+
+
 def _lower_noise(ctx):
     std, mean, stream = ctx.attrs["stddev"], ctx.attrs["mean_loss"], ctx.attrs["stream"]
-    dtype, advance = ctx.dtype("X"), ctx.has_output("StateOut")
+    advance, reuse = ctx.has_output("StateOut"), "X" in ctx.overwritable
 
     def run(x, state, ref):
         key, counter = int(state[0]), int(state[1])
-        z = np.random.default_rng([key, counter, stream]).standard_normal(x.shape, dtype=dtype)
+        out = x if reuse and x.flags.c_contiguous else np.array(x, order="C")
         # X is already the clipped sum divided by B (the backward's gradients carry 1/B), so only the
         # noise is divided here
-        out = K.add_noise(np.ascontiguousarray(x), z, dtype.type(std / ref.shape[0] if mean else std))
+        _add_normals(out, key, counter, stream, std / ref.shape[0] if mean else std)
         return (out, np.array([key, counter + 1], np.int64)) if advance else out
 
     return run
