@@ -26,7 +26,7 @@ __all__ = [
     "initializer", "layers", "program_guard", "role_guard", "scope_guard", "unique_name",
 ]
 
-_SUBMODULES = {"backward", "clip", "graph", "synthetic", "graphviz", "io", "optimizer", "privacy", "regularizer", "registry", "shapes",
+_SUBMODULES = {"backward", "clip", "distributed", "graph", "synthetic", "graphviz", "io", "optimizer", "privacy", "regularizer", "registry", "shapes",
                "datasets", "reader"}
 
 

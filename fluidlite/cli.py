@@ -19,6 +19,7 @@ _MAX_NODES, _TIMEOUT = 250, 60.0  # fluidlite.graphviz's defaults (not imported:
 PASSTHROUGH = {
     "demo": ("fluidlite.demo", "train a small model with gradient clipping (arguments go to the demo)"),
     "bench": ("fluidlite.bench", "run the benchmarks (arguments go to the benchmark)"),
+    "launch": ("fluidlite.distributed.launch", "run a script on K MPI workers: launch -n K script.py [args]"),
 }
 
 

@@ -16,6 +16,7 @@ from .graph import op_node
 from .graph_fold import fold_block, step_range
 from .registry import GRAD_SUFFIX
 
+TYPE_COLORS = {"allreduce": "#7fd1d9"}  # op types with a colour of their own, whatever their role
 ROLE_COLORS = {
     "forward": "#cfe2ff",
     "backward": "#f8c4c8",
@@ -148,7 +149,8 @@ def _draw_block(dot, block, g, keep, group_of, clustered, style):
             shown[node] = shown[rep[node]]  # a later step's copy: drawn as the first one
             continue
         shown[node] = f"op{block.idx}_{i}"
-        attrs = dict(shape="box", style="rounded,filled", fillcolor=ROLE_COLORS.get(op.role, "#ffffff"),
+        fill = TYPE_COLORS.get(op.type) or ROLE_COLORS.get(op.role, "#ffffff")
+        attrs = dict(shape="box", style="rounded,filled", fillcolor=fill,
                      label=op.type, kind="op", role=op.role, optype=op.type, index=str(i))
         if node in rep:
             steps = fold.steps_of[node]

@@ -18,7 +18,7 @@ import warnings
 
 from . import childproc
 from .dot_text import (CARRY, HIGHLIGHT, ROLE_COLORS, VAR_STYLES, _attrs, _Dot, _draw_block, _edge_attrs,  # noqa: F401
-                       _groups, _legend, quote, scope_of, step_scope_of)
+                       _groups, _legend, quote, scope_of, step_scope_of, TYPE_COLORS)
 from .framework import Block, Operator, Program, Variable
 from .graph import neighborhood, op_node, versioned_graph
 

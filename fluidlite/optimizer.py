@@ -36,6 +36,9 @@ class Optimizer:
     accumulators and returns the update op's (inputs, outputs, attrs)."""
 
     type = None
+    # callables (loss, params_grads) -> params_grads that minimize runs between backward and clipping;
+    # fluidlite.distributed.DistributedOptimizer puts its gradient allreduce here
+    gradient_transforms = ()
 
     def __init__(self, learning_rate, regularization=None):
         owner = type(self).__name__
@@ -140,7 +143,8 @@ class Optimizer:
 
     def minimize(self, loss, startup_program=None, parameter_list=None, no_grad_set=None, grad_clip=None,
                  callback=None):
-        """backward -> clip -> regularization -> update ops; returns (update ops, [(param, final grad)]).
+        """backward -> gradient_transforms -> clip -> regularization -> update ops; returns
+        (update ops, [(param, final grad)]).
 
         All or nothing: if any step raises, the programs are left as they were (fluidlite.atomic)."""
         program = loss.block.program if isinstance(loss, Variable) else None
@@ -149,6 +153,8 @@ class Optimizer:
             if getattr(grad_clip, "replaces_backward", False):  # per-example clipping builds its own backward
                 return grad_clip._minimize(self, loss, startup_program, parameter_list, no_grad_set, callback)
             params_grads = self.backward(loss, startup_program, parameter_list, no_grad_set, callback)
+            for transform in self.gradient_transforms:
+                params_grads = transform(loss, params_grads)
             return self.apply_optimize(loss, startup_program, params_grads, grad_clip)
 
     def _update(self, param, grad, lr, startup):

@@ -84,3 +84,25 @@ def test_update_clip_is_off_by_default_and_changes_the_steps_when_on():
             finals.append(fl.fetch_var("fc_0.w_0").copy())
             assert ("update_clip_rate" in str(main)) == clip
     assert not np.allclose(finals[0], finals[1])
+
+
+@pytest.mark.parametrize("size", [1000, 600_000])  # serial and parallel kernels
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_update_clip_rate_op_matches_numpy(size, dtype):
+    from op_test import run_op
+
+    rng = np.random.default_rng(size)
+    g = rng.standard_normal(size).astype(dtype)
+    v = (rng.uniform(0, 0.1, size) * (rng.uniform(size=size) > 0.1)).astype(dtype)  # zeros among them
+    g[:5] = 0.0
+    v[:5] = 0.0  # 0 / 0 counts as 0
+    b2p, lr = np.array([0.95 ** 3], dtype), np.array([0.01], dtype)
+    got = run_op("update_clip_rate", {"Grad": g, "Moment2": v, "Beta2Pow": b2p, "LearningRate": lr},
+                 {"beta2": 0.95, "epsilon": 1e-8}, outputs=("Out", "Rms"))
+    g64, v64 = g.astype(np.float64), v.astype(np.float64)
+    v_hat = (0.95 * v64 + 0.05 * g64 ** 2) / (1 - float(b2p[0]))
+    d = np.maximum(v_hat, 1e-16)
+    rms = np.sqrt(np.mean(np.where(d > 0, g64 ** 2 / d, 0.0)))
+    assert rms > 1  # the rate is divided: a wrong RMS would show
+    np.testing.assert_allclose(got["Rms"], [rms], rtol=1e-6 if dtype == "float32" else 1e-10)
+    np.testing.assert_allclose(got["Out"], [0.01 / rms], rtol=1e-6 if dtype == "float32" else 1e-10)

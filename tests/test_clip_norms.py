@@ -115,3 +115,23 @@ def test_error_norm_vars_of_every_hidden_variable_in_backward_order():
     assert produced == forward_order[::-1]
     vals, P, x, y = run(main, startup, [C.norm_var_name(produced[0])])
     assert vals[0][0] > 0
+
+
+@pytest.mark.parametrize("rows", [40, 1200])  # serial and parallel (segment) kernels
+@pytest.mark.parametrize("norm_type", [2.0, float("inf")])
+def test_global_norm_per_tensor_norms_from_the_same_pass(rows, norm_type):
+    from fluidlite.ops.common import PARALLEL_MIN
+    from op_test import run_op
+
+    rng = np.random.default_rng(rows)
+    xs = [rng.standard_normal((rows, 500)), rng.standard_normal(7), np.zeros((0, 3)), rng.standard_normal((3, 4))]
+    xs[1][2] = 30.0  # the largest element sits in a small tensor
+    assert (sum(a.size for a in xs) >= PARALLEL_MIN) == (rows > 1000)
+    per = np.array([np.abs(a).max(initial=0) if norm_type == float("inf") else np.linalg.norm(a) for a in xs])
+    got = run_op("global_norm", {"X": xs}, {"norm_type": norm_type}, outputs=("Out", "TensorNorms"))
+    np.testing.assert_allclose(got["TensorNorms"], per, rtol=1e-12)
+    total = per.max() if norm_type == float("inf") else np.sqrt(np.sum(per ** 2))
+    np.testing.assert_allclose(got["Out"], [total], rtol=1e-12)
+    xs[0][rows - 1, 499] = np.nan  # the last element of the last work item
+    got = run_op("global_norm", {"X": xs}, {"norm_type": norm_type}, outputs=("Out", "TensorNorms"))
+    assert np.isnan(got["Out"][0]) and np.isnan(got["TensorNorms"][0]) and not np.isnan(got["TensorNorms"][1:]).any()

@@ -210,7 +210,7 @@ def gradient_norms(params_grads, norm_type=2.0) -> dict:
             known.update((g.name, (norms, i, None)) for i, g in enumerate(rest))
         for p, g in pairs:
             tensor_norms, index, scale = known[g.name]
-            name = _fresh(block, getattr(p, "name", str(p)) + "@GRAD_NORM")
+            name = _fresh(block, p.name + "@GRAD_NORM")
             inputs = {"TensorNorms": tensor_norms} if scale is None else {"TensorNorms": tensor_norms, "Scale": scale}
             block.append_op("pick_norm", inputs, {"Out": name}, {"index": index})
             out[p.name] = block.var(name)

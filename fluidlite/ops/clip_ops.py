@@ -185,7 +185,8 @@ def group_tensor_norms(metas, inf_norm):
         kernel(addrs, like, *table, seg)
         if inf_norm:
             out = np.zeros(n)
-            np.maximum.at(out, tid, seg)  # NaN propagates
+            with np.errstate(invalid="ignore"):
+                np.maximum.at(out, tid, seg)  # NaN propagates, silently (NaN is an answer here)
             return out
         return np.bincount(tid, seg, minlength=n)  # sums of squares, made norms by the caller
 
