@@ -108,8 +108,12 @@ def _naive(feed):
 
 
 def _opacus(feed):
+    import warnings
+
     import torch
     from opacus import GradSampleModule
+
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")  # inputs need no gradient
 
     layers_ = []
     for a, b in zip(SIZES[:-1], SIZES[1:]):
