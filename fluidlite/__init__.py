@@ -26,8 +26,23 @@ __all__ = [
     "initializer", "layers", "program_guard", "role_guard", "scope_guard", "unique_name",
 ]
 
-_SUBMODULES = {"backward", "clip", "distributed", "graph", "synthetic", "graphviz", "io", "optimizer", "privacy", "regularizer", "registry", "shapes",
-               "datasets", "reader"}
+_SUBMODULES = {  # one per line, sorted: branches that add one merge cleanly
+    "backward",
+    "clip",
+    "datasets",
+    "distributed",
+    "graph",
+    "graphviz",
+    "io",
+    "nets",
+    "optimizer",
+    "privacy",
+    "reader",
+    "regularizer",
+    "registry",
+    "shapes",
+    "synthetic",
+}
 
 
 def __getattr__(name):

@@ -261,6 +261,8 @@ def build(optimizer, loss, clip, startup_program=None, parameter_list=None, no_g
             pairs.append((p, _per_param_op(block, uses[name][0].kind, "clipped_sum", uses[name], p, extra)))
         if clip.noise_multiplier > 0:
             pairs = _add_noise(block, startup, clip, pairs, norm, mean)
+    for transform in optimizer.gradient_transforms:  # e.g. fluidlite.distributed's allreduce
+        pairs = transform(loss, pairs)
     return optimizer.apply_optimize(loss, startup_program, pairs)
 
 

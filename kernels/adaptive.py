@@ -1,10 +1,12 @@
-"""Update kernels of the adaptive optimizers: RMSProp, Adagrad and AdamW.
+"""Update kernels of the adaptive optimizers: RMSProp, Adagrad and AdamW (which shares Adam's element step).
 
 Each serial kernel and its `_parallel` twin run the same inlined per-element step; only the loop
 differs. Outputs may alias inputs (element i is read and written in the same iteration).
 """
 import numpy as np
 from numba import njit, prange
+
+from .optim import _adam_at, _adam_rate
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -72,37 +74,22 @@ def adagrad_parallel(p, g, m, lr, eps, p_out, m_out):
     return p_out, m_out
 
 
-@njit(cache=True, error_model="numpy", inline="always")
-def _adamw_at(i, pf, gf, af, bf, pof, aof, bof, rate, decay, beta1, beta2, eps):
-    gi = gf[i]
-    a = beta1 * af[i] + (1.0 - beta1) * gi
-    b = beta2 * bf[i] + (1.0 - beta2) * gi * gi
-    aof[i] = a
-    bof[i] = b
-    pof[i] = pf[i] * decay - rate * a / (np.sqrt(b) + eps)
-
-
 @njit(cache=True, error_model="numpy")
 def adamw(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, coeff, p_out, m1_out, m2_out, b1p_out, b2p_out):
     """p <- p * (1 - lr * coeff), then Adam's step (bias correction folded into the rate)."""
-    pow1, pow2 = b1p[0], b2p[0]
-    rate = lr[0] * np.sqrt(1.0 - pow2) / (1.0 - pow1)
     decay = 1.0 - lr[0] * coeff
+    rate = _adam_rate(lr, b1p, b2p, beta1, beta2, b1p_out, b2p_out)
     pf, gf, af, bf = p.reshape(-1), g.reshape(-1), m1.reshape(-1), m2.reshape(-1)
     pof, aof, bof = p_out.reshape(-1), m1_out.reshape(-1), m2_out.reshape(-1)
     for i in range(pf.size):
-        _adamw_at(i, pf, gf, af, bf, pof, aof, bof, rate, decay, beta1, beta2, eps)
-    b1p_out[0] = pow1 * beta1
-    b2p_out[0] = pow2 * beta2
+        _adam_at(pf, gf, af, bf, pof, aof, bof, rate, beta1, beta2, eps, i, decay)
     return p_out, m1_out, m2_out, b1p_out, b2p_out
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def adamw_parallel(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, coeff, p_out, m1_out, m2_out, b1p_out, b2p_out):
-    pow1 = b1p[0]
-    pow2 = b2p[0]
-    rate = lr[0] * np.sqrt(1.0 - pow2) / (1.0 - pow1)
     decay = 1.0 - lr[0] * coeff
+    rate = _adam_rate(lr, b1p, b2p, beta1, beta2, b1p_out, b2p_out)
     pf = p.reshape(-1)
     gf = g.reshape(-1)
     af = m1.reshape(-1)
@@ -111,7 +98,5 @@ def adamw_parallel(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, coeff, p_out, 
     aof = m1_out.reshape(-1)
     bof = m2_out.reshape(-1)
     for i in prange(pf.size):
-        _adamw_at(i, pf, gf, af, bf, pof, aof, bof, rate, decay, beta1, beta2, eps)
-    b1p_out[0] = pow1 * beta1
-    b2p_out[0] = pow2 * beta2
+        _adam_at(pf, gf, af, bf, pof, aof, bof, rate, beta1, beta2, eps, i, decay)
     return p_out, m1_out, m2_out, b1p_out, b2p_out

@@ -74,13 +74,14 @@ def momentum_parallel(p, g, v, lr, mu, nesterov, p_out, v_out):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _adam_at(pf, gf, af, bf, pof, aof, bof, rate, beta1, beta2, eps, i):
+def _adam_at(pf, gf, af, bf, pof, aof, bof, rate, beta1, beta2, eps, i, decay=1.0):
+    """One element of Adam; `decay` < 1 is AdamW's decoupled weight decay (p * decay before the step)."""
     gi = gf[i]
     a = beta1 * af[i] + (1.0 - beta1) * gi
     b = beta2 * bf[i] + (1.0 - beta2) * gi * gi
     aof[i] = a
     bof[i] = b
-    pof[i] = pf[i] - rate * a / (np.sqrt(b) + eps)
+    pof[i] = pf[i] * decay - rate * a / (np.sqrt(b) + eps)
 
 
 @njit(cache=True, error_model="numpy", inline="always")

@@ -104,6 +104,8 @@ def clip_kinds():
              "agc": c.GradientClipAdaptive(0.01), "autoclip": c.GradientClipAutoClip(percentile=0)}  # clip to the smallest norm so far
     if hasattr(c, "GradientClipZScore"):  # ZClip: warm up on one step, then clip a norm above a fast mean
         kinds["zclip"] = c.GradientClipZScore(alpha=0.1, warmup_steps=1, z_thresh=0.01)
+    if hasattr(c, "GradientClipPerExample"):  # DP-SGD: per-worker clipped sums, noise drawn once
+        kinds["per_example_dp"] = c.GradientClipPerExample(l2_norm_clip=0.3, noise_multiplier=0.7, seed=5)
     return kinds
 
 

@@ -247,3 +247,36 @@ def test_two_bidirectional_layers_feed_each_other():
     o2, h2, c2 = np_lstm(o1, feed["h0"][2:], feed["c0"][2:], params[2:], LENGTHS, True)  # is_test: no dropout
     for g, w in zip(got, (o2, np.concatenate([h1, h2]), np.concatenate([c1, c2]))):
         np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_error_clip_reaches_every_step_hidden_state(kind):
+    """error_clip= puts an ErrorClipByValue on each step's hidden state: the callback clips every dL/dh_t
+    (one clip op per step and direction, role error_clip), and a tiny bound shrinks the input gradient."""
+    def grads(bound):
+        main, startup = fl.Program(), fl.Program()
+        with fl.program_guard(main, startup), fl.unique_name.guard():
+            x = fl.data("x", [T, None, D], "float64")
+            x.stop_gradient = False
+            h0 = fl.data("h0", [2, None, H], "float64")
+            n = fl.data("n", [None], "int64")
+            clip = None if bound is None else fl.clip.ErrorClipByValue(bound)
+            if kind == "lstm":
+                c0 = fl.data("c0", [2, None, H], "float64")
+                out, *_ = layers.lstm(x, h0, c0, T, H, is_bidirec=True, sequence_length=n, error_clip=clip)
+            else:
+                out, _ = layers.gru(x, h0, T, H, is_bidirec=True, sequence_length=n, error_clip=clip)
+            loss = layers.reduce_sum(layers.square(out))
+            fl.append_backward(loss, parameter_list=[x], callback=fl.clip.error_clip_callback)
+        clips = [op for op in main.global_block().ops if op.role == "error_clip"]
+        scope = fl.Scope()
+        fl.Executor().run(startup, scope=scope)
+        feed = _feed(kind, 2)
+        np.random.seed(0)
+        (gx,) = fl.Executor().run(main, feed=feed, fetch_list=[fl.grad_var_name("x")], scope=scope)
+        return len(clips), gx
+
+    n_free, free = grads(None)
+    n_clips, clipped = grads(1e-9)
+    assert n_free == 0 and n_clips == 2 * T
+    assert np.abs(clipped).max() < 1e-6 * np.abs(free).max()

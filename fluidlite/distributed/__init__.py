@@ -11,6 +11,7 @@ Every clip, norm and skip-step decision then sees the same global gradient on ev
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 
 import numpy as np
@@ -95,16 +96,25 @@ class DistributedOptimizer:
         require("DistributedOptimizer.backward")
         return self.allreduce_gradients(loss, self.inner.backward(loss, *args, **kwargs))
 
-    def minimize(self, loss, *args, **kwargs):
+    def minimize(self, loss, startup_program=None, parameter_list=None, no_grad_set=None, grad_clip=None,
+                 callback=None):
         """The wrapped optimizer's minimize (same arguments and result), with the gradient allreduce
-        between its backward and its clipping."""
-        require("DistributedOptimizer.minimize")
+        between its backward and its clipping.
+
+        With per-example clipping (fluidlite.privacy.GradientClipPerExample) each worker clips its own
+        examples and sums them; the allreduce comes after the noise, which every worker draws alike
+        (its random state is a broadcast persistable) at 1/K of the standard deviation, so the
+        average holds the clipped sum of every example plus the noise once."""
+        world = require("DistributedOptimizer.minimize")
+        if getattr(grad_clip, "replaces_backward", False) and getattr(grad_clip, "noise_multiplier", 0) > 0:
+            grad_clip = copy.copy(grad_clip)
+            grad_clip.noise_multiplier /= world.size
         inner = self.inner
         had = "gradient_transforms" in vars(inner)
         old = inner.gradient_transforms
         inner.gradient_transforms = (*old, self.allreduce_gradients)
         try:
-            return inner.minimize(loss, *args, **kwargs)
+            return inner.minimize(loss, startup_program, parameter_list, no_grad_set, grad_clip, callback)
         finally:
             if had:
                 inner.gradient_transforms = old

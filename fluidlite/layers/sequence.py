@@ -68,7 +68,7 @@ def _masked(m_t, new, prev):
     return elementwise_add(prev, elementwise_mul(elementwise_sub(new, prev), m_t))
 
 
-def _direction(input, mask, states, cell, name):
+def _direction(input, mask, states, cell, name, error_clip):
     """One recurrent pass over input; `cell(x_t, *prev) -> new states` (the first is the output)."""
     rnn = StaticRNN(name=name)
     with rnn.step():
@@ -76,6 +76,8 @@ def _direction(input, mask, states, cell, name):
         prev = [rnn.memory(init=s) for s in states]
         new = cell(x_t, *prev)
         out = new[0]
+        out.error_clip = error_clip  # on the cell's hidden state, read by the output and the next step alike;
+        # StaticRNN copies it onto every step's copy
         if mask is not None:
             m_t = rnn.step_input(mask)
             new = [_masked(m_t, n, p) for n, p in zip(new, prev)]
@@ -86,7 +88,8 @@ def _direction(input, mask, states, cell, name):
     return rnn(), [rnn.step_var(n) for n in new]
 
 
-def _stacked(layer, input, states, num_layers, dirs, sequence_length, mask, make_cell, dropout_prob, is_test, seed):
+def _stacked(layer, input, states, num_layers, dirs, sequence_length, mask, make_cell, dropout_prob, is_test, seed,
+             error_clip):
     per_state = [unstack(s, axis=0) for s in states]
     x, finals = input, [[] for _ in states]
     for layer_idx in range(num_layers):
@@ -95,7 +98,7 @@ def _stacked(layer, input, states, num_layers, dirs, sequence_length, mask, make
             k = layer_idx * dirs + d
             xi = x if d == 0 else sequence_reverse(x, sequence_length)
             out, last = _direction(xi, mask, [s[k] for s in per_state], make_cell(k),
-                                   unique_name.generate(f"{layer}_l{layer_idx}{'_reverse' if d else ''}"))
+                                   unique_name.generate(f"{layer}_l{layer_idx}{'_reverse' if d else ''}"), error_clip)
             outs.append(out if d == 0 else sequence_reverse(out, sequence_length))
             for f, v in zip(finals, last):
                 f.append(v)
@@ -110,9 +113,11 @@ def _attr(default_initializer):
 
 
 def lstm(input, init_h, init_c, max_len, hidden_size, num_layers=1, dropout_prob=0.0, is_bidirec=False,
-         sequence_length=None, is_test=False, name=None, default_initializer=None, seed=None):
+         sequence_length=None, is_test=False, name=None, default_initializer=None, seed=None, error_clip=None):
     """Multi-layer LSTM over time-major input [T, B, D] (Paddle's fused `layers.lstm`; see the module doc for
-    the weight layout). Dropout with `dropout_prob` (upscale_in_train) sits between layers.
+    the weight layout). Dropout with `dropout_prob` (upscale_in_train) sits between layers. `error_clip`
+    (an ErrorClipByValue; fluidlite's addition) is set on every step's hidden state, so with
+    `fl.clip.error_clip_callback` each dL/dh_t is clipped as backward produces it.
 
     Returns (rnn_out [T, B, H * dirs], last_h [L * dirs, B, H], last_c [L * dirs, B, H])."""
     dirs = 2 if is_bidirec else 1
@@ -128,13 +133,13 @@ def lstm(input, init_h, init_c, max_len, hidden_size, num_layers=1, dropout_prob
         return cell
 
     out, (last_h, last_c) = _stacked(base, input, [init_h, init_c], num_layers, dirs, sequence_length, mask,
-                                     make_cell, dropout_prob, is_test, seed)
+                                     make_cell, dropout_prob, is_test, seed, error_clip)
     return out, last_h, last_c
 
 
 def gru(input, init_h, max_len, hidden_size, num_layers=1, is_bidirec=False, sequence_length=None, name=None,
-        default_initializer=None):
-    """Multi-layer GRU over time-major input [T, B, D], the counterpart of `lstm`.
+        default_initializer=None, error_clip=None):
+    """Multi-layer GRU over time-major input [T, B, D], the counterpart of `lstm` (`error_clip` likewise).
 
     Returns (rnn_out [T, B, H * dirs], last_h [L * dirs, B, H])."""
     dirs = 2 if is_bidirec else 1
@@ -149,7 +154,7 @@ def gru(input, init_h, max_len, hidden_size, num_layers=1, is_bidirec=False, seq
         return cell
 
     out, (last_h,) = _stacked(base, input, [init_h], num_layers, dirs, sequence_length, mask, make_cell, 0.0,
-                              False, None)
+                              False, None, error_clip)
     return out, last_h
 
 

@@ -1,11 +1,12 @@
-"""Shape layers (Paddle Fluid 1.x names): squeeze, unsqueeze, expand, slice, cast, stack, unstack."""
+"""Shape layers (Paddle Fluid 1.x names): squeeze, unsqueeze, expand, slice, cast, stack, unstack and
+fill_constant_batch_size_like."""
 from __future__ import annotations
 
 import numpy as np
 
 from .helper import LayerHelper, check_variable
 
-__all__ = ["squeeze", "unsqueeze", "expand", "slice", "cast", "stack", "unstack"]
+__all__ = ["squeeze", "unsqueeze", "expand", "slice", "cast", "stack", "unstack", "fill_constant_batch_size_like"]
 
 
 def _ints(value, name, layer):
@@ -69,3 +70,12 @@ def unstack(x, axis=0, num=None):
     names = [helper.tmp_name() for _ in range(n)]
     helper.block.append_op("unstack", {"X": x}, {"Out": names}, {"axis": axis})
     return [helper.block.var(n) for n in names]
+
+
+def fill_constant_batch_size_like(input, shape, dtype, value, input_dim_idx=0, output_dim_idx=0):
+    """A tensor of `shape` filled with `value` whose dimension `output_dim_idx` is input's dimension
+    `input_dim_idx` at run time (zero initial states sized to the batch)."""
+    return LayerHelper("fill_constant_batch_size_like").append_op(
+        "fill_constant_batch_size_like", {"Input": check_variable(input, "input", "fill_constant_batch_size_like")},
+        {"shape": _ints(shape, "shape", "fill_constant_batch_size_like"), "dtype": np.dtype(dtype).name,
+         "value": float(value), "input_dim_idx": input_dim_idx, "output_dim_idx": output_dim_idx})
