@@ -41,6 +41,7 @@ import uuid
 import numpy as np
 
 from .framework import Program, default_main_program
+from .random_state import is_state
 from .scope import global_scope
 from .shapes import dims_match
 
@@ -164,6 +165,8 @@ def save_persistables(dirname, program=None, scope=None, predicate=None):
     arrays = {}
     for name, var in variables.items():
         value = scope._arrays.get(name)
+        if value is None and is_state(name):
+            continue  # a random stream not drawn from yet: a fresh one is made when it is first needed
         if value is None:
             raise ValueError(f"save_persistables: variable {name!r} has no value in the scope (run the startup program first)")
         _check_declared(var, value.shape, value.dtype, "save_persistables")
@@ -224,10 +227,14 @@ def _read_regular(src, name, where, limit):
         raise ValueError(f"{where}: cannot read {name}: {why}") from None
     finally:
         os.close(dfd)
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
+    try:
+        st = os.fstat(fd)  # before fdopen, which refuses a directory with its own error
         _need(stat.S_ISREG(st.st_mode), where, f"{name} is not a regular file")
         _need(st.st_size <= limit, where, f"{name} holds {st.st_size} bytes, more than its entry allows ({limit})")
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as f:
         data = f.read(st.st_size + 1)  # never more than the file holds: read(n) allocates n bytes
     _need(len(data) == st.st_size, where, f"{name} changed while it was read")
     return data
@@ -311,6 +318,8 @@ def load_persistables(dirname, program=None, scope=None, predicate=None) -> list
     for name, var in variables.items():
         where = f"load_persistables {dirname!r}"
         e = entries.get(name)
+        if e is None and is_state(name):
+            continue  # saved before the stream was first drawn from (or before the op existed)
         _need(e is not None, where, f"the checkpoint has no variable {name!r}")
         where_var = f"{where}: variable {name!r} (file {e['file']})"
         limit = math.prod(e["shape"]) * np.dtype(e["dtype"]).itemsize + _HEADER_MAX  # read nothing larger

@@ -6,10 +6,13 @@ one line per op calling its bound kernel, `del` after each value's last use. See
 from __future__ import annotations
 
 import sys
+import threading
+import weakref
 from collections import OrderedDict
 
 import numpy as np
 
+from . import random_state
 from ._memory import tune_malloc
 from ._threads import choose_layer, parallel_lock
 from .framework import Program, Variable, default_main_program
@@ -56,9 +59,10 @@ class Plan:
         self.declared = ir.declared
         self.source = ir.source
         self._step, self._line_to_op = ir.step_fn, ir.line_to_op
-        self._checked_scopes = set()
+        self._checked_scopes = weakref.WeakSet()  # not ids: a new scope may reuse a dead one's id
 
     def _check_scope(self, scope: Scope):
+        random_state.init_missing(scope, self.scope_inputs)  # a stream this scope has not used yet
         for n in self.scope_inputs:
             value = scope.get_array(n)
             if value is None:
@@ -69,10 +73,10 @@ class Plan:
                 raise ValueError(f"variable {n!r} in the scope is {value.dtype}{list(value.shape)}, "
                                  f"the program declares {m.dtype}{list(m.shape)}")
         scope.declare(self.declared)
-        self._checked_scopes.add(id(scope))
+        self._checked_scopes.add(scope)
 
     def run(self, feed: dict, scope: Scope) -> list:
-        if id(scope) not in self._checked_scopes:
+        if scope not in self._checked_scopes:
             self._check_scope(scope)
         try:
             return self._step(feed, scope.arrays)
@@ -96,7 +100,8 @@ class Plan:
 
 
 class Executor:
-    """Runs programs. Plans are cached per (program version, feed signature, fetch list).
+    """Runs programs. Plans are cached per (program version, feed signature, fetch list), at most
+    `_MAX_PLANS` of them; the least recently used plan is evicted first.
 
     `compile_options` (a `fluidlite.compiler.CompileOptions`) switches compiler passes off or turns on
     the IR verifier between passes; default: from the environment (`CompileOptions.from_env`)."""
@@ -105,6 +110,7 @@ class Executor:
         self.place = place or CPUPlace()
         self.compile_options = CompileOptions.from_env() if compile_options is None else compile_options
         self._plans: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
         tune_malloc()
         choose_layer()  # Numba's workqueue for fluidlite's parallel kernels, unless the user chose a layer
         self._guard = parallel_lock()
@@ -136,16 +142,24 @@ class Executor:
         except AttributeError:
             arrays_ok = False
         if not arrays_ok:
+            for n, a in feed.items():
+                if isinstance(a, np.ma.MaskedArray):  # np.asarray would silently drop the mask
+                    raise TypeError(f"feed {n!r} is a masked array: fill it (a.filled(value)) or feed the "
+                                    f"mask as its own variable; its mask would be lost")
             feed = {n: np.asarray(a, order="C") for n, a in feed.items()}  # ascontiguousarray would make 0-d 1-d
             sig = tuple([(n, a.shape, a.dtype) for n, a in feed.items()])
         key = (program._uid, program._version, fetch_names, sig)
-        plan = self._plans.get(key)
+        with self._lock:  # threads may share an Executor: the cache is changed under a lock
+            plan = self._plans.get(key)
+            if plan is not None:
+                self._plans.move_to_end(key)  # least recently used goes first
         if plan is None:
             _check_feed(program, feed)
             plan = Plan(program, sig, fetch_names, self.compile_options)
-            self._plans[key] = plan
-            if len(self._plans) > _MAX_PLANS:
-                self._plans.popitem(last=False)
+            with self._lock:
+                self._plans[key] = plan
+                while len(self._plans) > _MAX_PLANS:
+                    self._plans.popitem(last=False)
         return plan, feed
 
     def close(self):
@@ -165,3 +179,6 @@ def _check_feed(program: Program, feed: dict):
         if value.ndim != len(var.shape) or any(d != -1 and d != s for d, s in zip(var.shape, value.shape)):
             raise ValueError(f"feed {name!r}: shape {list(value.shape)} does not match the variable's "
                              f"{list(var.shape)} (-1 = any batch size)")
+        if any(d == -1 and s == 0 for d, s in zip(var.shape, value.shape)):
+            raise ValueError(f"feed {name!r}: shape {list(value.shape)} has batch size 0; the executor runs "
+                             f"batches of at least one example (skip empty batches)")

@@ -7,7 +7,7 @@ import itertools
 
 import numpy as np
 
-from . import unique_name
+from . import random_state, unique_name
 from .registry import get_op_def
 from .shapes import dims_match
 from .variable import (  # noqa: F401  (re-exported: the IR's public home is fluidlite.framework)
@@ -118,6 +118,19 @@ class Block:
 
     def _make_op(self, type, inputs, outputs, attrs, role):
         opdef = get_op_def(type)
+        if opdef.random:  # its stream lives in the scope (fluidlite.random_state)
+            gvars = self.program.global_block().vars
+            before = len(gvars)
+            inputs, outputs, attrs = random_state.attach(self, opdef, inputs, outputs, attrs)
+            try:
+                return self._make_checked_op(opdef, type, inputs, outputs, attrs, role)
+            except Exception:
+                if len(gvars) > before:  # drop the state variable attach made for this op
+                    gvars.pop(next(reversed(gvars)))
+                raise
+        return self._make_checked_op(opdef, type, inputs, outputs, attrs, role)
+
+    def _make_checked_op(self, opdef, type, inputs, outputs, attrs, role):
         ins = self._slots(opdef, opdef.inputs, inputs or {}, "input")
         outs = self._slots(opdef, opdef.outputs, outputs or {}, "output")
         attrs = opdef.normalize_attrs(attrs)

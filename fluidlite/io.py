@@ -136,7 +136,7 @@ def read_json_file(path):
         _need(st.st_size <= _MAX_BYTES, path, f"{st.st_size} bytes is more than a program file may hold ({_MAX_BYTES})")
         with os.fdopen(fd, "rb") as f:
             fd = None
-            raw = f.read(_MAX_BYTES + 1)
+            raw = f.read(st.st_size + 1)  # read(n) allocates n bytes: never more than the file holds
     finally:
         if fd is not None:
             os.close(fd)

@@ -226,6 +226,7 @@ class OpDef:
     fold: Callable | None = None  # fold(ctx) -> f(acc, x) -> acc: the op is a fold of its one slot
     batch: Callable | None = None  # batch(attrs, batched_slots) -> attrs with one more leading dim, or None
     nondiff_outputs: frozenset = frozenset()  # output slots no gradient flows back through (saved values)
+    random: bool = False  # draws random numbers: gets a State/StateOut stream when appended (random_state)
     writes_out: bool = False  # the lowered callable takes `out=[array or None per output var]` and writes there
     doc: str = ""
 

@@ -120,18 +120,20 @@ def check_records(records, program) -> list:
     if not isinstance(records, list):
         raise ValueError("must be a list")
     for r in records:
-        if not isinstance(r, dict) or set(r) != {"groups", "outputs", "skip", "skipped_steps"}:
-            raise ValueError(f"bad record {r!r}")
+        if (not isinstance(r, dict) or set(r) != {"groups", "outputs", "skip", "skipped_steps"}
+                or not isinstance(r["groups"], dict) or not isinstance(r["outputs"], list)):
+            raise ValueError(f"bad record {r!r:.200}")
         name(r["skip"], "skip", True)
         name(r["skipped_steps"], "skipped_steps", True)
         for n in r["outputs"]:
             name(n, "output")
         for g in r["groups"].values():
-            if not isinstance(g, dict) or set(g) != {"norm", "tensor_norms", "inputs", "outputs", "scale", "norm_type"}:
-                raise ValueError(f"bad group {g!r}")
+            if (not isinstance(g, dict) or set(g) != {"norm", "tensor_norms", "inputs", "outputs", "scale", "norm_type"}
+                    or not isinstance(g["inputs"], list) or not isinstance(g["outputs"], list)):
+                raise ValueError(f"bad group {g!r:.200}")
             for k in ("norm", "tensor_norms", "scale"):
                 name(g[k], k)
-            if g["norm_type"] not in ("2.0", "inf"):
+            if not isinstance(g["norm_type"], str) or g["norm_type"] not in ("2.0", "inf"):
                 raise ValueError(f"bad norm_type {g['norm_type']!r}")
             for n in g["inputs"] + g["outputs"]:
                 name(n, "gradient")

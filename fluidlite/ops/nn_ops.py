@@ -3,9 +3,11 @@ import numpy as np
 
 from ..kernels import basic as KB
 from ..kernels import nn as K
+from ..random_state import advance
 from ..registry import Attr, defop
 from ..shapes import broadcast, dims_match, numel
 from .common import grad_op
+from .init_ops import random_state_infer
 
 # ---------------------------------------------------------------- matmul
 
@@ -169,6 +171,7 @@ _DROPOUT_ATTRS = {
     "dropout_prob": Attr(float, 0.5, lambda p: None if 0 <= p < 1 else "must be in [0, 1)"),
     "is_test": Attr(bool, False),
     "seed": Attr(int, 0),
+    "stream": Attr(int, 0),
     "dropout_implementation": Attr(str, "downgrade_in_infer",
                                    lambda v: None if v in _IMPLS else f"must be one of {_IMPLS}"),
 }
@@ -177,7 +180,7 @@ _DROPOUT_ATTRS = {
 def _dropout_infer(ctx):
     ctx.expect_dtype("X")
     meta = (ctx.shape("X"), ctx.dtype("X"))
-    return {"Out": meta, "Mask": meta}
+    return random_state_infer(ctx, {"Out": meta, "Mask": meta})
 
 
 def _keep_scale(attrs, dtype):
@@ -188,32 +191,33 @@ def _keep_scale(attrs, dtype):
     return dtype.type(1.0 / (1.0 - p) if upscale else 1.0)
 
 
-def _mix(seed, step):
-    return (seed * 0x9E3779B1 + step * 0x85EBCA6B + 1) % (1 << 32)
-
-
 def _lower_dropout(ctx):
     p, seed, s = ctx.attrs["dropout_prob"], ctx.attrs["seed"], _keep_scale(ctx.attrs, ctx.dtype("X"))
-    want_mask = ctx.has_output("Mask")
+    want_mask, stream, stateful = ctx.has_output("Mask"), ctx.attrs["stream"], ctx.has("State")
     if ctx.attrs["is_test"]:
-        def infer_run(x):
+        def infer_run(x, *state):  # no draw: the stream does not advance
             out = KB.scale(x, s, 0.0)
-            return (out, np.ones_like(x)) if want_mask else out
+            res = (out,) + ((np.ones_like(x),) if want_mask else ()) + tuple(state)
+            return res if len(res) > 1 else out
         return infer_run
-    # seed != 0: call t draws with seed mixed with t (reproducible per plan, new mask every step)
-    entropy = np.random.default_rng(seed if seed else None)
-    step = [0]
+    if not stateful:  # an op built without a stream (old programs): a fixed draw per seed, fresh if seed 0
+        def run_fixed(x):
+            call = seed if seed else int(np.random.SeedSequence().generate_state(1)[0])
+            out, mask = K.dropout(x, p, call, s)
+            return (out, mask) if want_mask else out
+        return run_fixed
 
-    def run(x):
-        call_seed = _mix(seed, step[0]) if seed else int(entropy.integers(1 << 32))
-        step[0] += 1
-        out, mask = K.dropout(x, p, call_seed, s)
-        return (out, mask) if want_mask else out
+    def run(x, state):  # the stream in the scope (fluidlite.random_state)
+        call, new_state = advance(state, seed, stream)
+        out, mask = K.dropout(x, p, call, s)
+        return (out, mask, new_state) if want_mask else (out, new_state)
 
     return run
 
 
 def _dropout_grad(g):
+    if not g.wants("X"):  # only the (integer) State could be asked for: it has no gradient
+        return []
     if g.attrs["is_test"]:  # Out = x * const: no mask needed
         return [grad_op("scale", g, {"X": g.og("Out")}, {"Out": g.ig("X")},
                         {"scale": float(_keep_scale(g.attrs, np.dtype("float64")))})]
@@ -231,11 +235,13 @@ def _dropout_grad_infer(ctx):
     return {"X@GRAD": (ctx.shape("Out@GRAD"), ctx.dtype("Out@GRAD"))}
 
 
-defop("dropout", inputs=("X",), outputs=("Out", "Mask"), optional=("Mask",), attrs=_DROPOUT_ATTRS,
+defop("dropout", inputs=("X", "State"), outputs=("Out", "Mask", "StateOut"), optional=("Mask", "State", "StateOut"),
+      attrs=_DROPOUT_ATTRS, random=True,
       infer=_dropout_infer, lower=_lower_dropout, grad=_dropout_grad,
       doc="Training: Mask[i] = 1 with probability 1 - dropout_prob, else 0; Out = X * Mask "
           "(downgrade_in_infer) or X * Mask / (1 - p) (upscale_in_train). Inference (is_test): Out = "
-          "X * (1 - p) or X, Mask = ones. seed != 0: the t-th run of a plan draws from seed and t, so "
-          "a fresh plan repeats the same masks while each step gets a new one; seed 0: fresh entropy.")
+          "X * (1 - p) or X, Mask = ones. The mask is drawn from the State stream kept in the scope "
+          "(fluidlite.random_state): the t-th run in a scope draws from (seed, stream, t); seed 0: from a key "
+          "drawn once per scope from OS entropy.")
 defop("dropout_grad", inputs=("Mask", "Out@GRAD"), outputs=("X@GRAD",), optional=("X@GRAD",),
       attrs=_DROPOUT_ATTRS, infer=_dropout_grad_infer, lower=_lower_dropout_grad)
