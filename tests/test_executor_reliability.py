@@ -83,3 +83,12 @@ def test_two_executors_in_two_threads_survive_the_workqueue_layer_with_clips(tmp
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "layer workqueue" in proc.stdout
+
+
+def test_a_new_batch_size_reuses_the_compiled_step_function():
+    exe, loss = _net()
+    plans = [exe.compile(feed={"x": np.ones((b, 3), "float32")}, fetch_list=[loss]) for b in (2, 5)]
+    assert plans[0] is not plans[1] and plans[0].source == plans[1].source
+    assert plans[0]._step.__code__ is plans[1]._step.__code__  # compiled once
+    with pytest.raises(ValueError, match="feed 'x'"):  # errors still name the failing plan's op and feed
+        exe.run(feed={"x": np.ones((5, 4), "float32")}, fetch_list=[loss])

@@ -15,6 +15,7 @@ and `line_to_op` maps each line number back to its op for error messages.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 
 from .inplace import reusable
@@ -90,9 +91,17 @@ def codegen(ir: PlanIR, options) -> PlanIR:
     fetched = ", ".join(f"{ref(n)}.copy()" if n in persist else ref(n) for n in ir.fetch_names)
     lines.append(f"    return [{fetched}]")
     ir.source = "\n".join(lines)
-    exec(compile(ir.source, f"{PLAN_FILENAME_PREFIX} {next(_plan_ids)}>", "exec"), env)
+    exec(_code(ir.source), env)
     ir.step_fn, ir.line_to_op = env["_step"], line_to_op
     return ir
 
 
 PLAN_FILENAME_PREFIX = "<fluidlite plan"
+
+
+@functools.lru_cache(maxsize=256)
+def _code(source: str):
+    """The compiled step function source; plans of one program at other batch sizes generate the same
+    text (their kernels differ only in `env`), so a new batch size skips Python's compile (~1/4 of a
+    plan's build). Failing ops are found through each plan's own line map, not the file name."""
+    return compile(source, f"{PLAN_FILENAME_PREFIX} {next(_plan_ids)}>", "exec")
