@@ -5,7 +5,7 @@ import argparse
 import importlib
 import time
 
-BENCHMARKS = ("executor_overhead", "mlp_step", "clip", "rnn_step")
+BENCHMARKS = ("executor_overhead", "mlp_step", "clip", "rnn_step", "cnn_step")
 
 
 def _ratios(result: dict) -> dict:

@@ -1,0 +1,293 @@
+"""Kernels for conv2d (im2col + one BLAS product per batch block) and pool2d (max, avg), NCHW.
+
+Geometry travels as one int64 array `geo` = (kh, kw, sh, sw, ph, pw, dh, dw, ho, wo) so the
+serial and parallel twins share their signatures and helpers. A conv kernel splits the batch into
+`nblk` contiguous blocks of images; each block unrolls its images' windows into a column matrix
+col[(c, i, j), (image, oh, ow)] and multiplies it by the filter matrix with one np.dot (SciPy's
+BLAS), per group. The parallel twins unroll (and scatter back) the images of a block in prange,
+each image writing its own columns. Pool kernels run one (image, channel) plane per iteration.
+"""
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, error_model="numpy")
+def _valid(pad, off, stride, size, n_out):
+    """The output positions o in [lo, hi) whose input o * stride - pad + off lies in [0, size)."""
+    lo = 0
+    first = pad - off  # o * stride >= first
+    if first > 0:
+        lo = (first + stride - 1) // stride
+    last = size - 1 + pad - off  # o * stride <= last
+    hi = last // stride + 1 if last >= 0 else 0
+    return min(lo, n_out), max(min(hi, n_out), min(lo, n_out))
+
+
+@njit(cache=True, error_model="numpy")
+def _im2col(x, col, n, base, c0, cg, geo):
+    """col[(c, i, j), (n - base, oh, ow)] = x[n, c0 + c, oh*sh - ph + i*dh, ow*sw - pw + j*dw] (0 outside)."""
+    kh, kw, sh, sw, ph, pw, dh, dw, ho, wo = geo
+    h, w = x.shape[2], x.shape[3]
+    hw = ho * wo
+    for c in range(cg):
+        for i in range(kh):
+            hlo, hhi = _valid(ph, i * dh, sh, h, ho)
+            for j in range(kw):
+                wlo, whi = _valid(pw, j * dw, sw, w, wo)
+                dst = col[(c * kh + i) * kw + j, (n - base) * hw:(n - base + 1) * hw]
+                dst[:hlo * wo] = 0
+                dst[hhi * wo:] = 0
+                for oh in range(hlo, hhi):
+                    src = x[n, c0 + c, oh * sh - ph + i * dh]
+                    o = oh * wo
+                    dst[o:o + wlo] = 0
+                    dst[o + whi:o + wo] = 0
+                    iw = wlo * sw - pw + j * dw
+                    for ow in range(wlo, whi):
+                        dst[o + ow] = src[iw]
+                        iw += sw
+
+
+@njit(cache=True, error_model="numpy")
+def _col2im(dcol, dx, n, base, c0, cg, geo):
+    """The transpose of _im2col for image n: dx[n, c0 + c, ...] += every column entry that read it."""
+    kh, kw, sh, sw, ph, pw, dh, dw, ho, wo = geo
+    h, w = dx.shape[2], dx.shape[3]
+    hw = ho * wo
+    for c in range(cg):
+        for i in range(kh):
+            hlo, hhi = _valid(ph, i * dh, sh, h, ho)
+            for j in range(kw):
+                wlo, whi = _valid(pw, j * dw, sw, w, wo)
+                src = dcol[(c * kh + i) * kw + j, (n - base) * hw:(n - base + 1) * hw]
+                for oh in range(hlo, hhi):
+                    dst = dx[n, c0 + c, oh * sh - ph + i * dh]
+                    o = oh * wo
+                    iw = wlo * sw - pw + j * dw
+                    for ow in range(wlo, whi):
+                        dst[iw] += src[o + ow]
+                        iw += sw
+
+
+@njit(cache=True, error_model="numpy")
+def _put(r, out3, n, base, f0):
+    """out3[n, f0:f0 + fg, :] = the block result's columns of image n."""
+    hw = out3.shape[2]
+    out3[n, f0:f0 + r.shape[0], :] = r[:, (n - base) * hw:(n - base + 1) * hw]
+
+
+@njit(cache=True, error_model="numpy")
+def _take(dout3, d, n, base, f0):
+    """The transpose of _put: image n's output gradient into the block matrix d (fg, images * hw)."""
+    hw = dout3.shape[2]
+    d[:, (n - base) * hw:(n - base + 1) * hw] = dout3[n, f0:f0 + d.shape[0], :]
+
+
+@njit(cache=True, error_model="numpy")
+def _block(n, nblk, b):
+    return b * n // nblk, (b + 1) * n // nblk
+
+
+# The twins differ only in range / prange over the images of a block. BLAS is called from the
+# calling thread only, one product per block and group (SciPy's OpenBLAS threads it; calling it from
+# several threads at once made a step ten times slower on a busy machine).
+
+@njit(cache=True, error_model="numpy")
+def conv2d(x, w3, geo, nblk):
+    """NCHW convolution; w3 is the filter as (groups, filters per group, C/groups * kh * kw)."""
+    n, groups, fg, k = x.shape[0], w3.shape[0], w3.shape[1], w3.shape[2]
+    cg, hw = x.shape[1] // groups, geo[8] * geo[9]
+    out3 = np.empty((n, groups * fg, hw), x.dtype)
+    for b in range(nblk):
+        n0, n1 = _block(n, nblk, b)
+        col = np.empty((k, (n1 - n0) * hw), x.dtype)
+        for g in range(groups):
+            for i in range(n0, n1):
+                _im2col(x, col, i, n0, g * cg, cg, geo)
+            r = np.dot(w3[g], col)
+            for i in range(n0, n1):
+                _put(r, out3, i, n0, g * fg)
+    return out3
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def conv2d_parallel(x, w3, geo, nblk):
+    n, groups, fg, k = x.shape[0], w3.shape[0], w3.shape[1], w3.shape[2]
+    cg, hw = x.shape[1] // groups, geo[8] * geo[9]
+    out3 = np.empty((n, groups * fg, hw), x.dtype)
+    for b in range(nblk):
+        n0, n1 = _block(n, nblk, b)
+        col = np.empty((k, (n1 - n0) * hw), x.dtype)
+        for g in range(groups):
+            for i in prange(n0, n1):
+                _im2col(x, col, i, n0, g * cg, cg, geo)
+            r = np.dot(w3[g], col)
+            for i in prange(n0, n1):
+                _put(r, out3, i, n0, g * fg)
+    return out3
+
+
+@njit(cache=True, error_model="numpy")
+def conv2d_grad(x, w3, dout3, geo, nblk, need_dx, need_dw):
+    """(dx, dw3) of conv2d; dout3 is the output gradient as (N, F, ho * wo)."""
+    n, groups, fg, k = x.shape[0], w3.shape[0], w3.shape[1], w3.shape[2]
+    cg, hw = x.shape[1] // groups, geo[8] * geo[9]
+    dx = np.zeros_like(x) if need_dx else np.zeros((0, 0, 0, 0), x.dtype)
+    dw3 = np.zeros_like(w3)
+    for b in range(nblk):
+        n0, n1 = _block(n, nblk, b)
+        col = np.empty((k, (n1 - n0) * hw), x.dtype)
+        d = np.empty((fg, (n1 - n0) * hw), x.dtype)
+        for g in range(groups):
+            for i in range(n0, n1):
+                _take(dout3, d, i, n0, g * fg)
+            if need_dw:
+                for i in range(n0, n1):
+                    _im2col(x, col, i, n0, g * cg, cg, geo)
+                dw3[g] += np.dot(d, col.T)
+            if need_dx:
+                dcol = np.dot(w3[g].T, d)
+                for i in range(n0, n1):
+                    _col2im(dcol, dx, i, n0, g * cg, cg, geo)
+    return dx, dw3
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def conv2d_grad_parallel(x, w3, dout3, geo, nblk, need_dx, need_dw):
+    n, groups, fg, k = x.shape[0], w3.shape[0], w3.shape[1], w3.shape[2]
+    cg, hw = x.shape[1] // groups, geo[8] * geo[9]
+    dx = np.zeros_like(x) if need_dx else np.zeros((0, 0, 0, 0), x.dtype)
+    dw3 = np.zeros_like(w3)
+    for b in range(nblk):
+        n0, n1 = _block(n, nblk, b)
+        col = np.empty((k, (n1 - n0) * hw), x.dtype)
+        d = np.empty((fg, (n1 - n0) * hw), x.dtype)
+        for g in range(groups):
+            for i in prange(n0, n1):
+                _take(dout3, d, i, n0, g * fg)
+            if need_dw:
+                for i in prange(n0, n1):
+                    _im2col(x, col, i, n0, g * cg, cg, geo)
+                dw3[g] += np.dot(d, col.T)
+            if need_dx:
+                dcol = np.dot(w3[g].T, d)
+                for i in prange(n0, n1):
+                    _col2im(dcol, dx, i, n0, g * cg, cg, geo)
+    return dx, dw3
+
+
+# ---------------------------------------------------------------- pool2d
+
+@njit(cache=True, error_model="numpy")
+def _window(o, stride, pad, k, size):
+    """The input range [lo, hi) of output position o (clipped to the input)."""
+    lo = o * stride - pad
+    return max(lo, 0), min(lo + k, size)
+
+
+@njit(cache=True, error_model="numpy")
+def _max_plane(x, out, geo):
+    kh, kw, sh, sw, ph, pw = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5]
+    for oh in range(out.shape[0]):
+        h0, h1 = _window(oh, sh, ph, kh, x.shape[0])
+        for ow in range(out.shape[1]):
+            w0, w1 = _window(ow, sw, pw, kw, x.shape[1])
+            m = x[h0, w0]
+            for i in range(h0, h1):
+                for j in range(w0, w1):
+                    m = max(m, x[i, j])
+            out[oh, ow] = m
+
+
+@njit(cache=True, error_model="numpy")
+def _avg_plane(x, out, geo, exclusive):
+    kh, kw, sh, sw, ph, pw = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5]
+    for oh in range(out.shape[0]):
+        h0, h1 = _window(oh, sh, ph, kh, x.shape[0])
+        for ow in range(out.shape[1]):
+            w0, w1 = _window(ow, sw, pw, kw, x.shape[1])
+            s = 0.0
+            for i in range(h0, h1):
+                for j in range(w0, w1):
+                    s += x[i, j]
+            out[oh, ow] = s / ((h1 - h0) * (w1 - w0) if exclusive else kh * kw)
+
+
+@njit(cache=True, error_model="numpy")
+def _max_plane_grad(x, dout, dx, geo):
+    """dout goes to the first maximum of each window."""
+    kh, kw, sh, sw, ph, pw = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5]
+    for oh in range(dout.shape[0]):
+        h0, h1 = _window(oh, sh, ph, kh, x.shape[0])
+        for ow in range(dout.shape[1]):
+            w0, w1 = _window(ow, sw, pw, kw, x.shape[1])
+            bi, bj = h0, w0
+            for i in range(h0, h1):
+                for j in range(w0, w1):
+                    if x[i, j] > x[bi, bj]:
+                        bi, bj = i, j
+            dx[bi, bj] += dout[oh, ow]
+
+
+@njit(cache=True, error_model="numpy")
+def _avg_plane_grad(dout, dx, geo, exclusive):
+    kh, kw, sh, sw, ph, pw = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5]
+    for oh in range(dout.shape[0]):
+        h0, h1 = _window(oh, sh, ph, kh, dx.shape[0])
+        for ow in range(dout.shape[1]):
+            w0, w1 = _window(ow, sw, pw, kw, dx.shape[1])
+            g = dout[oh, ow] / ((h1 - h0) * (w1 - w0) if exclusive else kh * kw)
+            for i in range(h0, h1):
+                for j in range(w0, w1):
+                    dx[i, j] += g
+
+
+@njit(cache=True, error_model="numpy")
+def _pool_plane(x, out, p, geo, is_max, exclusive):
+    n, c = p // x.shape[1], p % x.shape[1]
+    if is_max:
+        _max_plane(x[n, c], out[n, c], geo)
+    else:
+        _avg_plane(x[n, c], out[n, c], geo, exclusive)
+
+
+@njit(cache=True, error_model="numpy")
+def _pool_grad_plane(x, dout, dx, p, geo, is_max, exclusive):
+    n, c = p // x.shape[1], p % x.shape[1]
+    if is_max:
+        _max_plane_grad(x[n, c], dout[n, c], dx[n, c], geo)
+    else:
+        _avg_plane_grad(dout[n, c], dx[n, c], geo, exclusive)
+
+
+@njit(cache=True, error_model="numpy")
+def pool2d(x, geo, is_max, exclusive):
+    """Max or average pooling of NCHW x; windows are clipped to the input (padding never wins a max)."""
+    out = np.empty((x.shape[0], x.shape[1], geo[8], geo[9]), x.dtype)
+    for p in range(x.shape[0] * x.shape[1]):
+        _pool_plane(x, out, p, geo, is_max, exclusive)
+    return out
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def pool2d_parallel(x, geo, is_max, exclusive):
+    out = np.empty((x.shape[0], x.shape[1], geo[8], geo[9]), x.dtype)
+    for p in prange(x.shape[0] * x.shape[1]):
+        _pool_plane(x, out, p, geo, is_max, exclusive)
+    return out
+
+
+@njit(cache=True, error_model="numpy")
+def pool2d_grad(x, dout, geo, is_max, exclusive):
+    dx = np.zeros_like(x)
+    for p in range(x.shape[0] * x.shape[1]):
+        _pool_grad_plane(x, dout, dx, p, geo, is_max, exclusive)
+    return dx
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def pool2d_grad_parallel(x, dout, geo, is_max, exclusive):
+    dx = np.zeros_like(x)
+    for p in prange(x.shape[0] * x.shape[1]):
+        _pool_grad_plane(x, dout, dx, p, geo, is_max, exclusive)
+    return dx
