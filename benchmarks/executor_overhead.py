@@ -1,10 +1,11 @@
 """Executor overhead: a chain of small ops through the Executor vs a plain loop over the same kernels.
 
-    python benchmarks/executor_overhead.py [--quick]
+    python benchmarks/executor_overhead.py [--quick] [--check-nan-inf]
 
 The chain alternates `scale` and `elementwise_add` on a 16-element float32 vector, so kernel
 time is tiny and what is measured is the per-op cost of the framework. torch eager runs the
-same chain when installed (extra `bench`).
+same chain when installed (extra `bench`). `--check-nan-inf` also times an Executor with the NaN/Inf
+check on (off, the plan is the same as before the check existed: compare executor/loop across versions).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def build_chain(n_ops, size=16):
     return main, h
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, check_nan_inf: bool = False) -> dict:
     n_ops = 200 if quick else 1000
     repeats = 5 if quick else 30
     size = 16
@@ -68,6 +69,11 @@ def run(quick: bool = False) -> dict:
     np.testing.assert_allclose(got, plain(), rtol=1e-6)
     result = {"name": "executor_overhead", "ops": n_ops, "executor_us_per_op": 1e6 * t_exe / n_ops,
               "loop_us_per_op": 1e6 * t_loop / n_ops, "ratio_vs_loop": t_exe / t_loop, "peers": {"loop": t_loop}}
+    if check_nan_inf:
+        checked = fl.Executor(check_nan_inf=True)
+        t_check = _best(lambda: checked.run(main, feed=feed, fetch_list=[out]), repeats)
+        result["check_us_per_op"] = 1e6 * t_check / n_ops
+        result["check_ratio_vs_off"] = t_check / t_exe
     try:
         import torch
     except ImportError:
@@ -93,11 +99,14 @@ def run(quick: bool = False) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--check-nan-inf", action="store_true", help="also time Executor(check_nan_inf=True)")
     args = parser.parse_args(argv)
-    r = run(args.quick)
+    r = run(args.quick, args.check_nan_inf)
     print(f"chain of {r['ops']} ops on a 16-element float32 vector (best of several runs)")
     print(f"  executor        {r['executor_us_per_op']:7.3f} us/op")
     print(f"  plain loop      {r['loop_us_per_op']:7.3f} us/op   executor/loop  = {r['ratio_vs_loop']:.2f}x")
+    if "check_us_per_op" in r:
+        print(f"  check_nan_inf   {r['check_us_per_op']:7.3f} us/op   on/off         = {r['check_ratio_vs_off']:.2f}x")
     if "torch_us_per_op" in r:
         print(f"  torch eager     {r['torch_us_per_op']:7.3f} us/op   executor/torch = {r['ratio_vs_torch']:.2f}x")
     else:

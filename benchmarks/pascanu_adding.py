@@ -22,7 +22,7 @@ SUCCESS_MSE = 0.01
 
 
 def one_run(mode, seq_len, seed, args):
-    main, startup, test, fetches = build(mode, seq_len, args.hidden, args.lr, seed, args.radius, args.clip_norm,
+    main, startup, test, fetches, _ = build(mode, seq_len, args.hidden, args.lr, seed, args.radius, args.clip_norm,
                                          1.0, args.input_scale)
     exe, scope = fl.Executor(), fl.Scope()
     exe.run(startup, scope=scope)

@@ -10,6 +10,7 @@ if _util.find_spec("fluidlite.kernels") is None:
 from . import ops  # noqa: E402,F401  (registers every op)
 from . import initializer, layers, unique_name  # noqa: E402,F401
 from .data_feeder import DataFeeder, data  # noqa: E402
+from .compiler.nan_check import NanInfError  # noqa: E402
 from .executor import CPUPlace, Executor  # noqa: E402
 from .framework import (  # noqa: E402
     Block, Operator, Parameter, Program, Variable, default_main_program, default_startup_program, program_guard, role_guard,

@@ -5,6 +5,8 @@ one line per op calling its bound kernel, `del` after each value's last use. See
 """
 from __future__ import annotations
 
+import dataclasses
+import os
 import sys
 import threading
 import weakref
@@ -18,6 +20,7 @@ from ._threads import choose_layer, parallel_lock
 from .framework import Program, Variable, default_main_program
 from .compiler import CompileOptions, compile_plan
 from .compiler.codegen import PLAN_FILENAME_PREFIX
+from .compiler.nan_check import NanInfError
 from .scope import Scope, global_scope
 
 _MAX_PLANS = 64
@@ -80,6 +83,8 @@ class Plan:
             self._check_scope(scope)
         try:
             return self._step(feed, scope.arrays)
+        except NanInfError:
+            raise  # already names its op
         except Exception as exc:
             op = self._failing_op(sys.exc_info()[2])
             if op is None:
@@ -103,12 +108,19 @@ class Executor:
     """Runs programs. Plans are cached per (program version, feed signature, fetch list), at most
     `_MAX_PLANS` of them; the least recently used plan is evicted first.
 
-    `compile_options` (a `fluidlite.compiler.CompileOptions`) switches compiler passes off or turns on
-    the IR verifier between passes; default: from the environment (`CompileOptions.from_env`)."""
+    `check_nan_inf=True` (or the environment variable FLUIDLITE_CHECK_NAN_INF=1) checks every op's
+    floating outputs as the plan runs: the first op that writes a NaN or an Inf raises `NanInfError`
+    before any later op runs, and the scope keeps its values (see `fluidlite.compiler.nan_check`);
+    off, the plan holds no trace of it. `compile_options` (a `fluidlite.compiler.CompileOptions`)
+    switches compiler passes off or turns on the IR verifier between passes; default: from the
+    environment (`CompileOptions.from_env`)."""
 
-    def __init__(self, place=None, compile_options: CompileOptions | None = None):
+    def __init__(self, place=None, check_nan_inf=False, compile_options: CompileOptions | None = None):
         self.place = place or CPUPlace()
-        self.compile_options = CompileOptions.from_env() if compile_options is None else compile_options
+        options = CompileOptions.from_env() if compile_options is None else compile_options
+        if check_nan_inf or os.environ.get("FLUIDLITE_CHECK_NAN_INF", "") not in ("", "0"):
+            options = dataclasses.replace(options, check_nan_inf=True)
+        self.compile_options = options
         self._plans: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         tune_malloc()

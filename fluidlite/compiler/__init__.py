@@ -9,6 +9,9 @@ only optimise (`alias`, `inplace`, `fold`) and `prune` can be switched off for d
 
     fl.Executor(compile_options=CompileOptions(disabled={"fold", "alias"}, debug=True))
 
+`check_nan_inf=True` (what `fl.Executor(check_nan_inf=True)` sets) makes codegen check every op's
+floating outputs for NaN/Inf (see `nan_check`); it also switches off `alias`, `inplace` and `fold`.
+
 or, for every Executor made afterwards without explicit options, the environment variables
 `FLUIDLITE_PASSES_OFF=fold,alias` and `FLUIDLITE_DEBUG_PASSES=1`.
 """
@@ -39,6 +42,7 @@ class CompileOptions:
 
     disabled: frozenset = field(default_factory=frozenset)
     debug: bool = False
+    check_nan_inf: bool = False
 
     def __post_init__(self):
         disabled = frozenset(self.disabled)
@@ -46,6 +50,8 @@ class CompileOptions:
         if unknown:
             raise ValueError(f"CompileOptions: cannot switch off {sorted(unknown)}; switchable passes: "
                              f"{sorted(SWITCHABLE)}")
+        if self.check_nan_inf:  # no write into the scope before the end, inputs intact for the report
+            disabled |= {"alias", "inplace", "fold"}
         object.__setattr__(self, "disabled", disabled)
 
     @classmethod

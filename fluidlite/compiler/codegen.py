@@ -9,7 +9,9 @@
         A['fc_0.w_0'] = v7      # persistable results back to the scope
         return [v5]             # fetches (a persistable one is copied)
 
-Each value is deleted after its last use. A folded step's inputs are accumulated into `acc<i>` as
+Each value is deleted after its last use. With `options.check_nan_inf` a line `N<i>((outs), I)`
+follows each kernel call, `I` the inputs the op saw (see `nan_check`), and the persistables the plan
+updates are read as copies. A folded step's inputs are accumulated into `acc<i>` as
 they are made (`F<i>` is its fold step). The source is kept as `PlanIR.source` (public as `Plan.source`)
 and `line_to_op` maps each line number back to its op for error messages.
 """
@@ -20,6 +22,7 @@ import itertools
 
 from .inplace import reusable
 from .ir import PlanIR
+from .nan_check import checker
 
 _plan_ids = itertools.count()
 
@@ -52,7 +55,9 @@ def codegen(ir: PlanIR, options) -> PlanIR:
     keep_alive = set(ir.fetch_names) | set(ir.persist_out)
     lines = ["def _step(F, A):"]
     lines += [f"    {ref(n)} = F[{n!r}]" for n in ir.feed]
-    lines += [f"    {ref(n)} = A[{n!r}]" for n in ir.scope_inputs]
+    check = getattr(options, "check_nan_inf", False)
+    updated = set(ir.persist_out) if check else set()  # the scope keeps these until the last line
+    lines += [f"    {ref(n)} = A[{n!r}]{'.copy()' if n in updated else ''}" for n in ir.scope_inputs]
     env, line_to_op, started = {}, {}, set()
     for i, step in enumerate(steps):
         ins, outs = step.in_names, step.out_names
@@ -67,10 +72,16 @@ def codegen(ir: PlanIR, options) -> PlanIR:
                         env[f"T_{ir.metas[n].dtype.name}"] = ir.metas[n].dtype
                 args.append("out=[" + ", ".join("None" if n is None else f"R(A, {n!r}, {ir.metas[n].shape!r}, "
                                                 f"T_{ir.metas[n].dtype.name})" for n in step.reuse) + "]")
+            if check:  # the inputs as the op saw them (an op may write a name it reads)
+                lines.append(f"    I = ({''.join(ref(n) + ', ' for n in ins)})")
             lines.append(f"    {targets} = K{i}({', '.join(args)})")
         else:  # its inputs were folded into acc{i} as they were made
             lines.append(f"    {targets} = acc{i}")
         line_to_op[len(lines)] = step.op
+        if check and step.fold is None:
+            env[f"N{i}"] = checker(step, i)
+            lines.append(f"    N{i}(({targets},), I)")
+            line_to_op[len(lines)] = step.op
         dead = [ref(n) for n in dict.fromkeys(ins + outs)
                 if last_use[n] == i and n not in keep_alive and not (step.fold is not None and n in ins)]
         if step.fold is not None:
