@@ -52,8 +52,7 @@ def test_conv2d_parallel_blocks_match_serial(monkeypatch):
     ref = lambda Input, Filter: np_conv(Input, Filter, (1, 1), (1, 1), (1, 1), 2)  # noqa: E731
     monkeypatch.setattr(conv_ops, "_PARALLEL_FLOPS", 0)
     monkeypatch.setattr(conv_ops, "_PARALLEL_BLOCK_COLS", 2 * 36 * 18)  # two images per block
-    for dt in ("float32", "float64"):
-        check_forward("conv2d", {"Input": x.astype(dt), "Filter": w.astype(dt)}, ref, attrs, ("Output",))
+    check_forward("conv2d", {"Input": x, "Filter": w}, ref, attrs, ("Output",))  # float64: each compile costs seconds
     check_grad("conv2d", {"Input": x[:2], "Filter": w}, ("Input", "Filter"), attrs, ("Output",))
 
 
@@ -102,8 +101,7 @@ def test_global_pooling_and_parallel_planes(monkeypatch):
         attrs = {"pooling_type": kind, "global_pooling": True, "ksize": (2, 2)}  # ksize ignored
         ref = (lambda X: X.max(axis=(2, 3), keepdims=True)) if kind == "max" else (
             lambda X: X.mean(axis=(2, 3), keepdims=True))
-        for dt in ("float32", "float64"):
-            check_forward("pool2d", {"X": x.astype(dt)}, ref, attrs)
+        check_forward("pool2d", {"X": x}, ref, attrs)
         check_grad("pool2d", {"X": x[:1, :2]}, attrs=attrs)
     check_grad("pool2d", {"X": x[:2]}, attrs={"ksize": (2, 3), "strides": (1, 2), "pooling_type": "max"})
 

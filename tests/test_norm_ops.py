@@ -46,9 +46,7 @@ def test_batch_norm_parallel_channels(monkeypatch):
     monkeypatch.setattr(norm_ops, "PARALLEL_MIN", 1)
     x = rng.standard_normal((4, 3, 2, 2))
     stats = {"Scale": rng.standard_normal(3), "Bias": rng.standard_normal(3), "Mean": np.zeros(3), "Variance": np.ones(3)}
-    for dt in ("float32", "float64"):
-        check_forward("batch_norm", {"X": x.astype(dt), **{k: v.astype(dt) for k, v in stats.items()}},
-                      np_batch_norm(False), outputs=BN_OUTS)
+    check_forward("batch_norm", {"X": x, **stats}, np_batch_norm(False), outputs=BN_OUTS)  # float64 only: compile time
     check_grad("batch_norm", {"X": x, **stats}, ("X", "Scale"), outputs=BN_OUTS, grad_outputs=("Y",))
     ln_x, ln_s = rng.standard_normal((6, 4)), rng.standard_normal(4)
     check_forward("layer_norm", {"X": ln_x, "Scale": ln_s}, lambda X, Scale: np_layer_norm(X, Scale, None, 1),
