@@ -1,6 +1,6 @@
 """Allreduce time of a model's gradients over 2 MPI workers: one bucket vs one allreduce per gradient.
 
-    python benchmarks/allreduce.py [--quick] [-n 2]
+    python benchmarks/allreduce.py [--quick] [-n 2] [--import-torch-first]
 
 Re-launches itself under the mpiexec of the `[dist]` extra. Times what the `allreduce` op's kernel
 runs (`fluidlite.distributed.comm.reduce_bucket`: pack, Iallreduce in place with a deadline, unpack)
@@ -22,6 +22,13 @@ import sys
 import time
 
 import numpy as np
+
+try:
+    from . import _harness
+except ImportError:  # run as a script
+    import _harness
+
+_harness.early_imports(__name__)
 
 MLP = [(784, 1024), (1024,), (1024, 1024), (1024,), (1024, 10), (10,)]
 SMALL = [(64, 64)] * 200
@@ -77,6 +84,7 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true")
     p.add_argument("-n", type=int, default=2)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--import-torch-first", action="store_true", help="import torch before fluidlite")
     args = p.parse_args(argv)
     if args.worker:
         return _worker(args.quick)

@@ -1,6 +1,6 @@
 """Gradient clipping speed: fluidlite's clip ops through the Executor vs NumPy and torch.
 
-    python benchmarks/clip.py [--quick]
+    python benchmarks/clip.py [--quick] [--import-torch-first] [--json]
 
 Global-norm clip (clip_norm below the norm, so every gradient is rescaled) on
   - "transformer": 200 tensors, 10.5M floats (a 12-layer d=256 transformer's parameter shapes)
@@ -22,7 +22,13 @@ import time
 import numpy as np
 from numba import njit, prange
 
-import fluidlite as fl
+try:
+    from . import _harness
+except ImportError:  # run as a script
+    import _harness
+
+_harness.early_imports(__name__)
+import fluidlite as fl  # noqa: E402
 
 CLIP = 1.0
 
@@ -125,14 +131,22 @@ class Work:
         np.copyto(self.flat, self.pristine)
 
 
-def fluidlite_global(shapes, work, shared=True):
-    """A program clipping persistable gradients g0..gN in place; returns (run, arrays-getter)."""
+def fluidlite_global(shapes, work, shared=True, persistable_out=False):
+    """A program clipping persistable gradients g0..gN in place (or, persistable_out, into persistable
+    outputs o0..oN kept between runs); returns (run, restore, result)."""
     main = fl.Program()
     block = main.global_block()
     gs = [block.create_var(name=f"g{i}", shape=s, dtype="float32", persistable=True) for i, s in enumerate(shapes)]
+    outs = gs
+    if persistable_out:
+        outs = [block.create_var(name=f"o{i}", shape=s, dtype="float32", persistable=True) for i, s in enumerate(shapes)]
     block.append_op("global_norm", {"X": gs}, {"Out": "norm"})
-    block.append_op("scale_by_global_norm", {"X": gs, "GlobalNorm": "norm"}, {"Out": gs}, {"clip_norm": CLIP})
-    return _fluidlite_runner(main, work, [g.name for g in gs], ["norm"], shared)
+    block.append_op("scale_by_global_norm", {"X": gs, "GlobalNorm": "norm"}, {"Out": outs}, {"clip_norm": CLIP})
+    run, restore, result = _fluidlite_runner(main, work, [g.name for g in gs], ["norm"], shared)
+    if persistable_out:
+        scope = run.scope
+        return run, restore, lambda: np.concatenate([scope.get_array(o.name).reshape(-1) for o in outs])
+    return run, restore, result
 
 
 def fluidlite_by_norm(work):
@@ -142,11 +156,19 @@ def fluidlite_by_norm(work):
     return _fluidlite_runner(main, work, ["g"], [])
 
 
-def fluidlite_value(work):
+def fluidlite_value(work, persistable_out=False):
+    """clip by value in place (Out = X = g), or into a persistable output kept between runs (Out = o)."""
     main = fl.Program()
     g = main.global_block().create_var(name="g", shape=work.flat.shape, dtype="float32", persistable=True)
-    main.global_block().append_op("clip", {"X": g}, {"Out": g}, {"min": -CLIP * 1e-3, "max": CLIP * 1e-3})
-    return _fluidlite_runner(main, work, ["g"], [])
+    out = g
+    if persistable_out:
+        out = main.global_block().create_var(name="o", shape=work.flat.shape, dtype="float32", persistable=True)
+    main.global_block().append_op("clip", {"X": g}, {"Out": out}, {"min": -CLIP * 1e-3, "max": CLIP * 1e-3})
+    run, restore, result = _fluidlite_runner(main, work, ["g"], [])
+    if persistable_out:
+        scope = run.scope
+        return run, restore, lambda: scope.get_array("o")
+    return run, restore, result
 
 
 def _fluidlite_runner(main, work, names, fetch, shared=True):
@@ -157,7 +179,7 @@ def _fluidlite_runner(main, work, names, fetch, shared=True):
     for n, v in zip(names, views):
         scope.var(n).get_tensor().set(v)
         if shared:
-            scope._arrays[n] = v  # Tensor.set copies; alias the buffer itself
+            scope.set_array(n, v)  # Tensor.set copies; alias the buffer itself
     arrays = [scope.var(n).get_tensor().__array__(copy=False) for n in names]
 
     def restore():  # pristine values, in place (the clip ops work in place)
@@ -169,7 +191,11 @@ def _fluidlite_runner(main, work, names, fetch, shared=True):
     def result():
         return np.concatenate([a.reshape(-1) for a in arrays])
 
-    return (lambda: exe.run(main, fetch_list=fetch, scope=scope)), restore, result
+    def run():
+        exe.run(main, fetch_list=fetch, scope=scope)
+
+    run.scope = scope
+    return run, restore, result
 
 
 def numpy_per_tensor(views):
@@ -214,6 +240,7 @@ def bench_global(case, shapes, repeats, flush, rng, torch, copies):
     else:
         impls = {"fluidlite": fluidlite_global(shapes, work),
                  "fluidlite_own_buffers": fluidlite_global(shapes, work, shared=False),
+                 "fluidlite_persistable_out": fluidlite_global(shapes, work, persistable_out=True),
                  "numpy_per_tensor": (lambda: numpy_per_tensor(work.views), work.restore, lambda: work.flat),
                  "numpy_flat": (lambda: numpy_flat(work.flat), work.restore, lambda: work.flat)}
     if torch is not None:
@@ -239,7 +266,7 @@ def bench_value(n, repeats, flush, rng, torch, copies):
     work = Work([(n,)], rng)
     lo, hi = -CLIP * 1e-3, CLIP * 1e-3
     expected = np.clip(work.pristine.astype(np.float64), lo, hi).astype(np.float32)
-    impls = {"fluidlite": fluidlite_value(work),
+    impls = {"fluidlite": fluidlite_value(work), "fluidlite_persistable_out": fluidlite_value(work, True),
              "numpy_clip": (lambda: np.clip(work.flat, lo, hi, out=work.flat), work.restore, lambda: work.flat)}
     if torch is not None:
         t = torch.from_numpy(work.flat)
@@ -282,10 +309,14 @@ def run(quick: bool = False) -> list:
 
 def _result(name, ms, floor_ms, n, tensors, bw):
     mine = ms["fluidlite"]
+    torch_ms = [v for k, v in ms.items() if k.startswith("torch")]
+    persist = {"persistable_out_vs_torch_best": ms["fluidlite_persistable_out"] / min(torch_ms)} if (
+        "fluidlite_persistable_out" in ms and torch_ms) else {}
     out = {"name": name, "ms": mine, "peers_ms": ms, "floor_ms": floor_ms, "floats": n, "tensors": tensors,
            "copy_bandwidth_GBps": bw / 1e9, "fluidlite_GBps_effective": (floor_ms / mine) * bw / 1e9,
            "ratios": {f"vs_{k}": mine / v for k, v in ms.items() if k != "fluidlite"}}
     out["ratios"]["vs_bandwidth_floor"] = mine / floor_ms
+    out["ratios"].update(persist)
     if not any(k.startswith("torch") for k in ms):
         out["missing"] = ["torch"]
     return out
@@ -293,9 +324,13 @@ def _result(name, ms, floor_ms, n, tensors, bw):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller large cases")
+    _harness.add_arguments(parser, peers_only=False)
     args = parser.parse_args(argv)
-    for r in run(args.quick):
+    results = run(args.quick)
+    if args.json:
+        return _harness.emit_json(results)
+    print("import order:", "torch first" if args.import_torch_first else "fluidlite first")
+    for r in results:
         print(f"{r['name']}: {r['tensors']} tensor(s), {r['floats'] / 1e6:.1f}M float32; copy bandwidth "
               f"{r['copy_bandwidth_GBps']:.1f} GB/s; floor (bytes moved at copy bandwidth) {r['floor_ms']:.2f} ms")
         for name, ms in r["peers_ms"].items():

@@ -1,6 +1,6 @@
 """One training step of a LeNet-style CNN: fluidlite's Executor vs torch eager, measured in the same run.
 
-    python benchmarks/cnn_step.py [--quick]
+    python benchmarks/cnn_step.py [--quick] [--import-torch-first] [--json]
 
 Batch 64 of 1x28x28 float32 images: conv 5x5x20 relu, max pool 2, conv 5x5x50 relu, max pool 2,
 fc 500 relu, fc 10, softmax cross-entropy, SGD(lr 0.01). Both sides start from fluidlite's initial
@@ -13,9 +13,15 @@ import os
 
 import numpy as np
 
-import fluidlite as fl
-from fluidlite import layers
-from fluidlite.benchmarks.mlp_step import _time_ms
+try:
+    from . import _harness
+except ImportError:  # run as a script
+    import _harness
+
+_harness.early_imports(__name__)
+import fluidlite as fl  # noqa: E402
+from fluidlite import layers  # noqa: E402
+from fluidlite.benchmarks.mlp_step import _time_ms  # noqa: E402
 
 BATCH, LR = 64, 0.01
 
@@ -94,9 +100,12 @@ def run(quick: bool = False) -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    _harness.add_arguments(parser, peers_only=False)
     args = parser.parse_args(argv)
     r = run(args.quick)
+    r["import_order"] = "torch first" if args.import_torch_first else "fluidlite first"
+    if args.json:
+        return _harness.emit_json(r)
     print(f"CNN conv5x5x20-pool2-conv5x5x50-pool2-fc500-fc10, batch {BATCH}x1x28x28 float32, SGD: one train step")
     for name, ms in r["peers_ms"].items():
         print(f"  {name:10s} {ms:8.2f} ms/step (median; min {r['min_ms'][name]:.2f})")

@@ -16,8 +16,14 @@ import os
 import re
 import sys
 
-from fluidlite import demo
-from fluidlite.demo_plots import layer_summary
+try:
+    from . import _harness
+except ImportError:  # run as a script
+    import _harness
+
+_harness.early_imports(__name__)
+from fluidlite import demo  # noqa: E402
+from fluidlite.demo_plots import layer_summary  # noqa: E402
 
 DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "docs")
 TUTORIAL, EXPERIMENTS = "tutorial.md", "experiments.md"
@@ -134,6 +140,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
     p.add_argument("--write", action="store_true", help="rewrite the docs' tables instead of checking them")
     p.add_argument("--docs", default=DOCS)
+    p.add_argument("--import-torch-first", action="store_true", help="import torch before fluidlite")
     args = p.parse_args(argv)
     results = {}
     for seed in args.seeds:

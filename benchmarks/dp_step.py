@@ -1,6 +1,6 @@
 """A DP-SGD step (per-example clipping + noise) against the ordinary step, a per-example loop and Opacus.
 
-    python benchmarks/dp_step.py [--quick]
+    python benchmarks/dp_step.py [--quick] [--import-torch-first]
 
 - MLP: the net of benchmarks/mlp_step.py (784-1024-1024-10, relu), batch 64, SGD.
 - LSTM: the net of benchmarks/rnn_step.py (StaticRNN + lstm_unit, last state -> 10 classes), SGD.
@@ -21,8 +21,14 @@ import time
 
 import numpy as np
 
-import fluidlite as fl
-from fluidlite import layers
+try:
+    from . import _harness
+except ImportError:  # run as a script
+    import _harness
+
+_harness.early_imports(__name__)
+import fluidlite as fl  # noqa: E402
+from fluidlite import layers  # noqa: E402
 
 SIZES = (784, 1024, 1024, 10)
 LSTM_FULL = {"seq_len": 50, "batch": 32, "input": 256, "hidden": 256, "classes": 10}
@@ -216,6 +222,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small configuration")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--import-torch-first", action="store_true", help="import torch before fluidlite")
     r = run(parser.parse_args(argv).quick)
     if "--json" in (argv or sys.argv[1:]):
         print(json.dumps(r, indent=1))

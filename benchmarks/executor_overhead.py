@@ -1,6 +1,6 @@
 """Executor overhead: a chain of small ops through the Executor vs a plain loop over the same kernels.
 
-    python benchmarks/executor_overhead.py [--quick] [--check-nan-inf]
+    python benchmarks/executor_overhead.py [--quick] [--check-nan-inf] [--import-torch-first] [--json]
 
 The chain alternates `scale` and `elementwise_add` on a 16-element float32 vector, so kernel
 time is tiny and what is measured is the per-op cost of the framework. torch eager runs the
@@ -14,9 +14,15 @@ import time
 
 import numpy as np
 
-import fluidlite as fl
-from fluidlite import layers
-from fluidlite.registry import InferContext, Meta, get_op_def
+try:
+    from . import _harness
+except ImportError:  # run as a script
+    import _harness
+
+_harness.early_imports(__name__)
+import fluidlite as fl  # noqa: E402
+from fluidlite import layers  # noqa: E402
+from fluidlite.registry import InferContext, Meta, get_op_def  # noqa: E402
 
 
 def _best(fn, repeats):
@@ -98,10 +104,13 @@ def run(quick: bool = False, check_nan_inf: bool = False) -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
+    _harness.add_arguments(parser, peers_only=False)
     parser.add_argument("--check-nan-inf", action="store_true", help="also time Executor(check_nan_inf=True)")
     args = parser.parse_args(argv)
     r = run(args.quick, args.check_nan_inf)
+    r["import_order"] = "torch first" if args.import_torch_first else "fluidlite first"
+    if args.json:
+        return _harness.emit_json(r)
     print(f"chain of {r['ops']} ops on a 16-element float32 vector (best of several runs)")
     print(f"  executor        {r['executor_us_per_op']:7.3f} us/op")
     print(f"  plain loop      {r['loop_us_per_op']:7.3f} us/op   executor/loop  = {r['ratio_vs_loop']:.2f}x")

@@ -1,6 +1,6 @@
 """One training step of an MLP: fluidlite's Executor vs hand-written NumPy (and torch eager if installed).
 
-    python benchmarks/mlp_step.py [--quick]
+    python benchmarks/mlp_step.py [--quick] [--import-torch-first] [--peers-only] [--json]
 
 MLP 784-1024-1024-10 with relu, softmax cross-entropy, batch 128, float32, Momentum(lr 0.01, mu 0.9).
 All sides start from fluidlite's initial weights; their losses must agree (1e-4 relative) over the
@@ -16,8 +16,14 @@ import time
 
 import numpy as np
 
-import fluidlite as fl
-from fluidlite import layers
+try:
+    from . import _harness
+except ImportError:  # run as a script
+    import _harness
+
+if _harness.early_imports(__name__):
+    import fluidlite as fl
+    from fluidlite import layers
 
 SIZES = (784, 1024, 1024, 10)
 BATCH, LR, MU = 128, 0.01, 0.9
@@ -134,7 +140,6 @@ def run(quick: bool = False) -> dict:
     except ImportError:
         missing.append("torch")
     else:
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
         peers["torch"] = _torch_step(torch, params)
         tx, tl = torch.from_numpy(x), torch.from_numpy(label)
         t_step = peers["torch"]
@@ -154,19 +159,53 @@ def run(quick: bool = False) -> dict:
     return result
 
 
+def run_peers(quick: bool = False) -> dict:
+    """Only the peers (fluidlite is not imported): NumPy and torch from the same random weights."""
+    warmup, repeats = (2, 5) if quick else (3, 15)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((BATCH, SIZES[0])).astype(np.float32)
+    label = rng.integers(0, SIZES[-1], (BATCH, 1)).astype(np.int64)
+    params = []
+    for a, b in zip(SIZES[:-1], SIZES[1:]):
+        params += [(rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32), np.zeros(b, np.float32)]
+    ref = NumpyMLP(params)
+    peers = {"numpy": lambda: ref.step(x, label)}
+    try:
+        import torch
+    except ImportError:
+        pass
+    else:
+        t_step = _torch_step(torch, params)
+        tx, tl = torch.from_numpy(x), torch.from_numpy(label)
+        peers["torch"] = lambda: t_step(tx, tl)
+    ms, best = _time_ms(peers, warmup, repeats)
+    return {"name": "mlp_step", "peers_ms": ms, "min_ms": best, "fluidlite_imported": _harness.fluidlite_imported()}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    _harness.add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.peers_only:
+        r = run_peers(args.quick)
+        if args.json:
+            return _harness.emit_json(r)
+        for name, ms in r["peers_ms"].items():
+            print(f"  {name:10s} {ms:8.2f} ms/step (median; alone, fluidlite not imported)")
+        return r
     r = run(args.quick)
+    r["import_order"] = "torch first" if args.import_torch_first else "fluidlite first"
+    if args.json:
+        return _harness.emit_json(r)
     print(f"MLP {'-'.join(map(str, SIZES))} relu, batch {BATCH}, float32, Momentum: one train step "
-          f"(OPENBLAS_CORETYPE={r['openblas_coretype']})")
+          f"(OPENBLAS_CORETYPE={r['openblas_coretype']}; {r['import_order']})")
     for name, ms in r["peers_ms"].items():
         print(f"  {name:10s} {ms:8.2f} ms/step (median; min {r['min_ms'][name]:.2f})")
     for name, ratio in r["ratios"].items():
         print(f"  fluidlite {name}: {ratio:.2f}x the time")
     if r.get("missing"):
         print(f"  (not installed: {', '.join(r['missing'])})")
+    return r
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The adding problem as in Pascanu, Mikolov & Bengio (2013): how often plain SGD solves it with and
 without gradient-norm clipping, over several seeds and two sequence lengths.
 
-    python benchmarks/pascanu_adding.py [--steps N] [--seeds K] [--seq-lens 50 100]
+    python benchmarks/pascanu_adding.py [--steps N] [--seeds K] [--seq-lens 50 100] [--import-torch-first]
 
 A run succeeds when its mean squared error on 1000 held-out sequences falls below 0.01
 (predicting 1 everywhere scores about 0.167). Not part of the test suite; results and the time
@@ -14,9 +14,15 @@ import time
 
 import numpy as np
 
-import fluidlite as fl
-from fluidlite.synthetic import adding_problem
-from fluidlite.demo import build
+try:
+    from . import _harness
+except ImportError:  # run as a script
+    import _harness
+
+_harness.early_imports(__name__)
+import fluidlite as fl  # noqa: E402
+from fluidlite.synthetic import adding_problem  # noqa: E402
+from fluidlite.demo import build  # noqa: E402
 
 SUCCESS_MSE = 0.01
 
@@ -54,6 +60,7 @@ def main(argv=None):
     p.add_argument("--input-scale", type=float, default=1.0)
     p.add_argument("--clip-norm", type=float, default=1.0)
     p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--import-torch-first", action="store_true", help="import torch before fluidlite")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     rows = []

@@ -1,6 +1,6 @@
 """One training step of an LSTM classifier: fluidlite (StaticRNN + lstm_unit) vs torch nn.LSTM (eager).
 
-    python benchmarks/rnn_step.py [--quick]
+    python benchmarks/rnn_step.py [--quick] [--import-torch-first] [--peers-only] [--json]
 
 Full profile: T=50, batch 32, input 256, hidden 256; the last hidden state feeds a 10-way
 softmax cross-entropy; gradients are clipped to global norm 0.25; plain SGD. Both frameworks
@@ -14,8 +14,14 @@ import time
 
 import numpy as np
 
-import fluidlite as fl
-from fluidlite import layers
+try:
+    from . import _harness
+except ImportError:  # run as a script
+    import _harness
+
+if _harness.early_imports(__name__):
+    import fluidlite as fl
+    from fluidlite import layers
 
 FULL = {"seq_len": 50, "batch": 32, "input": 256, "hidden": 256, "classes": 10, "steps": 10}
 QUICK = {"seq_len": 20, "batch": 16, "input": 64, "hidden": 64, "classes": 10, "steps": 5}
@@ -52,7 +58,10 @@ def batches(cfg, seed=0):
 
 def run_fluidlite(cfg, data):
     main, startup, loss = build(cfg)
-    exe, scope = fl.Executor(), fl.Scope()
+    from fluidlite.compiler import CompileOptions
+
+    # the recurrent weight's gradient as one product (opt-in: it changes rounding)
+    exe, scope = fl.Executor(compile_options=CompileOptions(batch_grad=True)), fl.Scope()
     exe.run(startup, scope=scope)
     weights = {n: fl.fetch_var(n, scope).copy() for n in ("w_ih", "w_hh", "b", "w_out", "b_out")}
     losses, times = [], []
@@ -123,12 +132,42 @@ def run(quick: bool = False) -> dict:
     return result
 
 
+def run_peers(quick: bool = False) -> dict:
+    """torch alone (fluidlite is not imported), from random weights of the same shapes."""
+    cfg = QUICK if quick else FULL
+    rng = np.random.default_rng(0)
+    h, d, k = cfg["hidden"], cfg["input"], cfg["classes"]
+    weights = {"w_ih": rng.uniform(-0.1, 0.1, (d, 4 * h)), "w_hh": rng.uniform(-0.1, 0.1, (h, 4 * h)),
+               "b": np.zeros(4 * h), "w_out": rng.uniform(-0.1, 0.1, (h, k)), "b_out": np.zeros(k)}
+    weights = {n: w.astype(np.float32) for n, w in weights.items()}
+    result = {"name": "rnn_step", "peers_ms": {}, "fluidlite_imported": _harness.fluidlite_imported()}
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return result
+    data = batches(cfg)
+    run_torch(cfg, weights, data[:2])  # warm-up
+    _, times = run_torch(cfg, weights, data)
+    result["peers_ms"]["torch"] = 1e3 * float(np.median(times))
+    result["fluidlite_imported"] = _harness.fluidlite_imported()
+    return result
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a small configuration")
+    _harness.add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.peers_only:
+        r = run_peers(args.quick)
+        if args.json:
+            return _harness.emit_json(r)
+        print(f"  torch alone (fluidlite not imported): {r['peers_ms'].get('torch', float('nan')):8.2f} ms/step")
+        return r
     r = run(quick=args.quick)
-    print(f"LSTM train step, config {r['config']}")
+    r["import_order"] = "torch first" if args.import_torch_first else "fluidlite first"
+    if args.json:
+        return _harness.emit_json(r)
+    print(f"LSTM train step, config {r['config']} ({r['import_order']})")
     print(f"  fluidlite: {r['fluidlite_ms']:8.2f} ms/step  losses {[round(v, 5) for v in r['fluidlite_losses'][:4]]}")
     if "torch_ms" in r:
         print(f"  torch:     {r['torch_ms']:8.2f} ms/step  losses {[round(v, 5) for v in r['torch_losses'][:4]]}")
@@ -136,6 +175,7 @@ def main(argv=None):
               f"{len(r['torch_losses'])} steps: {r['max_loss_diff']:.2e}")
     else:
         print("  torch is not installed: pip install 'fluidlite[bench]' to compare")
+    return r
 
 
 if __name__ == "__main__":

@@ -10,14 +10,24 @@ imported before it. A layer the user chose (NUMBA_THREADING_LAYER, or Numba alre
 code) is left alone. Nothing here writes environment variables.
 
 Numba's workqueue must not launch parallel kernels from two threads at once (it aborts the
-process), so while it is the layer, plans run one at a time per process (`parallel_lock`).
-BLAS calls inside kernels (np.dot) use SciPy's OpenBLAS, a pool no other library shares.
+process), so while it is the layer, plans run one at a time per process (`RunGuard`).
+
+BLAS calls inside kernels (np.dot) go to SciPy's OpenBLAS, whose idle threads spin. When the
+machine is oversubscribed (1-minute load average above the cores this process may use), a
+two-thread product waits for a descheduled partner: an LSTM step burnt 830 ms of CPU for 86 ms of
+work. So while a plan runs on an oversubscribed machine, that OpenBLAS (found by threadpoolctl,
+only the copy under SciPy's directory) and Numba's thread count for the calling thread (the prange
+kernels wait for their partner thread the same way) are limited to one thread, and restored
+afterwards. The load is read at most once a second; other libraries' pools (NumPy's OpenBLAS,
+torch's) are never touched.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
+import time
+
+import numba as _numba
 
 _chosen = None
 _lock = threading.RLock()
@@ -41,6 +51,76 @@ def choose_layer() -> str:
     return _chosen
 
 
-def parallel_lock():
-    """A lock to hold while a plan runs: a real one under the workqueue layer, else a no-op context."""
-    return _lock if _chosen == "workqueue" else contextlib.nullcontext()
+def _scipy_blas() -> list:
+    """threadpoolctl controllers of the BLAS libraries loaded from SciPy's directory (what np.dot in a
+    Numba kernel calls); empty without threadpoolctl."""
+    try:
+        import scipy
+        import scipy.linalg.cython_blas  # noqa: F401  (loads it, as Numba does)
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return []
+    root = os.path.dirname(os.path.dirname(os.path.abspath(scipy.__file__)))
+    mine = (os.path.join(root, "scipy"), os.path.join(root, "scipy.libs"))
+    return [lib for lib in ThreadpoolController().lib_controllers
+            if lib.user_api == "blas" and os.path.abspath(lib.filepath).startswith(mine)]
+
+
+def oversubscribed() -> bool:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    try:
+        return os.getloadavg()[0] > cores
+    except OSError:
+        return False
+
+
+class RunGuard:
+    """Held while a plan runs: serialises plans under workqueue, and limits SciPy's OpenBLAS to one
+    thread while the machine is oversubscribed."""
+
+    RECHECK_S = 1.0
+
+    def __init__(self):
+        self._lock = _lock if _chosen == "workqueue" else None
+        self._libs = None
+        self._next_check = 0.0
+        self._limit = False
+        self._saved = ()
+        self._numba_threads = 1
+
+    def _check(self, now):
+        self._next_check = now + self.RECHECK_S
+        if self._libs is None:
+            self._libs = _scipy_blas()
+        self._limit = bool(self._libs) and oversubscribed()
+
+    def __enter__(self):
+        if self._lock is not None:
+            self._lock.acquire()
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._check(now)
+        if self._limit:
+            self._saved = [(lib, lib.get_num_threads()) for lib in self._libs]
+            for lib, n in self._saved:
+                if n != 1:
+                    lib.set_num_threads(1)
+            self._numba_threads = _numba.get_num_threads()
+            if self._numba_threads != 1:
+                _numba.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        if self._limit:
+            for lib, n in self._saved:
+                if n != 1:
+                    lib.set_num_threads(n)
+            self._saved = ()
+            if self._numba_threads != 1:
+                _numba.set_num_threads(self._numba_threads)
+        if self._lock is not None:
+            self._lock.release()
+        return False

@@ -1,7 +1,7 @@
 """The `fluidlite` command (also `python -m fluidlite`).
 
-Subcommands: `dot` (draw a saved program), `show` (print it), and `demo` / `bench`, which hand
-the rest of the command line to `fluidlite.demo.main` / `fluidlite.bench.main`.
+Subcommands: `dot` (draw a saved program), `show` (print it; `show --memory`: its memory plan), and
+`demo` / `bench`, which hand the rest of the command line to `fluidlite.demo.main` / `fluidlite.bench.main`.
 Errors print one line on stderr and exit non-zero; set FLUIDLITE_DEBUG=1 for the traceback.
 """
 from __future__ import annotations
@@ -53,8 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--highlight", action="append", metavar="NAME", help="emphasise a variable or op type (repeatable)")
     d.add_argument("--rankdir", choices=("TB", "LR", "BT", "RL"), default="TB")
     d.add_argument("--no-legend", action="store_true")
-    s = sub.add_parser("show", help="print a saved program as text")
+    s = sub.add_parser("show", help="print a saved program as text (or its memory plan)")
     s.add_argument("program", metavar="PROGRAM.json")
+    s.add_argument("--memory", action="store_true",
+                   help="print the peak live bytes of one step of the program (and the live bytes per op)")
+    s.add_argument("--batch", type=int, default=1, help="with --memory: the batch size fed (default 1)")
+    s.add_argument("--fetch", action="append", metavar="VAR", help="with --memory: a fetched variable (repeatable)")
     for name, (_, help_text) in PASSTHROUGH.items():
         sp = sub.add_parser(name, help=help_text, add_help=False)
         sp.add_argument("args", nargs=argparse.REMAINDER)
@@ -98,7 +102,32 @@ def _terminate(signum, frame):
 def _cmd_show(args) -> int:
     from . import io
 
-    print(io.load_program(args.program))
+    program = io.load_program(args.program)
+    if args.memory:
+        return _show_memory(program, args)
+    print(program)
+    return 0
+
+
+def _show_memory(program, args) -> int:
+    import numpy as np
+
+    from .executor import Executor
+
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    feed = {}
+    for var in program.global_block().vars.values():
+        if var.is_data:
+            shape = tuple(args.batch if d == -1 else d for d in var.shape)
+            feed[var.name] = np.zeros(shape, var.dtype)
+    plan = Executor().compile(program, feed=feed, fetch_list=args.fetch or [])
+    mem = plan.memory()
+    print(f"memory plan of one step, batch {args.batch}, {len(plan.steps)} ops")
+    print(mem.summary(plan.steps))
+    for i, op_type, live in mem.timeline:
+        mark = "  <- peak" if i == mem.peak_step else ""
+        print(f"  {i:4d} {op_type:28s} {live:>14,} bytes{mark}")
     return 0
 
 

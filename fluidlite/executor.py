@@ -16,7 +16,7 @@ import numpy as np
 
 from . import random_state
 from ._memory import tune_malloc
-from ._threads import choose_layer, parallel_lock
+from ._threads import RunGuard, choose_layer
 from .framework import Program, Variable, default_main_program
 from .compiler import CompileOptions, compile_plan
 from .compiler.codegen import PLAN_FILENAME_PREFIX
@@ -63,6 +63,12 @@ class Plan:
         self.source = ir.source
         self._step, self._line_to_op = ir.step_fn, ir.line_to_op
         self._checked_scopes = weakref.WeakSet()  # not ids: a new scope may reuse a dead one's id
+
+    def memory(self):
+        """The step's memory plan (`fluidlite.compiler.memory.MemoryPlan`): peak live bytes and where."""
+        from .compiler.memory import memory_plan
+
+        return memory_plan(self.ir)
 
     def _check_scope(self, scope: Scope):
         random_state.init_missing(scope, self.scope_inputs)  # a stream this scope has not used yet
@@ -125,7 +131,7 @@ class Executor:
         self._lock = threading.Lock()
         tune_malloc()
         choose_layer()  # Numba's workqueue for fluidlite's parallel kernels, unless the user chose a layer
-        self._guard = parallel_lock()
+        self._guard = RunGuard()  # one plan at a time under workqueue; one BLAS thread when oversubscribed
 
     def run(self, program=None, feed=None, fetch_list=None, scope=None, return_numpy=True):
         """Run `program`; returns the fetched values as numpy arrays (copies)."""

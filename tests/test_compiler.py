@@ -38,7 +38,7 @@ def _sig(feed):
 
 
 def test_pass_order_is_named():
-    assert [name for name, _ in PASSES] == ["prune", "infer", "alias", "inplace", "lower", "fold", "codegen"]
+    assert [name for name, _ in PASSES] == ["prune", "infer", "batch_grad", "alias", "inplace", "lower", "fold", "codegen"]
 
 
 def test_prune_alone_keeps_what_fetches_and_persistable_writes_need():
@@ -125,22 +125,28 @@ def test_debug_mode_runs_the_verifier_after_every_pass(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("off", [(), ("alias",), ("inplace",), ("fold",), ("prune",), ("alias", "inplace", "fold", "prune")])
+@pytest.mark.parametrize("off", [(), ("alias",), ("inplace",), ("fold",), ("prune",), ("batch_grad",),
+                                 ("alias", "inplace", "fold", "prune", "batch_grad")])
 def test_switching_passes_off_changes_no_number(off, dtype):
     loss = _train_net(dtype)
     startup = fl.default_startup_program()
     results = []
-    for options in (CompileOptions(debug=True), CompileOptions(disabled=set(off), debug=True)):
+    for options in (CompileOptions(debug=True, batch_grad=True),
+                    CompileOptions(disabled=set(off), debug=True, batch_grad=True)):
         scope, exe = fl.Scope(), fl.Executor(compile_options=options)
         exe.run(startup, scope=scope)
         losses = [exe.run(feed=_feed(dtype=dtype), fetch_list=[loss], scope=scope)[0] for _ in range(3)]
         results.append((losses, {p.name: fl.fetch_var(p.name, scope)
                                  for p in fl.default_main_program().all_parameters()}))
     (l0, p0), (l1, p1) = results
+    if "batch_grad" in off:  # one product instead of a sum of parts: the same additions in another order
+        close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5 if dtype == "float32" else 1e-12)  # noqa: E731
+    else:  # bit for bit: these passes change buffers and schedules, not math
+        close = np.testing.assert_array_equal
     for a, b in zip(l0, l1):
-        np.testing.assert_array_equal(a, b)  # bit for bit: the passes change buffers and schedules, not math
+        close(a, b)
     for n in p0:
-        np.testing.assert_array_equal(p0[n], p1[n])
+        close(p0[n], p1[n])
 
 
 def test_unknown_pass_cannot_be_switched_off():
@@ -151,7 +157,8 @@ def test_unknown_pass_cannot_be_switched_off():
 def test_options_from_the_environment(monkeypatch):
     monkeypatch.setenv("FLUIDLITE_PASSES_OFF", "fold, alias")
     monkeypatch.setenv("FLUIDLITE_DEBUG_PASSES", "1")
-    assert fl.Executor().compile_options == CompileOptions(disabled={"fold", "alias"}, debug=True)
+    monkeypatch.setenv("FLUIDLITE_BATCH_GRAD", "1")
+    assert fl.Executor().compile_options == CompileOptions(disabled={"fold", "alias"}, debug=True, batch_grad=True)
 
 
 def test_compile_returns_the_plan_run_uses_and_its_source_is_public():
@@ -243,3 +250,59 @@ def test_inplace_off_allocates_every_result():
     exe.run(main, scope=scope)
     assert all(scope.get_array(k) is not first[k] for k in names)
     assert "out=" not in exe.compile(main).source
+
+
+def _lstm(dtype, seq_len=6):
+    x = layers.data("x", [seq_len, -1, 5], dtype=dtype, append_batch_size=False)
+    label = layers.data("label", [1], dtype="int64")
+    rnn = layers.StaticRNN()
+    with rnn.step():
+        x_t = rnn.step_input(x)
+        h_prev = rnn.memory(shape=[-1, 4], batch_ref=x_t)
+        c_prev = rnn.memory(shape=[-1, 4], batch_ref=x_t)
+        h, c = layers.lstm_unit(x_t, h_prev, c_prev, param_attr=[fl.ParamAttr(name="w_ih"), fl.ParamAttr(name="w_hh")],
+                                bias_attr=fl.ParamAttr(name="b"))
+        rnn.update_memory(h_prev, h)
+        rnn.update_memory(c_prev, c)
+    logits = layers.fc(rnn.step_var(h), size=3)
+    loss = layers.mean(layers.softmax_with_cross_entropy(logits, label))
+    params_grads = fl.append_backward(loss)
+    return loss, dict((p.name, g) for p, g in params_grads)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batch_grad_makes_the_recurrent_weight_gradient_one_product(dtype):
+    loss, grads = _lstm(dtype)
+    rng = np.random.default_rng(0)
+    feed = {"x": rng.standard_normal((6, 3, 5)).astype(dtype), "label": rng.integers(0, 3, (3, 1)).astype(np.int64)}
+    fetch = [loss, grads["w_hh"], grads["w_ih"]]
+    results = {}
+    for name, options in (("on", CompileOptions(debug=True, batch_grad=True)), ("off", CompileOptions())):
+        exe = fl.Executor(compile_options=options)
+        exe.run(fl.default_startup_program())
+        plan = exe.compile(feed=feed, fetch_list=fetch)
+        results[name] = (exe.run(feed=feed, fetch_list=fetch), plan)
+    (on, plan_on), (off, plan_off) = results["on"], results["off"]
+    assert [s.op.type for s in plan_on.steps].count("matmul_tn_sum") == 1
+    assert "matmul_tn_sum" not in [s.op.type for s in plan_off.steps]
+    assert not any("w_hh@GRAD@PART" in n for s in plan_on.steps for n in s.out_names)
+    assert all(op.type != "matmul_tn_sum" for op in fl.default_main_program().global_block().ops)  # program untouched
+    np.testing.assert_array_equal(on[0], off[0])
+    # the same additions in another order: float rounding only
+    np.testing.assert_allclose(on[1], off[1], rtol=1e-5 if dtype == "float32" else 1e-12, atol=1e-7)
+    np.testing.assert_array_equal(on[2], off[2])
+
+
+def test_matmul_tn_sum_op_against_numpy():
+    rng = np.random.default_rng(1)
+    xs = [rng.standard_normal((b, 3)) for b in (2, 4, 3)]
+    ys = [rng.standard_normal((b, 5)) for b in (2, 4, 3)]
+    b = fl.default_main_program().global_block()
+    xv = [b.create_var(name=f"x{i}", shape=x.shape, dtype="float64") for i, x in enumerate(xs)]
+    yv = [b.create_var(name=f"y{i}", shape=y.shape, dtype="float64") for i, y in enumerate(ys)]
+    b.append_op("matmul_tn_sum", {"X": xv, "Y": yv}, {"Out": "out"})
+    feed = {**{f"x{i}": x for i, x in enumerate(xs)}, **{f"y{i}": y for i, y in enumerate(ys)}}
+    out, = fl.Executor().run(feed=feed, fetch_list=["out"])
+    np.testing.assert_allclose(out, sum(x.T @ y for x, y in zip(xs, ys)), rtol=1e-12)
+    with pytest.raises(ValueError, match="matmul_tn_sum"):
+        b.append_op("matmul_tn_sum", {"X": xv[:2], "Y": yv[:1]}, {"Out": "bad"})

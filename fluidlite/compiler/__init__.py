@@ -1,11 +1,11 @@
 """The plan compiler: named passes over a typed step list (see docs/design.md, "The executor plan").
 
-    prune -> infer -> alias -> inplace -> lower -> fold -> codegen
+    prune -> infer -> batch_grad -> alias -> inplace -> lower -> fold -> codegen
 
 Each pass is a function `pass_(ir: PlanIR, options: CompileOptions) -> PlanIR` in its own module and
 can be run alone on a hand-made `PlanIR`. `compile_plan` runs them in order; with `options.debug` the
 IR verifier (`ir.check`) runs after every pass (the feed counts as defining values, unlike `fl.verify`). Passes that
-only optimise (`alias`, `inplace`, `fold`) and `prune` can be switched off for debugging:
+only optimise (`batch_grad`, `alias`, `inplace`, `fold`) and `prune` can be switched off for debugging:
 
     fl.Executor(compile_options=CompileOptions(disabled={"fold", "alias"}, debug=True))
 
@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass, field
 
 from .alias import alias
+from .batch_grad import batch_grad
 from .codegen import codegen
 from .fold import fold
 from .infer import infer
@@ -29,20 +30,23 @@ from .ir import IRError, PlanIR, Step, check
 from .lower import lower
 from .prune import prune
 
-PASSES = (("prune", prune), ("infer", infer), ("alias", alias), ("inplace", inplace), ("lower", lower),
-          ("fold", fold), ("codegen", codegen))
-SWITCHABLE = frozenset({"prune", "alias", "inplace", "fold"})
+PASSES = (("prune", prune), ("infer", infer), ("batch_grad", batch_grad), ("alias", alias), ("inplace", inplace),
+          ("lower", lower), ("fold", fold), ("codegen", codegen))
+SWITCHABLE = frozenset({"prune", "batch_grad", "alias", "inplace", "fold"})
 
 
 @dataclass(frozen=True)
 class CompileOptions:
     """How plans are compiled. `disabled`: names of switchable passes to skip (their safe fallback is
-    used: keep every op, overwrite nothing, allocate every result, fold nothing); `debug`: verify the IR after every pass.
+    used: keep every op, overwrite nothing, allocate every result, fold nothing); `debug`: verify the IR after
+    every pass; `batch_grad`: run the batch_grad pass (off by default: it changes rounding, and the docs'
+    demo figures are bit-exact runs; FLUIDLITE_BATCH_GRAD=1 turns it on).
     Options are part of the plan: an Executor's plans all share its options."""
 
     disabled: frozenset = field(default_factory=frozenset)
     debug: bool = False
     check_nan_inf: bool = False
+    batch_grad: bool = False  # opt in: changes the rounding of summed weight gradients (see batch_grad.py)
 
     def __post_init__(self):
         disabled = frozenset(self.disabled)
@@ -59,7 +63,8 @@ class CompileOptions:
         """Options from FLUIDLITE_PASSES_OFF (comma-separated pass names) and FLUIDLITE_DEBUG_PASSES=1."""
         off = os.environ.get("FLUIDLITE_PASSES_OFF", "")
         return cls(disabled=frozenset(p.strip() for p in off.split(",") if p.strip()),
-                   debug=os.environ.get("FLUIDLITE_DEBUG_PASSES", "") not in ("", "0"))
+                   debug=os.environ.get("FLUIDLITE_DEBUG_PASSES", "") not in ("", "0"),
+                   batch_grad=os.environ.get("FLUIDLITE_BATCH_GRAD", "") not in ("", "0"))
 
 
 def compile_plan(block, feed_sig: tuple, fetch_names: tuple, options: CompileOptions | None = None) -> PlanIR:
@@ -75,4 +80,4 @@ def compile_plan(block, feed_sig: tuple, fetch_names: tuple, options: CompileOpt
 
 
 __all__ = ["CompileOptions", "IRError", "PASSES", "PlanIR", "Step", "check", "compile_plan",
-           "alias", "codegen", "fold", "infer", "inplace", "lower", "prune"]
+           "alias", "batch_grad", "codegen", "fold", "infer", "inplace", "lower", "prune"]

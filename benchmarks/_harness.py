@@ -1,0 +1,71 @@
+"""What every benchmark shares, importing nothing of fluidlite: the import order, isolated peer processes.
+
+- `--import-torch-first`: torch is imported before fluidlite (checked at the top of each benchmark
+  script, before its `import fluidlite`), to show that the order changes nothing.
+- `--peers-only`: time only the peers (NumPy, torch), in a process where fluidlite is never
+  imported; `peers_at_best` runs that in a subprocess, once with the peer's default threads and once
+  with one thread, and keeps the faster: a peer is compared at its best, never as fluidlite left it.
+- `--json`: print the result as one JSON line (what `fluidlite bench` reads).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+
+def early_imports(name: str) -> bool:
+    """Call at the top of a benchmark, before `import fluidlite`. Returns True when fluidlite is wanted
+    (not --peers-only). Only a script run (`__main__`) reads the command line."""
+    if name != "__main__":
+        return True
+    if "--import-torch-first" in sys.argv:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            pass
+    return "--peers-only" not in sys.argv
+
+
+def add_arguments(parser, peers_only=True):
+    parser.add_argument("--quick", action="store_true", help="a smaller, faster profile")
+    parser.add_argument("--import-torch-first", action="store_true", help="import torch before fluidlite")
+    if peers_only:
+        parser.add_argument("--peers-only", action="store_true",
+                            help="time only the peers; fluidlite is never imported")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
+
+
+def emit_json(result) -> None:
+    print(json.dumps(result, default=float))
+
+
+def run_script(path: str, args: list, env: dict | None = None, timeout: float = 1800) -> dict:
+    """Run a benchmark script in a fresh process and return its JSON result."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    done = subprocess.run([sys.executable, path, "--json", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"{os.path.basename(path)} {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def peers_at_best(path: str, quick: bool) -> dict:
+    """peer -> (ms, threads): each peer's time in processes of its own (fluidlite never imported), the
+    faster of its default threads and one thread."""
+    extra = ["--quick"] if quick else []
+    best = {}
+    for label, env in (("default", {}), ("1", {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                                               "MKL_NUM_THREADS": "1"})):
+        result = run_script(path, ["--peers-only", *extra], env)
+        assert not result.get("fluidlite_imported"), "a peers-only run imported fluidlite"
+        for peer, ms in result["peers_ms"].items():
+            if peer not in best or ms < best[peer][0]:
+                best[peer] = (ms, label)
+    return best
+
+
+def fluidlite_imported() -> bool:
+    return "fluidlite" in sys.modules

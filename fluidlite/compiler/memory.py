@@ -1,0 +1,67 @@
+"""The memory plan of a compiled step: which values are alive after each step and the peak.
+
+Counted from the concrete shapes (`PlanIR.metas`) and the schedule codegen emits: feeds and the
+persistables the plan reads are alive from the start (persistables are reported apart: they live
+in the scope between steps anyway); each step's outputs are alive from that step to their last use;
+a folded sum holds one accumulator; an output written into an overwritable input of the same size
+(alias pass), a view (`returns_view`) and a persistable result written into the scope's old array
+(inplace pass) take no new bytes. Kernels' own scratch space is not counted.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..shapes import numel
+from .ir import PlanIR
+
+
+@dataclass
+class MemoryPlan:
+    peak_bytes: int  # largest sum of live values while a step runs (the scope's persistables not counted)
+    peak_step: int  # index of that step (-1: before any step)
+    persistable_bytes: int  # persistable values the plan reads or writes (they stay in the scope)
+    feed_bytes: int
+    timeline: list = field(default_factory=list)  # (step index, op type, live bytes while it runs)
+
+    def summary(self, steps=None) -> str:
+        where = "before the first op" if self.peak_step < 0 or steps is None else (
+            f"at step {self.peak_step} ({steps[self.peak_step].op.type})")
+        return (f"peak live bytes of a step: {self.peak_bytes:,} ({self.peak_bytes / 2**20:.2f} MiB) {where}\n"
+                f"feeds: {self.feed_bytes:,} bytes; persistables read or written: {self.persistable_bytes:,} bytes "
+                f"({self.persistable_bytes / 2**20:.2f} MiB, kept in the scope between steps)")
+
+
+def nbytes(meta) -> int:
+    return max(numel(meta.shape), 0) * meta.dtype.itemsize
+
+
+def memory_plan(ir: PlanIR) -> MemoryPlan:
+    persist = set(ir.scope_inputs) | set(ir.persist_out)
+    size = {n: nbytes(m) for n, m in ir.metas.items()}
+    last_use = {}
+    for i, step in enumerate(ir.steps):
+        for n in step.in_names + step.out_names:
+            last_use[n] = i
+    keep = set(ir.fetch_names) | set(ir.persist_out)  # alive to the end (persistables are stored back last)
+    live = {n: size[n] for n in ir.feed if n not in persist}
+    feed_bytes = sum(size[n] for n in ir.feed)
+    peak, peak_step, timeline = sum(live.values()), -1, []
+    for i, step in enumerate(ir.steps):
+        dead_inputs = [n for slot in step.overwritable for n in step.op.inputs.get(slot, ()) if n in live]
+        for k, n in enumerate(step.out_names):
+            if n in step.in_names or (step.reuse and step.reuse[k] is not None) or step.opdef.returns_view:
+                continue  # updated in place, written into the scope's old array, or a view
+            same = next((d for d in dead_inputs if size[d] == size[n]), None)
+            if same is not None:  # the kernel writes into a dead input of its size: that buffer changes name
+                dead_inputs.remove(same)
+                live.pop(same)
+            live[n] = size[n]  # a new persistable array too: the old one stays in the scope until the end
+        now = sum(live.values())
+        timeline.append((i, step.op.type, now))
+        if now > peak:
+            peak, peak_step = now, i
+        for n in dict.fromkeys(step.in_names + step.out_names):
+            if last_use.get(n) == i and n not in keep:
+                live.pop(n, None)
+    persistable_bytes = sum(size[n] for n in persist if n in size)
+    return MemoryPlan(peak, peak_step, persistable_bytes, feed_bytes, timeline)
