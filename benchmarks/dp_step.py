@@ -7,16 +7,15 @@
 - naive: the ordinary MLP program run once per example (batch 1), then clip, sum and noise in NumPy:
   what per-example clipping costs without ghost norms.
 - Opacus (optional, `pip install opacus`): the same MLP in torch with Opacus's per-sample gradients.
-- Peak memory: each variant's step runs in a fresh process; `ru_maxrss` after the step minus after
-  building and initialising, for a wide layer (in the per-example path, B copies of its weight
-  would show). Ratios come from one run, alternating the variants.
+- Peak memory: the growth of the peak RSS over three steps after a warm-up (Linux: the peak is reset
+  through /proc/self/clear_refs), on a wide layer: B per-example copies of its weight would show.
+  Ratios come from one run, alternating the variants.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 
@@ -115,8 +114,12 @@ def _naive(feed):
 
 
 def _opacus(feed):
+    import warnings
+
     import torch
     from opacus import GradSampleModule
+
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")  # inputs need no gradient
 
     layers_ = []
     for a, b in zip(SIZES[:-1], SIZES[1:]):
@@ -157,24 +160,31 @@ def _mlp_feed(batch, sizes=SIZES):
             "label": rng.integers(0, sizes[-1], (batch, 1)).astype(np.int64)}
 
 
-def _peak_child(private, width, batch):
-    """Run in a fresh process: extra peak RSS (MB) of a few steps on a [width, width] layer."""
-    import resource
-
-    sizes = (width, width, 10)
-    step = _stepper(build_mlp(private, sizes), _mlp_feed(batch, sizes))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for _ in range(3):
-        step()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+def _status_mb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def _peak(private, width, batch):
-    code = (f"import sys; sys.path.insert(0, {sys.path[0]!r}); import dp_step; "
-            f"print(dp_step._peak_child({private}, {width}, {batch}))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=__file__.rsplit("/", 1)[0])
-    return float(out.stdout.split()[-1])
+    """Extra peak RSS (MB) of three steps on a [width, width] layer, after a warm-up step: the peak is
+    reset through /proc/self/clear_refs (Linux), so kernel compilation does not count."""
+    sizes = (width, width, 10)
+    step = _stepper(build_mlp(private, sizes), _mlp_feed(batch, sizes))
+    step()
+    import ctypes
+    import gc
+
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed buffers back, so the step's own allocations count
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    base = _status_mb("VmRSS")
+    for _ in range(3):
+        step()
+    return _status_mb("VmHWM") - base
 
 
 def run(quick=False) -> dict:

@@ -36,6 +36,7 @@ class Use:
     operand: str | None  # A (linear: the activation) or Ids (embedding); None for a bias
     attrs: dict = field(default_factory=dict)  # per-use attribute values (one entry of each list attr)
     out_grad: str | None = None  # the gradient of `out`, once backward made it
+    inputs: dict = field(default_factory=dict)  # kinds taking one use: the op's inputs besides G and Param
 
 
 def _op_error(op, message):
@@ -106,19 +107,30 @@ def _conv_rule(op, slot, block):
     x = op.input("Input")[0]
     if slot != "Filter" or op.attrs.get("groups", 1) != 1 or batch_axis(block, x, op) != 0:
         raise _op_error(op, "per-example norms need the parameter as Filter, groups=1 and the batch first")
-    return Use("conv2d", op.output("Output")[0], x,
-               {k: op.attrs[k] for k in ("strides", "paddings", "dilations")})
+    return Use("conv2d", op.output("Output")[0], x, {k: op.attrs[k] for k in ("strides", "paddings", "dilations")},
+               inputs={"Input": x})
 
 
-# op type -> rule(op, slot of the parameter, block) -> Use. layer_norm joins here.
+def _layer_norm_rule(op, slot, block):
+    x, y, begin = op.input("X")[0], op.output("Y")[0], op.attrs["begin_norm_axis"]
+    axis = batch_axis(block, y, op)
+    if axis >= begin:
+        raise _op_error(op, "the batch dimension is among the normalised ones")
+    if slot == "Bias":
+        return Use("bias", y, None, {"batch_axes": axis, "row_dims": begin, "bias_ends": len(block.var(y).shape)})
+    return Use("layer_norm_scale", y, x, {"batch_axis": axis, "begin_norm_axis": begin, "epsilon": op.attrs["epsilon"]},
+               inputs={"X": x, "Mean": op.output("Mean")[0], "Variance": op.output("Variance")[0]})
+
+
+# op type -> rule(op, slot of the parameter, block) -> Use.
 RULES = {"mul": _mul_rule, "matmul": _matmul_rule, "elementwise_add": _add_rule, "lookup_table": _lookup_rule,
-         "conv2d": _conv_rule}
+         "conv2d": _conv_rule, "layer_norm": _layer_norm_rule}
 # op types that mix examples although their outputs keep a batch dimension
 MIXING = {"batch_norm"}
 _LIST_ATTRS = {"linear": ("batch_axes", "row_dims", "scales", "transposes"),
                "bias": ("batch_axes", "row_dims", "bias_ends"),
                "embedding": ("batch_axes", "row_dims", "padding_idx")}
-_SINGLE = {"conv2d": "Input"}  # kinds whose op takes one use (the parameter read once) and plain attributes
+_SINGLE = {"conv2d", "layer_norm_scale"}  # kinds whose op takes one use (the parameter read once), plain attrs
 
 
 def _loss_is_mean(loss):
@@ -189,7 +201,7 @@ def _per_param_op(block, kind, stage, uses, param, extra):
         if len(uses) > 1:
             raise ValueError(f"GradientClipPerExample: parameter {param.name!r} is read by {len(uses)} {kind} ops; "
                              "per-example norms support one")
-        inputs = {_SINGLE[kind]: uses[0].operand, "G": uses[0].out_grad, "Param": param, **extra}
+        inputs = {**uses[0].inputs, "G": uses[0].out_grad, "Param": param, **extra}
         block.append_op(f"dp_{kind}_{stage}", inputs, {"Out": out}, uses[0].attrs)
         return block.var(out)
     inputs = {"G": [u.out_grad for u in uses]}

@@ -131,12 +131,7 @@ def clip_factors(sq, factor, clip):
 
 
 @njit(cache=True, error_model="numpy")
-def add_noise(x, z, std):
-    """x + std * z, elementwise."""
-    out = np.empty_like(x)
-    xf = x.reshape(-1)
-    zf = z.reshape(-1)
-    of = out.reshape(-1)
-    for k in range(xf.size):
-        of[k] = xf[k] + std * zf[k]
-    return out
+def add_noise_into(x, z, std):
+    """x += std * z for 1-D x, z."""
+    for k in range(x.size):
+        x[k] += std * z[k]

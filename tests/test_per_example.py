@@ -279,3 +279,24 @@ def test_matmul_weight_transposed_and_scaled():
     clip_norm = float(np.median(norms))
     norms, grads, params, _, _ = _run_private(_matmul_net, feed, clip_norm, "float64")
     _check(norms, grads, _one_at_a_time(_matmul_net, params, feed, {}), clip_norm, 1e-9)
+
+
+# ---- layer_norm: scale and shift, three normalised rows per example ------------------------------------
+
+def _ln_net(dtype):
+    x = layers.data("x3", [3, 4], dtype=dtype)
+    y = layers.data("y", [1], dtype="int64")
+    h = layers.fc(x, 5, num_flatten_dims=2)  # [-1, 3, 5]
+    h = layers.layer_norm(h, begin_norm_axis=2, act="tanh")
+    return layers.softmax_with_cross_entropy(layers.fc(h, 2), y)
+
+
+@pytest.mark.skipif(not hasattr(layers, "layer_norm"), reason="layer_norm has not landed")
+def test_layer_norm_scale_and_shift_match_per_example_backward():
+    rng = np.random.default_rng(8)
+    feed = {"x3": rng.standard_normal((6, 3, 4)), "y": rng.integers(0, 2, (6, 1))}
+    norms, _, _, main, _ = _run_private(_ln_net, feed, 1.0, "float64")
+    assert "dp_layer_norm_scale_norm" in str(main)
+    clip_norm = float(np.median(norms))
+    norms, grads, params, _, _ = _run_private(_ln_net, feed, clip_norm, "float64")
+    _check(norms, grads, _one_at_a_time(_ln_net, params, feed, {}), clip_norm, 1e-9)

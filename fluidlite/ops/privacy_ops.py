@@ -7,6 +7,9 @@ backward pass made: `dp_linear_*` (mul/matmul weights), `dp_bias_*` (elementwise
 steps) passes all its uses in the duplicable slots; each use's attributes are lists, one entry per use.
 The batch dimension of each input is given by attribute (it is the dimension marked -1 at build time).
 """
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
 import numpy as np
 
 from ..kernels import basic as KB
@@ -178,16 +181,40 @@ defop("dp_clip_norm", inputs=("SqNorm",), outputs=("Norm", "Scale"), duplicable=
           "backward's gradients carry 1/B), Scale[b] = min(1, l2_norm_clip / Norm[b]).")
 
 
+_NOISE_CHUNK = 1 << 18  # elements per independent noise stream; fixed, so the noise never depends on threads
+
+
+def _add_normals(out, key, counter, stream, std):
+    """out += std * N(0, I) in place: chunk k of the flat array from the stream (key, counter, stream, k);
+    chunks are drawn on threads (NumPy's generators and ufuncs release the GIL) and never materialised
+    whole, so the noise costs one chunk of memory per thread."""
+    flat = out.reshape(-1)
+    chunks = range(0, flat.size, _NOISE_CHUNK)
+
+    def add(start):
+        part = flat[start:start + _NOISE_CHUNK]
+        z = np.random.default_rng([key, counter, stream, start // _NOISE_CHUNK]).standard_normal(part.size, out.dtype)
+        K.add_noise_into(part, z, out.dtype.type(std))
+
+    if len(chunks) > 1 and numba.get_num_threads() > 1:
+        with ThreadPoolExecutor(min(len(chunks), numba.get_num_threads())) as pool:
+            list(pool.map(add, chunks))
+    else:
+        for start in chunks:
+            add(start)
+    return out
+
+
 def _lower_noise(ctx):
     std, mean, stream = ctx.attrs["stddev"], ctx.attrs["mean_loss"], ctx.attrs["stream"]
-    dtype, advance = ctx.dtype("X"), ctx.has_output("StateOut")
+    advance, reuse = ctx.has_output("StateOut"), "X" in ctx.overwritable
 
     def run(x, state, ref):
         key, counter = int(state[0]), int(state[1])
-        z = np.random.default_rng([key, counter, stream]).standard_normal(x.shape, dtype=dtype)
+        out = x if reuse and x.flags.c_contiguous else np.array(x, order="C")
         # X is already the clipped sum divided by B (the backward's gradients carry 1/B), so only the
         # noise is divided here
-        out = K.add_noise(np.ascontiguousarray(x), z, dtype.type(std / ref.shape[0] if mean else std))
+        _add_normals(out, key, counter, stream, std / ref.shape[0] if mean else std)
         return (out, np.array([key, counter + 1], np.int64)) if advance else out
 
     return run
@@ -260,3 +287,27 @@ defop("dp_conv2d_norm", inputs=("Input", "G", "Param"), attrs=_CONV, grad=NO_GRA
 defop("dp_conv2d_clipped_sum", inputs=("Input", "G", "Param", "Scale"), attrs=_CONV, grad=NO_GRAD,
       infer=_param_infer, lower=_lower_conv_sum,
       doc="Out = sum_b Scale[b] * (example b's conv2d filter gradient), as one product of the unfolded patches.")
+
+
+# ---- layer_norm's scale: the bias rule applied to G * x_hat --------------------------------------------
+
+_LN = {"batch_axis": Attr(int, 0), "begin_norm_axis": Attr(int, 1), "epsilon": Attr(float, 1e-5)}
+
+
+def _ln_scale_pe(ctx, x, mean, var, g):
+    begin, eps = ctx.attrs["begin_norm_axis"], ctx.attrs["epsilon"]
+    d = numel(x.shape[begin:])
+    x2 = np.ascontiguousarray(x).reshape(-1, d)
+    xhat = (x2 - mean.reshape(-1, 1)) / np.sqrt(var.reshape(-1, 1) + eps)
+    geff = (np.ascontiguousarray(g).reshape(-1, d) * xhat).reshape(x.shape)
+    return K.bias_per_example(geff.reshape(_split(x.shape, ctx.attrs["batch_axis"], (begin, len(x.shape), len(x.shape)))))
+
+
+defop("dp_layer_norm_scale_norm", inputs=("X", "Mean", "Variance", "G", "Param"), attrs=_LN, grad=NO_GRAD,
+      infer=lambda ctx: {"Out": ((ctx.shape("G")[ctx.attrs["batch_axis"]],), ctx.dtype("G"))},
+      lower=lambda ctx: lambda x, m, v, g, w: K.row_sq_norms(_ln_scale_pe(ctx, x, m, v, g)),
+      doc="Out[b] = ||example b's layer_norm scale gradient||^2: G * (X normalised) summed over example b's rows.")
+defop("dp_layer_norm_scale_clipped_sum", inputs=("X", "Mean", "Variance", "G", "Param", "Scale"), attrs=_LN,
+      grad=NO_GRAD, infer=_param_infer,
+      lower=lambda ctx: lambda x, m, v, g, w, c: K.weighted_row_sum(_ln_scale_pe(ctx, x, m, v, g), c),
+      doc="Out = sum_b Scale[b] * (example b's layer_norm scale gradient).")
