@@ -69,7 +69,9 @@ def test_run_returns_output_and_rejects_slow_children():
 
 
 _PARENT = """
+import signal
 import sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if our launcher ignored SIGINT
 import fluidlite as fl
 from fluidlite import layers
 x = layers.data(name="x", shape=[3])
