@@ -26,3 +26,13 @@ def test_rows_marked_yes_name_existing_layers():
             continue
         absent += [n for n in re.findall(r"`(\w+)", cells[1]) if not hasattr(fl.layers, n)]
     assert not absent, f"docs/api.md says these layers exist, but fluidlite.layers has none of them: {absent}"
+
+
+def test_every_layer_docstring_names_its_paddle_counterpart():
+    layers = [n for n in dir(fl.layers) if not n.startswith("_") and n not in NOT_LAYERS
+              and callable(getattr(fl.layers, n)) and getattr(getattr(fl.layers, n), "__module__", "").startswith(
+                  "fluidlite.layers")]
+    missing = [n for n in layers if "Paddle Fluid: " not in (getattr(fl.layers, n).__doc__ or "")]
+    assert not missing, f"layers whose docstring does not name their Paddle counterpart: {missing}"
+    assert "`fluid.layers.conv2d`" in fl.layers.conv2d.__doc__
+    assert "fluid.clip.GradientClipByGlobalNorm" in fl.layers.clip_by_global_norm.__doc__
