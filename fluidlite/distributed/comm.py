@@ -119,10 +119,13 @@ def _abort_on_uncaught_exception():
     previous = sys.excepthook
 
     def hook(kind, value, tb):
-        previous(kind, value, tb)
+        # the reason first: the launcher forwards output asynchronously and Abort may cut the traceback short
         sys.stderr.write(f"fluidlite.distributed: rank {WORLD.rank} of {WORLD.size} stopped on an uncaught "
-                         f"{kind.__name__}; aborting every worker\n")
+                         f"{kind.__name__}: {value}; aborting every worker\n")
         sys.stderr.flush()
+        previous(kind, value, tb)
+        sys.stderr.flush()
+        time.sleep(0.5)  # let the launcher pass the output on before Abort ends every process
         WORLD.comm.Abort(1)
 
     sys.excepthook = hook
