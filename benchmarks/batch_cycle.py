@@ -1,7 +1,7 @@
 """Per-step time of a small MLP training step when the batch size changes every step, against a fixed
 batch size, in the same run (issue #12 item 7; docs/reliability.md, "Plan cache").
 
-    python benchmarks/batch_cycle.py [--sizes 100] [--cycles 5]
+    python benchmarks/batch_cycle.py [--sizes 100] [--cycles 5] [--quick] [--import-torch-first] [--json]
 
 Batch sizes 2 .. sizes+1 are cycled in order; the fixed batch is their mean. "first cycle" is the
 mean step of the first pass over the sizes (each size new to the Executor), "cycling" the mean
@@ -14,8 +14,14 @@ import time
 
 import numpy as np
 
-import fluidlite as fl
-from fluidlite import layers
+try:
+    from . import _harness
+except ImportError:  # run as a script
+    import _harness
+
+_harness.early_imports(__name__)
+import fluidlite as fl  # noqa: E402
+from fluidlite import layers  # noqa: E402
 
 
 def build():
@@ -50,7 +56,7 @@ def run(n_sizes=100, cycles=5) -> dict:
     first = steps([feeds[b] for b in sizes])
     cycling = steps([feeds[b] for _ in range(cycles - 1) for b in sizes])
     fixed_ms = steps([fixed] * (len(sizes) * (cycles - 1)))
-    return {"first_cycle_ms": first, "cycling_ms": cycling, "fixed_ms": fixed_ms,
+    return {"name": "batch_cycle", "sizes": n_sizes, "first_cycle_ms": first, "cycling_ms": cycling, "fixed_ms": fixed_ms,
             "ratio": cycling / fixed_ms, "plans": len(exe._plans)}
 
 
@@ -58,9 +64,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, default=100)
     ap.add_argument("--cycles", type=int, default=5)
+    _harness.add_arguments(ap, peers_only=False)
     args = ap.parse_args(argv)
-    r = run(args.sizes, args.cycles)
-    print(f"{args.sizes} batch sizes cycled: first cycle {r['first_cycle_ms']:.3f} ms/step, then "
+    r = run(20 if args.quick else args.sizes, 2 if args.quick else args.cycles)
+    r["import_order"] = "torch first" if args.import_torch_first else "fluidlite first"
+    if args.json:
+        return _harness.emit_json(r)
+    print(f"{r['sizes']} batch sizes cycled: first cycle {r['first_cycle_ms']:.3f} ms/step, then "
           f"{r['cycling_ms']:.3f} ms/step; fixed batch {r['fixed_ms']:.3f} ms/step; "
           f"cycling/fixed {r['ratio']:.2f}x; plans cached {r['plans']}")
 
