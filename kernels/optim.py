@@ -110,8 +110,13 @@ def adam(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, coeff, p_out, m1_out, m2
 def adam_parallel(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, coeff, p_out, m1_out, m2_out, b1p_out, b2p_out):
     decay = 1.0 - lr[0] * coeff
     rate = _adam_rate(lr, b1p, b2p, beta1, beta2, b1p_out, b2p_out)
-    pf, gf, af, bf = p.reshape(-1), g.reshape(-1), m1.reshape(-1), m2.reshape(-1)
-    pof, aof, bof = p_out.reshape(-1), m1_out.reshape(-1), m2_out.reshape(-1)
+    pf = p.reshape(-1)
+    gf = g.reshape(-1)
+    af = m1.reshape(-1)
+    bf = m2.reshape(-1)
+    pof = p_out.reshape(-1)
+    aof = m1_out.reshape(-1)
+    bof = m2_out.reshape(-1)
     for i in prange(pf.size):
         _adam_at(pf, gf, af, bf, pof, aof, bof, rate, beta1, beta2, eps, i, decay)
     return p_out, m1_out, m2_out, b1p_out, b2p_out
