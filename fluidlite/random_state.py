@@ -16,6 +16,10 @@ unseeded op differs between scopes. A missing state (a scope that never ran the 
 written before the op existed) is made fresh (`counter = 0`) the first time a plan reads it.
 A random op writing a persistable variable (an initializer in a startup program) keeps its fixed seed:
 running the startup program again re-initialises identically.
+
+DP-SGD's `dp_gaussian_noise` (fluidlite.per_example) is such a random op; its startup program also
+makes its states (`random_state_init`), so `fl.distributed.broadcast_persistables` can give every
+worker the same noise stream.
 """
 from __future__ import annotations
 

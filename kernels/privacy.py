@@ -140,14 +140,14 @@ def clip_factors(sq, factor, clip):
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _mix(z):
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _unit(h):
     """A uniform in (0, 1) from the top 53 bits of h."""
     return ((h >> np.uint64(11)) + np.uint64(1)) * (1.0 / 9007199254740994.0)
