@@ -12,7 +12,7 @@ import importlib.util
 import os
 import time
 
-BENCHMARKS = ("executor_overhead", "mlp_step", "clip", "rnn_step", "cnn_step", "transformer_step")
+BENCHMARKS = ("executor_overhead", "mlp_step", "clip", "rnn_step", "cnn_step", "transformer_step", "dp_step")
 PEERS_ALONE = ("mlp_step", "rnn_step")  # benchmarks with a --peers-only mode
 ORDERS = (("fluidlite first", []), ("torch first", ["--import-torch-first"]))
 
