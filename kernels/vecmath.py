@@ -11,6 +11,10 @@ These helpers use only +, *, /, comparisons and bit casts, which LLVM turns into
   the Chebyshev fit of Numerical Recipes ("erfcc", fractional error below 1.2e-7 for every z),
   so float32 results are within about 2 ulp; erfc keeps that relative accuracy in its small tail,
   where 1 - erf(z) would cancel.
+
+Callers must not be compiled with fastmath "reassoc" (or fastmath=True): exp_ rounds to an integer
+by adding and subtracting 1.5 * 2^52, which reassociation would fold away. (An inlined helper is
+compiled with its caller's flags.)
 """
 import numpy as np
 from numba import njit, types
