@@ -4,7 +4,8 @@
 
 The chain alternates `scale` and `elementwise_add` on a 16-element float32 vector, so kernel
 time is tiny and what is measured is the per-op cost of the framework. torch eager runs the
-same chain when installed (extra `bench`). `--check-nan-inf` also times an Executor with the NaN/Inf
+same chain when installed (extra `bench`). The default Executor fuses the chain (compiler/fuse.py);
+"no fuse" is one kernel call per op. `--check-nan-inf` also times an Executor with the NaN/Inf
 check on (off, the plan is the same as before the check existed: compare executor/loop across versions).
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ except ImportError:  # run as a script
 _harness.early_imports(__name__)
 import fluidlite as fl  # noqa: E402
 from fluidlite import layers  # noqa: E402
+from fluidlite.compiler import CompileOptions  # noqa: E402
 from fluidlite.registry import InferContext, Meta, get_op_def  # noqa: E402
 
 
@@ -55,6 +57,9 @@ def run(quick: bool = False, check_nan_inf: bool = False) -> dict:
     exe = fl.Executor()
     feed = {"x": xs}
     t_exe = _best(lambda: exe.run(main, feed=feed, fetch_list=[out]), repeats)
+    # the fuse pass turns this chain into a few generated kernels: also time one op per kernel call
+    unfused = fl.Executor(compile_options=CompileOptions(disabled={"fuse"}))
+    t_unfused = _best(lambda: unfused.run(main, feed=feed, fetch_list=[out]), repeats)
 
     # the same kernels, bound the same way, called from a plain Python loop
     meta = Meta("x", (size,), np.dtype(np.float32))
@@ -74,7 +79,8 @@ def run(quick: bool = False, check_nan_inf: bool = False) -> dict:
     got = exe.run(main, feed=feed, fetch_list=[out])[0]
     np.testing.assert_allclose(got, plain(), rtol=1e-6)
     result = {"name": "executor_overhead", "ops": n_ops, "executor_us_per_op": 1e6 * t_exe / n_ops,
-              "loop_us_per_op": 1e6 * t_loop / n_ops, "ratio_vs_loop": t_exe / t_loop, "peers": {"loop": t_loop}}
+              "loop_us_per_op": 1e6 * t_loop / n_ops, "ratio_vs_loop": t_exe / t_loop, "peers": {"loop": t_loop},
+              "unfused_us_per_op": 1e6 * t_unfused / n_ops, "unfused_ratio_vs_loop": t_unfused / t_loop}
     if check_nan_inf:
         checked = fl.Executor(check_nan_inf=True)
         t_check = _best(lambda: checked.run(main, feed=feed, fetch_list=[out]), repeats)
@@ -113,6 +119,7 @@ def main(argv=None):
         return _harness.emit_json(r)
     print(f"chain of {r['ops']} ops on a 16-element float32 vector (best of several runs)")
     print(f"  executor        {r['executor_us_per_op']:7.3f} us/op")
+    print(f"  executor, no fuse {r['unfused_us_per_op']:5.3f} us/op   (fuse off/loop = {r['unfused_ratio_vs_loop']:.2f}x)")
     print(f"  plain loop      {r['loop_us_per_op']:7.3f} us/op   executor/loop  = {r['ratio_vs_loop']:.2f}x")
     if "check_us_per_op" in r:
         print(f"  check_nan_inf   {r['check_us_per_op']:7.3f} us/op   on/off         = {r['check_ratio_vs_off']:.2f}x")

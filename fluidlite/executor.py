@@ -55,7 +55,7 @@ class Plan:
         self.ir = ir
         self.fetch_names = fetch_names
         self.steps = ir.steps
-        self.ops = [s.op for s in ir.steps]
+        self.ops = [op for s in ir.steps for op in s.ops]  # a fused step runs several
         self.metas = ir.metas
         self.scope_inputs = ir.scope_inputs
         self.persist_out = ir.persist_out

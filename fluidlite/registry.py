@@ -187,6 +187,27 @@ class GradOpSpec:
     attrs: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Elementwise:
+    """An op as a function of one element of each input, for the fuse pass (fluidlite/compiler/fuse.py).
+
+    - `fn`: an `@njit(inline="always")` scalar function in `fluidlite.kernels`: the one the op's own
+      kernel calls per element, so a fused chain computes bit for bit what the unfused ops compute;
+    - `args`: fn's arguments. An input slot name (str) stands for that input's element; an int or bool
+      is baked into the fused kernel as a literal (op codes, so the branch on it folds away); a float or
+      NumPy float is passed at run time with its type (chains differing only in constants share a kernel);
+    - `outs`: None when fn returns the op's one output; else, per output variable of the op (in order),
+      the index of its value in the tuple fn returns;
+    - `shapes`: slot -> the input's shape padded to the output's rank, 1 where it broadcasts (Paddle's
+      `axis`); None: NumPy's rule (trailing dimensions aligned).
+    """
+
+    fn: Any
+    args: tuple
+    outs: tuple | None = None
+    shapes: dict | None = None
+
+
 @dataclass
 class OpDef:
     """Everything about one op type.
@@ -208,6 +229,9 @@ class OpDef:
     - `writes_out`: the lowered callable accepts a keyword `out`, a list with one entry per output
       variable: an array of the output's shape and dtype to write the result into, or None. The
       executor passes the scope's old array of a persistable output (see compiler/inplace.py).
+    - `elementwise(ctx) -> Elementwise | None`: the op computes each output element from the inputs'
+      elements at the same (broadcast) position; the fuse pass may then fuse it with its neighbours into
+      one generated kernel. None for an instance it cannot describe (a broadcast needing a reduction).
     Lowering sees `ctx.overwritable`: input slots whose buffers the kernel may reuse for its output.
     """
 
@@ -228,6 +252,7 @@ class OpDef:
     nondiff_outputs: frozenset = frozenset()  # output slots no gradient flows back through (saved values)
     random: bool = False  # draws random numbers: gets a State/StateOut stream when appended (random_state)
     writes_out: bool = False  # the lowered callable takes `out=[array or None per output var]` and writes there
+    elementwise: Callable | None = None  # elementwise(ctx) -> Elementwise or None: fusable (compiler/fuse.py)
     doc: str = ""
 
     def bind(self, ctx: InferContext) -> Callable:
@@ -279,7 +304,7 @@ def register(opdef: OpDef) -> OpDef:
 
 
 _GRAD_KEYS = ("grad_reads", "grad_kernel", "grad_kernel_attrs", "grad_lower", "grad_infer", "grad_wrt",
-              "grad_picks", "grad_returns_view")
+              "grad_picks", "grad_returns_view", "grad_elementwise")
 
 
 def defop(type: str, **kw) -> OpDef:
