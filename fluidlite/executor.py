@@ -46,7 +46,7 @@ class PlanError(RuntimeError):
 class Plan:
     """One compiled program: a generated step function plus what it reads and writes.
 
-    Built by the passes of `fluidlite.compiler` (prune, infer, alias, lower, fold, codegen).
+    Built by the passes of `fluidlite.compiler` (prune, infer, alias, lower, fold, fuse, codegen).
     `source` is the generated Python (like torch.fx's `GraphModule.code`); `steps` the typed step
     list it was generated from; `ops` the operators it runs, in order."""
 
