@@ -1,7 +1,8 @@
 """The Executor: compiles a program once into a plan, then each step only checks feeds and calls kernels.
 
-A plan is straight-line Python generated for one (program version, feed signature, fetch list):
-one line per op calling its bound kernel, `del` after each value's last use. See docs/design.md.
+A plan is straight-line Python generated for one (program version, feed signature with the batch
+size left symbolic, fetch list): one line per op calling its bound kernel, `del` after each value's
+last use. A new batch size reuses the plan (compiler/rebatch.py). See docs/design.md.
 """
 from __future__ import annotations
 
@@ -21,9 +22,12 @@ from .framework import Program, Variable, default_main_program
 from .compiler import CompileOptions, compile_plan
 from .compiler.codegen import PLAN_FILENAME_PREFIX
 from .compiler.nan_check import NanInfError
+from .compiler.rebatch import NotReusable, at_batch, bind_batch
 from .scope import Scope, global_scope
 
-_MAX_PLANS = 64
+_MAX_PLANS = 64  # distinct plans kept per Executor
+_MAX_BOUND = 1024  # (feed shapes -> plan, step function, plan key) entries; each is a few closures, not a plan
+_MAX_BATCHES = 256  # step functions bound for other batch sizes, per plan
 
 
 class CPUPlace:
@@ -62,13 +66,45 @@ class Plan:
         self.declared = ir.declared
         self.source = ir.source
         self._step, self._line_to_op = ir.step_fn, ir.line_to_op
+        self.feed_sig = feed_sig
+        self.reusable = True  # False once a batch size showed a persistable result following the batch
+        self._by_sig: OrderedDict = OrderedDict()  # other feed shapes -> step function (LRU)
+        self._lock = threading.Lock()
         self._checked_scopes = weakref.WeakSet()  # not ids: a new scope may reuse a dead one's id
 
-    def memory(self):
-        """The step's memory plan (`fluidlite.compiler.memory.MemoryPlan`): peak live bytes and where."""
+    def memory(self, feed: dict | None = None):
+        """The step's memory plan (`fluidlite.compiler.memory.MemoryPlan`): peak live bytes and where,
+        at the feed shapes the plan was compiled for, or at those of `feed` (name -> array)."""
         from .compiler.memory import memory_plan
 
-        return memory_plan(self.ir)
+        if feed is None:
+            return memory_plan(self.ir)
+        return memory_plan(at_batch(self.ir, {n: (np.shape(a), np.asarray(a).dtype) for n, a in feed.items()}))
+
+    def step_for(self, feed_sig: tuple):
+        """The step function for feeds of `feed_sig` (same plan, another batch size), or None when this
+        plan cannot serve it (then compile one for it: it runs, or raises the error a plan would)."""
+        if feed_sig == self.feed_sig:
+            return self._step
+        with self._lock:
+            step = self._by_sig.get(feed_sig)
+            if step is not None:
+                self._by_sig.move_to_end(feed_sig)
+                return step
+        if not self.reusable:
+            return None
+        try:
+            step = bind_batch(self.ir, {n: (shape, dtype) for n, shape, dtype in feed_sig})
+        except NotReusable:
+            self.reusable = False
+            return None
+        except Exception:  # a shape error at this batch size: a fresh plan raises it, naming the op
+            return None
+        with self._lock:
+            self._by_sig[feed_sig] = step
+            while len(self._by_sig) > _MAX_BATCHES:
+                self._by_sig.popitem(last=False)
+        return step
 
     def _check_scope(self, scope: Scope):
         random_state.init_missing(scope, self.scope_inputs)  # a stream this scope has not used yet
@@ -84,11 +120,12 @@ class Plan:
         scope.declare(self.declared)
         self._checked_scopes.add(scope)
 
-    def run(self, feed: dict, scope: Scope) -> list:
+    def run(self, feed: dict, scope: Scope, step=None) -> list:
+        """Run one step on `scope`; `step`: the step function for these feed shapes (`step_for`)."""
         if scope not in self._checked_scopes:
             self._check_scope(scope)
         try:
-            return self._step(feed, scope.arrays)
+            return (step or self._step)(feed, scope.arrays)
         except NanInfError:
             raise  # already names its op
         except Exception as exc:
@@ -112,7 +149,9 @@ class Plan:
 
 class Executor:
     """Runs programs. Plans are cached per (program version, feed signature, fetch list), at most
-    `_MAX_PLANS` of them; the least recently used plan is evicted first.
+    `_MAX_PLANS` of them; the least recently used plan is evicted first. The feed signature leaves
+    the batch size symbolic (the first -1 dimension of each fed variable; batch size 1 apart),
+    so one plan serves every batch size unless it cannot (see `fluidlite.compiler.rebatch`).
 
     `check_nan_inf=True` (or the environment variable FLUIDLITE_CHECK_NAN_INF=1) checks every op's
     floating outputs as the plan runs: the first op that writes a NaN or an Inf raises `NanInfError`
@@ -127,7 +166,8 @@ class Executor:
         if check_nan_inf or os.environ.get("FLUIDLITE_CHECK_NAN_INF", "") not in ("", "0"):
             options = dataclasses.replace(options, check_nan_inf=True)
         self.compile_options = options
-        self._plans: OrderedDict = OrderedDict()
+        self._plans: OrderedDict = OrderedDict()  # symbolic key -> Plan
+        self._bound: OrderedDict = OrderedDict()  # concrete key -> (Plan, step function)
         self._lock = threading.Lock()
         tune_malloc()
         choose_layer()  # Numba's workqueue for fluidlite's parallel kernels, unless the user chose a layer
@@ -136,9 +176,9 @@ class Executor:
     def run(self, program=None, feed=None, fetch_list=None, scope=None, return_numpy=True):
         """Run `program`; returns the fetched values as numpy arrays (copies)."""
         scope = global_scope() if scope is None else scope
-        plan, feed = self._plan(program, feed, fetch_list)
+        plan, step, feed = self._plan(program, feed, fetch_list)
         with self._guard:
-            return plan.run(feed, scope)
+            return plan.run(feed, scope, step)
 
     def compile(self, program=None, feed=None, fetch_list=None) -> Plan:
         """The plan `run` would execute for these arguments (compiled now, or from the cache), without
@@ -146,7 +186,7 @@ class Executor:
         return self._plan(program, feed, fetch_list)[0]
 
     def _plan(self, program, feed, fetch_list):
-        """(plan, feed as C-contiguous ndarrays); feeds are checked before a plan is compiled."""
+        """(plan, step function, feed as C-contiguous ndarrays); feeds are checked before a plan is compiled."""
         program = default_main_program() if program is None else program
         if not isinstance(program, Program):
             raise TypeError(f"Executor.run: program must be a Program, got {type(program).__name__}")
@@ -167,26 +207,63 @@ class Executor:
             feed = {n: np.asarray(a, order="C") for n, a in feed.items()}  # ascontiguousarray would make 0-d 1-d
             sig = tuple([(n, a.shape, a.dtype) for n, a in feed.items()])
         key = (program._uid, program._version, fetch_names, sig)
-        with self._lock:  # threads may share an Executor: the cache is changed under a lock
-            plan = self._plans.get(key)
-            if plan is not None:
-                self._plans.move_to_end(key)  # least recently used goes first
-        if plan is None:
-            _check_feed(program, feed)
-            plan = Plan(program, sig, fetch_names, self.compile_options)
+        with self._lock:  # threads may share an Executor: the caches are changed under a lock
+            hit = self._bound.get(key)
+            if hit is not None:
+                self._bound.move_to_end(key)  # least recently used goes first
+                if hit[2] in self._plans:
+                    self._plans.move_to_end(hit[2])
+        if hit is None:
+            hit = self._bind(program, feed, sig, fetch_names)
             with self._lock:
-                self._plans[key] = plan
+                self._bound[key] = hit
+                while len(self._bound) > _MAX_BOUND:
+                    self._bound.popitem(last=False)
+        return hit[0], hit[1], feed
+
+    def _bind(self, program, feed, sig, fetch_names):
+        """(plan, step function, plan's key) for feed shapes not seen yet: the plan of their symbolic signature
+        bound to this batch size, else a plan compiled for them."""
+        batch = _check_feed(program, feed)
+        sym = tuple([(n, shape[:batch[n][0]] + (None,) + shape[batch[n][0] + 1:] if n in batch else shape, dtype)
+                     for n, shape, dtype in sig])
+        skey = (program._uid, program._version, fetch_names, sym, any(b == 1 for _, b in batch.values()))
+        plan = self._cached(skey)
+        step = None if plan is None else plan.step_for(sig)
+        if step is None and plan is not None:  # this plan cannot serve these shapes: one of their own
+            skey += (sig,)
+            plan = self._cached(skey)
+            step = None if plan is None else plan._step
+        if step is None:
+            plan = Plan(program, sig, fetch_names, self.compile_options)
+            step = plan._step
+            with self._lock:
+                self._plans[skey] = plan
                 while len(self._plans) > _MAX_PLANS:
-                    self._plans.popitem(last=False)
-        return plan, feed
+                    old = self._plans.popitem(last=False)[1]
+                    for k in [k for k, hit in self._bound.items() if hit[0] is old]:
+                        del self._bound[k]  # an evicted plan is not kept alive by its bindings
+        return plan, step, skey
+
+    def _cached(self, skey):
+        with self._lock:
+            plan = self._plans.get(skey)
+            if plan is not None:
+                self._plans.move_to_end(skey)
+            return plan
 
     def close(self):
-        self._plans.clear()
+        with self._lock:
+            self._plans.clear()
+            self._bound.clear()
 
 
-def _check_feed(program: Program, feed: dict):
-    """Feed names, dtypes and shapes against the data variables; raises before anything runs."""
+def _check_feed(program: Program, feed: dict) -> dict:
+    """Feed names, dtypes and shapes against the data variables; raises before anything runs.
+    Returns {name: (dimension, batch size)} of the feeds whose variable declares a -1 dimension: the
+    first one is the batch (dimension 0 usually, 1 for a time-major sequence); sizes must agree."""
     block = program.global_block()
+    batch = {}
     for name, value in feed.items():
         var = block.vars.get(name)
         if var is None:
@@ -200,3 +277,11 @@ def _check_feed(program: Program, feed: dict):
         if any(d == -1 and s == 0 for d, s in zip(var.shape, value.shape)):
             raise ValueError(f"feed {name!r}: shape {list(value.shape)} has batch size 0; the executor runs "
                              f"batches of at least one example (skip empty batches)")
+        if -1 in var.shape:
+            dim = list(var.shape).index(-1)
+            batch[name] = (dim, value.shape[dim])
+    if len({b for _, b in batch.values()}) > 1:
+        shapes = ", ".join(f"{n!r} {list(feed[n].shape)} (batch dimension {d})" for n, (d, _) in batch.items())
+        raise ValueError(f"feeds disagree on the batch size (the first -1 dimension of each variable): {shapes}; "
+                         f"every batch-sized feed of one run must have the same number of examples")
+    return batch

@@ -229,6 +229,11 @@ class OpDef:
     - `writes_out`: the lowered callable accepts a keyword `out`, a list with one entry per output
       variable: an array of the output's shape and dtype to write the result into, or None. The
       executor passes the scope's old array of a persistable output (see compiler/inplace.py).
+    - `batch_poly`: the callable `lower(ctx)` returns works for any batch size (it reads every size
+      from its arrays at run time, chooses serial or parallel there too), so a plan reuses it when
+      only the batch size changes. True, False, or `batch_poly(ctx) -> bool`; None (the default)
+      means True for a plain `kernel` (it only ever sees arrays and fixed attributes) and False for
+      `lower`: the plan then lowers the op again for each new batch size (compiler/rebatch.py).
     - `elementwise(ctx) -> Elementwise | None`: the op computes each output element from the inputs'
       elements at the same (broadcast) position; the fuse pass may then fuse it with its neighbours into
       one generated kernel. None for an instance it cannot describe (a broadcast needing a reduction).
@@ -252,8 +257,16 @@ class OpDef:
     nondiff_outputs: frozenset = frozenset()  # output slots no gradient flows back through (saved values)
     random: bool = False  # draws random numbers: gets a State/StateOut stream when appended (random_state)
     writes_out: bool = False  # the lowered callable takes `out=[array or None per output var]` and writes there
+    batch_poly: Any = None  # True/False/callable(ctx): the lowered callable works for any batch size
     elementwise: Callable | None = None  # elementwise(ctx) -> Elementwise or None: fusable (compiler/fuse.py)
     doc: str = ""
+
+    def is_batch_poly(self, ctx: InferContext) -> bool:
+        """Whether `bind(ctx)` (and `fold(ctx)`) work for every batch size, not only `ctx`'s shapes."""
+        poly = self.batch_poly
+        if poly is None:
+            return self.lower is None
+        return bool(poly(ctx)) if callable(poly) else bool(poly)
 
     def bind(self, ctx: InferContext) -> Callable:
         """The callable the executor runs for one op instance."""
@@ -304,7 +317,7 @@ def register(opdef: OpDef) -> OpDef:
 
 
 _GRAD_KEYS = ("grad_reads", "grad_kernel", "grad_kernel_attrs", "grad_lower", "grad_infer", "grad_wrt",
-              "grad_picks", "grad_returns_view", "grad_elementwise")
+              "grad_picks", "grad_returns_view", "grad_batch_poly", "grad_elementwise")
 
 
 def defop(type: str, **kw) -> OpDef:

@@ -1,13 +1,11 @@
-"""Update kernels of the adaptive optimizers: RMSProp, Adagrad and AdamW (which shares Adam's element step).
+"""Update kernels of the adaptive optimizers: RMSProp and Adagrad (AdamW is
+`optim.adam` with a weight-decay coefficient).
 
 Each serial kernel and its `_parallel` twin run the same inlined per-element step; only the loop
 differs. Outputs may alias inputs (element i is read and written in the same iteration).
 """
 import numpy as np
 from numba import njit, prange
-
-from .optim import _adam_at, _adam_rate
-
 
 @njit(cache=True, error_model="numpy", inline="always")
 def _rmsprop_at(i, pf, gf, msf, momf, pof, msof, momof, rate, rho, eps, mu):
@@ -72,31 +70,3 @@ def adagrad_parallel(p, g, m, lr, eps, p_out, m_out):
     for i in prange(pf.size):
         _adagrad_at(i, pf, gf, mf, pof, mof, rate, eps)
     return p_out, m_out
-
-
-@njit(cache=True, error_model="numpy")
-def adamw(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, coeff, p_out, m1_out, m2_out, b1p_out, b2p_out):
-    """p <- p * (1 - lr * coeff), then Adam's step (bias correction folded into the rate)."""
-    decay = 1.0 - lr[0] * coeff
-    rate = _adam_rate(lr, b1p, b2p, beta1, beta2, b1p_out, b2p_out)
-    pf, gf, af, bf = p.reshape(-1), g.reshape(-1), m1.reshape(-1), m2.reshape(-1)
-    pof, aof, bof = p_out.reshape(-1), m1_out.reshape(-1), m2_out.reshape(-1)
-    for i in range(pf.size):
-        _adam_at(pf, gf, af, bf, pof, aof, bof, rate, beta1, beta2, eps, i, decay)
-    return p_out, m1_out, m2_out, b1p_out, b2p_out
-
-
-@njit(cache=True, error_model="numpy", parallel=True)
-def adamw_parallel(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, coeff, p_out, m1_out, m2_out, b1p_out, b2p_out):
-    decay = 1.0 - lr[0] * coeff
-    rate = _adam_rate(lr, b1p, b2p, beta1, beta2, b1p_out, b2p_out)
-    pf = p.reshape(-1)
-    gf = g.reshape(-1)
-    af = m1.reshape(-1)
-    bf = m2.reshape(-1)
-    pof = p_out.reshape(-1)
-    aof = m1_out.reshape(-1)
-    bof = m2_out.reshape(-1)
-    for i in prange(pf.size):
-        _adam_at(pf, gf, af, bf, pof, aof, bof, rate, beta1, beta2, eps, i, decay)
-    return p_out, m1_out, m2_out, b1p_out, b2p_out

@@ -1,4 +1,4 @@
-"""Parameter update kernels (sgd, momentum, adam) and sign.
+"""Parameter update kernels (sgd, momentum, adam/adamw) and sign.
 
 Each update kernel writes into the output buffers it is given; the op passes the input arrays
 themselves when the update may happen in place (reading and writing element i in the same
@@ -94,22 +94,21 @@ def _adam_rate(lr, b1p, b2p, beta1, beta2, b1p_out, b2p_out):
 
 
 @njit(cache=True, error_model="numpy")
-def adam(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, p_out, m1_out, m2_out, b1p_out, b2p_out):
+def adam(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, coeff, p_out, m1_out, m2_out, b1p_out, b2p_out):
+    """Adam, or AdamW with `coeff` > 0: p <- p * (1 - lr * coeff) before the step (1.0 exactly when
+    coeff is 0, so Adam's rounding is unchanged)."""
+    decay = 1.0 - lr[0] * coeff
     rate = _adam_rate(lr, b1p, b2p, beta1, beta2, b1p_out, b2p_out)
-    pf = p.reshape(-1)
-    gf = g.reshape(-1)
-    af = m1.reshape(-1)
-    bf = m2.reshape(-1)
-    pof = p_out.reshape(-1)
-    aof = m1_out.reshape(-1)
-    bof = m2_out.reshape(-1)
+    pf, gf, af, bf = p.reshape(-1), g.reshape(-1), m1.reshape(-1), m2.reshape(-1)
+    pof, aof, bof = p_out.reshape(-1), m1_out.reshape(-1), m2_out.reshape(-1)
     for i in range(pf.size):
-        _adam_at(pf, gf, af, bf, pof, aof, bof, rate, beta1, beta2, eps, i)
+        _adam_at(pf, gf, af, bf, pof, aof, bof, rate, beta1, beta2, eps, i, decay)
     return p_out, m1_out, m2_out, b1p_out, b2p_out
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
-def adam_parallel(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, p_out, m1_out, m2_out, b1p_out, b2p_out):
+def adam_parallel(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, coeff, p_out, m1_out, m2_out, b1p_out, b2p_out):
+    decay = 1.0 - lr[0] * coeff
     rate = _adam_rate(lr, b1p, b2p, beta1, beta2, b1p_out, b2p_out)
     pf = p.reshape(-1)
     gf = g.reshape(-1)
@@ -119,7 +118,7 @@ def adam_parallel(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, p_out, m1_out, 
     aof = m1_out.reshape(-1)
     bof = m2_out.reshape(-1)
     for i in prange(pf.size):
-        _adam_at(pf, gf, af, bf, pof, aof, bof, rate, beta1, beta2, eps, i)
+        _adam_at(pf, gf, af, bf, pof, aof, bof, rate, beta1, beta2, eps, i, decay)
     return p_out, m1_out, m2_out, b1p_out, b2p_out
 
 

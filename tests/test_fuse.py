@@ -187,25 +187,31 @@ def test_long_chain_is_cut_and_identical_pieces_share_one_kernel():
     (out,), plan = _same_on_and_off([h], {"x": xs})
     pieces = _fused(plan)
     assert [len(s.ops) for s in pieces] == [MAX_OPS] * 4
-    assert len({s.kernel.func for s in pieces}) == 2  # the first reads x only; the others (h, x) share one
+    assert len({s.kernel.serial for s in pieces}) == 2  # the first reads x only; the others (h, x) share one
     ref = xs.astype(np.float32)
     for _ in range(2 * MAX_OPS):
         ref = (ref * 0.5 + 0.1).astype(np.float32) + xs
     np.testing.assert_allclose(out, ref, rtol=1e-5)
 
 
-def test_one_kernel_serves_every_batch_size():
+def test_one_plan_and_kernel_serve_every_batch_size():
     x = layers.data(name="x", shape=[3], dtype="float32")
-    y = layers.fc(x, size=4, act="sigmoid")
-    exe = fl.Executor()
+    h = layers.fc(x, size=4, act="sigmoid")  # the sigmoid output is stored: the next fc's product reads it
+    y = layers.fc(h, size=2, act="tanh")
+    exe, ref = fl.Executor(), fl.Executor(compile_options=OFF)
     exe.run(fl.default_startup_program())
-    kernels = []
+    kernels, plans = [], []
     for batch in (2, 5, 9):
         xs = np.random.default_rng(batch).standard_normal((batch, 3)).astype(np.float32)
-        fused, = _fused(exe.compile(feed={"x": xs}, fetch_list=[y]))
-        out, = exe.run(feed={"x": xs}, fetch_list=[y])
-        assert out.shape == (batch, 4)
-        kernels.append(fused.kernel.func)
+        plan = exe.compile(feed={"x": xs}, fetch_list=[y, h])
+        out, hid = exe.run(feed={"x": xs}, fetch_list=[y, h])
+        want = ref.run(feed={"x": xs}, fetch_list=[y, h])
+        np.testing.assert_array_equal(out, want[0])
+        np.testing.assert_array_equal(hid, want[1])
+        assert out.shape == (batch, 2)
+        plans.append(plan)
+        kernels.append(_fused(plan)[0].kernel.serial)
+    assert plans[1] is plans[2]  # one plan bound to another batch size (symbolic batch)
     assert kernels[0] is kernels[1] is kernels[2] and len(kernels[0].signatures) == 1
 
 
@@ -219,7 +225,8 @@ def test_large_chain_uses_the_parallel_kernel():
     feed = {"x": rng.standard_normal(PARALLEL_MIN).astype(np.float32),
             "b": rng.standard_normal(PARALLEL_MIN // 4).astype(np.float32)}
     (out,), plan = _same_on_and_off([y], feed)
-    assert _fused(plan)[0].kernel.func.targetoptions.get("parallel")
+    kernel = _fused(plan)[0].kernel
+    assert kernel.parallel.signatures and not kernel.serial.signatures  # chosen by size, compiled when first used
     np.testing.assert_allclose(out, np.tanh(feed["x"].reshape(4, -1) + feed["b"]), rtol=2e-6, atol=1e-6)
 
 
@@ -232,7 +239,7 @@ _CHILD = textwrap.dedent("""
     exe = fl.Executor()
     feed = {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}
     out, = exe.run(feed=feed, fetch_list=[y])
-    k, = [s.kernel.func for s in exe.compile(feed=feed, fetch_list=[y]).steps if isinstance(s, FusedStep)]
+    k, = [s.kernel.serial for s in exe.compile(feed=feed, fetch_list=[y]).steps if isinstance(s, FusedStep)]
     print(sum(k.stats.cache_hits.values()), sum(k.stats.cache_misses.values()), out.sum())
 """)
 

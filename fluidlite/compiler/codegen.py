@@ -102,8 +102,9 @@ def codegen(ir: PlanIR, options) -> PlanIR:
     fetched = ", ".join(f"{ref(n)}.copy()" if n in persist else ref(n) for n in ir.fetch_names)
     lines.append(f"    return [{fetched}]")
     ir.source = "\n".join(lines)
-    exec(_code(ir.source), env)
-    ir.step_fn, ir.line_to_op = env["_step"], line_to_op
+    ir.code = _code(ir.source)
+    exec(ir.code, env)
+    ir.step_fn, ir.line_to_op, ir.env = env["_step"], line_to_op, env
     return ir
 
 

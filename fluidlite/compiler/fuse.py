@@ -133,10 +133,11 @@ class _Group:
         chain.donor, chain.results = donor, [self.tmp[n] for n in outs]
         values = [v for _, v in chain.params]
         chain.params = [t for t, _ in chain.params]
-        text, fns = render(chain, parallel=numel(self.shape) >= PARALLEL_MIN)
+        text, fns = render(chain)
         last = self.steps[-1]
-        return [FusedStep(last.op, last.opdef, inputs=last.inputs, ctx=last.ctx,
-                          kernel=bind(load(text, fns), values), members=list(self.steps),
+        # batch-polymorphic: sizes, the row split and serial-or-parallel are all read from the arrays
+        return [FusedStep(last.op, last.opdef, inputs=last.inputs, ctx=last.ctx, poly=True,
+                          kernel=bind(load(text, fns), values, donor, PARALLEL_MIN), members=list(self.steps),
                           ins=list(self.arg_names), outs=outs)]
 
 

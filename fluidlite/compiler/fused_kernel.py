@@ -55,8 +55,9 @@ def _elem(kind: str, j: int, flat: bool) -> str:
     return f"e{j}[c]" if kind == ROW else f"e{j}[r]"
 
 
-def render(chain: Chain, parallel: bool) -> tuple[str, list]:
-    """(source text, the per-element functions it imports as f0, f1, ...)."""
+def render(chain: Chain) -> tuple[str, list]:
+    """(source text defining `fused` and its prange twin `fused_parallel`, the per-element functions it
+    imports as f0, f1, ...). Numba compiles each twin only when it is first called."""
     fns = list(dict.fromkeys(call[0] for call in chain.calls))
     flat = not any(kind in (ROW, COL) for kind, _ in chain.args)
     tdt = {}
@@ -80,8 +81,17 @@ def render(chain: Chain, parallel: bool) -> tuple[str, list]:
             body.append(f"u{outs[0][0]} = {call}")
             body += [f"t{t} = np.{dt}(u{outs[0][0]}[{k}])" for (t, k), dt in zip(outs, dtypes)]
         tdt.update({t: dt for (t, _), dt in zip(outs, dtypes)})
+    head = [f"from {fn.py_func.__module__} import {fn.__name__} as f{k}" for k, fn in enumerate(fns)]
+    text = ["import numpy as np", "from numba import njit, prange", *head]
+    for parallel in (False, True):
+        flags = ", parallel=True" if parallel else ""
+        text += ["", "", f'@njit(cache=True, error_model="numpy"{flags})', *_function(chain, body, tdt, flat, parallel)]
+    return "\n".join(text) + "\n", fns
+
+
+def _function(chain: Chain, body: list, tdt: dict, flat: bool, parallel: bool) -> list:
     names = ", ".join(f"x{j}" for j in range(len(chain.args)))
-    lines = [f"def fused(P, {names}):"]
+    lines = [f"def fused{'_parallel' if parallel else ''}(P, {names}):"]
     for k, typ in enumerate(chain.params):
         lines.append(f"    p{k} = P[{k}]" if typ == "float64" else f"    p{k} = np.{typ}(P[{k}])")
     d = chain.donor
@@ -114,11 +124,7 @@ def render(chain: Chain, parallel: bool) -> tuple[str, list]:
     lines += [f"{ind}o{k}[{at}] = t{t}" for k, t in enumerate(chain.results)]
     outs = ", ".join(f"o{k}.reshape(x{d}.shape)" for k in range(len(chain.results)))
     lines.append(f"    return {outs}")
-    head = [f"from {fn.py_func.__module__} import {fn.__name__} as f{k}" for k, fn in enumerate(fns)]
-    flags = ", parallel=True" if parallel else ""
-    text = "\n".join(["import numpy as np", "from numba import njit, prange", *head, "", "",
-                      f'@njit(cache=True, error_model="numpy"{flags})', *lines, ""])
-    return text, fns
+    return lines
 
 
 def cache_dir() -> str:
@@ -154,7 +160,7 @@ _loaded: dict = {}  # digest -> the imported kernel module (one per chain signat
 
 
 def load(text: str, fns: list):
-    """The `fused` function of the generated source `text`, from the cache dir (written if new)."""
+    """The module of the generated source `text`, from the cache dir (written if new)."""
     key = text + numba.__version__ + "".join(_module_text(m) for m in sorted({f.py_func.__module__ for f in fns}))
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
     mod = _loaded.get(digest)
@@ -169,7 +175,7 @@ def load(text: str, fns: list):
         sys.modules[name] = mod
         spec.loader.exec_module(mod)
         _loaded[digest] = mod
-    return mod.fused
+    return mod
 
 
 def _has(path: str, text: str) -> bool:
@@ -198,6 +204,13 @@ def _publish(folder: str, path: str, text: str) -> None:
     os.unlink(tmp)
 
 
-def bind(kernel, params: list):
-    """The step's callable: the kernel with its run-time scalars bound as the float64 array P."""
-    return functools.partial(kernel, np.array(params, np.float64))
+def bind(mod, params: list, donor: int, parallel_min: int):
+    """The step's callable: the serial or the prange kernel by the output's size at run time (so one
+    callable serves every batch size), its run-time scalars bound as the float64 array P."""
+    serial, parallel, P = mod.fused, mod.fused_parallel, np.array(params, np.float64)
+
+    def run(*xs):
+        return (parallel if xs[donor].size >= parallel_min else serial)(P, *xs)
+
+    run.serial, run.parallel = serial, parallel
+    return run

@@ -21,7 +21,8 @@ class Step:
     - `ctx`, `kernel`: the lowering context and the bound callable `kernel(*in_names values)` (lower);
     - `fold`: `f(acc, x) -> acc` when this op's inputs are accumulated as they are made (fold);
     - `reuse`: per output variable, its name when the scope's old array may receive the result, else None
-      (inplace; empty when none may).
+      (inplace; empty when none may);
+    - `poly`: the bound kernel (and fold step) work for any batch size (lower; `OpDef.is_batch_poly`).
     """
 
     op: Any
@@ -32,6 +33,7 @@ class Step:
     kernel: Callable | None = None
     fold: Callable | None = None
     reuse: list = field(default_factory=list)
+    poly: bool = False
 
     @property
     def in_names(self) -> list:
@@ -90,7 +92,8 @@ class PlanIR:
     Inputs: the block, the feed signature `feed` (name -> (shape, dtype), in feed order) and the
     fetch names. The passes add the steps, concrete `metas` (name -> Meta), `scope_inputs` (the
     persistable values read from the scope), `persist_out` (persistable values written back),
-    `declared` (their declared shape and dtype), and finally `source`, `step_fn` and `line_to_op`.
+    `declared` (their declared shape and dtype), and finally `source`, `step_fn` and `line_to_op`
+    (codegen keeps the compiled `code` and the `env` it ran in: rebatch binds them for other batch sizes).
     """
 
     block: Any
@@ -104,6 +107,8 @@ class PlanIR:
     source: str = ""
     step_fn: Callable | None = None
     line_to_op: dict = field(default_factory=dict)
+    code: Any = None
+    env: dict = field(default_factory=dict)
     done: list = field(default_factory=list)  # names of the passes run so far
 
     def var(self, name: str):

@@ -2,7 +2,8 @@
 from ..kernels import adaptive as K
 from ..registry import NO_GRAD, Attr, defop
 from .common import is_large
-from .optim_ops import _ADAM_POWS, _ADAM_STATE, _buffers, _check_update, _gated, _in_unit, _non_negative, _out
+from .optim_ops import (_ADAM_POWS, _ADAM_STATE, _buffers, _check_update, _gated, _in_unit, _lower_adam,
+                        _non_negative, _out)
 
 
 def _unit_closed(v):
@@ -39,22 +40,10 @@ defop("adagrad", inputs=("Param", "Grad", "Moment", "LearningRate", "SkipUpdate"
       doc="MomentOut = Moment + Grad^2; ParamOut = Param - lr * Grad / (sqrt(MomentOut) + epsilon).")
 
 
-def _lower_adamw(ctx):
-    kernel = K.adamw_parallel if is_large(ctx.meta("Param")) else K.adamw
-    b1, b2, eps, coeff = (ctx.attrs[a] for a in ("beta1", "beta2", "epsilon", "coeff"))
-    ip, i1, i2, ib1, ib2 = _buffers(ctx, ("Param",) + _ADAM_STATE + _ADAM_POWS)
-
-    def run(p, g, lr, m1, m2, b1p, b2p):
-        return kernel(p, g, lr, m1, m2, b1p, b2p, b1, b2, eps, coeff,
-                      _out(ip, p), _out(i1, m1), _out(i2, m2), _out(ib1, b1p), _out(ib2, b2p))
-
-    return _gated(ctx, run, (0, 3, 4, 5, 6))
-
-
 defop("adamw", inputs=("Param", "Grad", "LearningRate") + _ADAM_STATE + _ADAM_POWS + ("SkipUpdate",),
       outputs=("ParamOut", "Moment1Out", "Moment2Out", "Beta1PowOut", "Beta2PowOut"), optional=("SkipUpdate",),
       attrs={"beta1": Attr(float, 0.9, _in_unit), "beta2": Attr(float, 0.999, _in_unit),
              "epsilon": Attr(float, 1e-8, _non_negative), "coeff": Attr(float, 0.01, _non_negative)},
-      infer=lambda ctx: _check_update(ctx, _ADAM_STATE, _ADAM_POWS), lower=_lower_adamw, grad=NO_GRAD,
+      infer=lambda ctx: _check_update(ctx, _ADAM_STATE, _ADAM_POWS), lower=_lower_adam, grad=NO_GRAD,
       doc="Decoupled weight decay (Loshchilov & Hutter): Param <- Param - lr * coeff * Param, then the adam "
           "step on it with the same Moment/BetaPow semantics.")

@@ -93,12 +93,14 @@ _ADAM_POWS = ("Beta1Pow", "Beta2Pow")
 
 
 def _lower_adam(ctx):
+    """adam and adamw (coeff > 0)."""
     kernel = K.adam_parallel if is_large(ctx.meta("Param")) else K.adam
     b1, b2, eps = ctx.attrs["beta1"], ctx.attrs["beta2"], ctx.attrs["epsilon"]
+    coeff = ctx.attrs.get("coeff", 0.0)  # adamw's decoupled weight decay
     ip, i1, i2, ib1, ib2 = _buffers(ctx, ("Param",) + _ADAM_STATE + _ADAM_POWS)
 
     def run(p, g, lr, m1, m2, b1p, b2p):
-        return kernel(p, g, lr, m1, m2, b1p, b2p, b1, b2, eps,
+        return kernel(p, g, lr, m1, m2, b1p, b2p, b1, b2, eps, coeff,
                       _out(ip, p), _out(i1, m1), _out(i2, m2), _out(ib1, b1p), _out(ib2, b2p))
 
     return _gated(ctx, run, (0, 3, 4, 5, 6))
