@@ -21,17 +21,17 @@ from dataclasses import dataclass, field
 from .backward import _as_names, _Builder, _callbacks, _seed
 from .framework import ROLE_GRAD_CLIP, Parameter, default_startup_program
 from .ops.elementwise import layout
+from .random_state import STATE_DTYPE, STATE_SHAPE
 
 NORM_NAME = "per_example@NORM"  # the [B] per-example gradient norms (before clipping)
 SCALE_NAME = "per_example@SCALE"  # the [B] clip factors min(1, C / norm)
-STATE_NAME = "per_example@NOISE_STATE"  # the persistable (key, counter) of the noise stream
 
 
 @dataclass
 class Use:
     """One op's read of a parameter, as the per-example ops need it."""
 
-    kind: str  # "linear", "bias", "embedding" or "conv2d": the pair of dp_<kind>_* ops that handle it
+    kind: str  # "linear", "bias", "embedding", "conv2d", ...: the pair of dp_<kind>_* ops that handle it
     out: str  # the op output whose gradient G the rule reads
     operand: str | None  # A (linear: the activation) or Ids (embedding); None for a bias
     attrs: dict = field(default_factory=dict)  # per-use attribute values (one entry of each list attr)
@@ -105,10 +105,22 @@ def _lookup_rule(op, slot, block):
 
 def _conv_rule(op, slot, block):
     x = op.input("Input")[0]
-    if slot != "Filter" or op.attrs.get("groups", 1) != 1 or batch_axis(block, x, op) != 0:
-        raise _op_error(op, "per-example norms need the parameter as Filter, groups=1 and the batch first")
-    return Use("conv2d", op.output("Output")[0], x, {k: op.attrs[k] for k in ("strides", "paddings", "dilations")},
-               inputs={"Input": x})
+    if slot != "Filter" or batch_axis(block, x, op) != 0:
+        raise _op_error(op, "per-example norms need the parameter as Filter and the batch first")
+    return Use("conv2d", op.output("Output")[0], x,
+               {k: op.attrs[k] for k in ("strides", "paddings", "dilations", "groups")}, inputs={"Input": x})
+
+
+def _gru_rule(op, slot, block):
+    """The unit's weight and bias act on its pre-activations, whose gradient is that of its Input."""
+    x, hp = op.input("Input")[0], op.input("HiddenPrev")[0]
+    if batch_axis(block, x, op) != 0 or batch_axis(block, hp, op) != 0:
+        raise _op_error(op, "per-example norms need the batch first in Input and HiddenPrev")
+    if slot == "Bias":
+        return Use("bias", x, None, {"batch_axes": 0, "row_dims": 1, "bias_ends": 2})
+    if slot != "Weight":
+        raise _op_error(op, f"per-example norms need the parameter as Weight or Bias, not {slot}")
+    return Use("gru_weight", x, None, inputs={"HiddenPrev": hp, "ResetHiddenPrev": op.output("ResetHiddenPrev")[0]})
 
 
 def _layer_norm_rule(op, slot, block):
@@ -124,12 +136,12 @@ def _layer_norm_rule(op, slot, block):
 
 # op type -> rule(op, slot of the parameter, block) -> Use.
 RULES = {"mul": _mul_rule, "matmul": _matmul_rule, "elementwise_add": _add_rule, "lookup_table": _lookup_rule,
-         "conv2d": _conv_rule, "layer_norm": _layer_norm_rule}
+         "conv2d": _conv_rule, "layer_norm": _layer_norm_rule, "gru_unit": _gru_rule}
 # op types that mix examples although their outputs keep a batch dimension
 MIXING = {"batch_norm"}
 _LIST_ATTRS = {"linear": ("batch_axes", "row_dims", "scales", "transposes"),
                "bias": ("batch_axes", "row_dims", "bias_ends"),
-               "embedding": ("batch_axes", "row_dims", "padding_idx")}
+               "embedding": ("batch_axes", "row_dims", "padding_idx"), "gru_weight": ()}
 _SINGLE = {"conv2d", "layer_norm_scale"}  # kinds whose op takes one use (the parameter read once), plain attrs
 
 
@@ -205,8 +217,10 @@ def _per_param_op(block, kind, stage, uses, param, extra):
         block.append_op(f"dp_{kind}_{stage}", inputs, {"Out": out}, uses[0].attrs)
         return block.var(out)
     inputs = {"G": [u.out_grad for u in uses]}
-    if kind != "bias":
+    if uses[0].operand is not None:
         inputs["A" if kind == "linear" else "Ids"] = [u.operand for u in uses]
+    for slot in uses[0].inputs:  # kinds that read more of the op (gru_weight)
+        inputs[slot] = [u.inputs[slot] for u in uses]
     attrs = {a: [u.attrs[a] for u in uses] for a in _LIST_ATTRS[kind]}
     if kind == "linear" and len({u.attrs["transposes"] for u in uses}) > 1:
         raise ValueError(f"GradientClipPerExample: parameter {param.name!r} is read both transposed and not")
@@ -267,18 +281,18 @@ def build(optimizer, loss, clip, startup_program=None, parameter_list=None, no_g
 
 
 def _add_noise(block, startup, clip, pairs, norm, mean):
-    state = _fresh(block, STATE_NAME)
-    block.create_var(name=state, shape=(2,), dtype="int64", persistable=True, stop_gradient=True)
+    """One dp_gaussian_noise op per parameter, each with its random stream (fluidlite.random_state). The
+    startup program makes the streams' states, so that broadcast_persistables gives every worker the
+    same noise (fluidlite.distributed) and running the startup program again restarts them."""
     sblock = startup.global_block()
-    sblock.create_var(name=state, shape=(2,), dtype="int64", persistable=True)
-    sblock.append_op("dp_random_state", {}, {"Out": state}, {"seed": -1 if clip.seed is None else clip.seed})
+    seed = {"seed": 0, "fix_seed": False} if clip.seed is None else {"seed": clip.seed, "fix_seed": True}
     out = []
-    for k, (p, g) in enumerate(pairs):
+    for p, g in pairs:
         noised = _fresh(block, f"{p.name}@GRAD@DP")
-        outputs = {"Out": noised}
-        if k == len(pairs) - 1:
-            outputs["StateOut"] = state
-        block.append_op("dp_gaussian_noise", {"X": g, "State": state, "BatchRef": norm}, outputs,
-                        {"stddev": clip.noise_multiplier * clip.l2_norm_clip, "mean_loss": mean, "stream": k})
+        op = block.append_op("dp_gaussian_noise", {"X": g, "BatchRef": norm}, {"Out": noised},
+                             {"stddev": clip.noise_multiplier * clip.l2_norm_clip, "mean_loss": mean, **seed})
+        state = op.input("State")[0]
+        sblock.create_var(name=state, shape=STATE_SHAPE, dtype=STATE_DTYPE, persistable=True)
+        sblock.append_op("random_state_init", {}, {"Out": state})
         out.append((p, block.var(noised)))
     return out

@@ -16,6 +16,10 @@ unseeded op differs between scopes. A missing state (a scope that never ran the 
 written before the op existed) is made fresh (`counter = 0`) the first time a plan reads it.
 A random op writing a persistable variable (an initializer in a startup program) keeps its fixed seed:
 running the startup program again re-initialises identically.
+
+DP-SGD's `dp_gaussian_noise` (fluidlite.per_example) is such a random op; its startup program also
+makes its states (`random_state_init`), so `fl.distributed.broadcast_persistables` can give every
+worker the same noise stream.
 """
 from __future__ import annotations
 
@@ -44,10 +48,14 @@ def _splitmix(x: int) -> int:
     return x ^ (x >> 31)
 
 
+def stream_key(base: int, stream: int, counter: int) -> int:
+    """The 64-bit key of one draw: a hash of (base, stream, counter), base the seed or the state's key."""
+    return _splitmix(_splitmix(_splitmix(base & _M64) ^ (stream & _M64)) ^ (counter & _M64))
+
+
 def call_seed(seed: int, key: int, stream: int, counter: int) -> int:
     """The 32-bit seed of one draw: a hash of (seed or key, stream, counter)."""
-    base = seed if seed else key
-    return _splitmix(_splitmix(_splitmix(base & _M64) ^ (stream & _M64)) ^ (counter & _M64)) & 0xFFFFFFFF
+    return stream_key(seed if seed else key, stream, counter) & 0xFFFFFFFF
 
 
 def advance(state: np.ndarray, seed: int, stream: int):
@@ -88,4 +96,4 @@ def init_missing(scope, names) -> None:
             scope.set_array(n, fresh_state())
 
 
-__all__ = ["STATE_SUFFIX", "advance", "attach", "call_seed", "fresh_state", "init_missing", "is_state"]
+__all__ = ["STATE_SUFFIX", "advance", "attach", "call_seed", "fresh_state", "init_missing", "is_state", "stream_key"]

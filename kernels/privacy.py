@@ -4,6 +4,8 @@ Arrays arrive batch-major: `a` [B, S, I] holds example b's S activation rows, `g
 matching output-gradient rows; `pe` [B, O] per-example bias gradients; `ids` [B, S] token ids
 (-1: no gradient). No kernel materialises more than one I x O matrix per thread.
 """
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -130,8 +132,73 @@ def clip_factors(sq, factor, clip):
     return norm, scale
 
 
+# ---- Gaussian noise: a counter-based ziggurat (Marsaglia and Tsang 2000) ---------------------------
+# Element j of a draw with 64-bit key k takes its first random word from SplitMix64's output function
+# at k + (j + 1) * GAMMA, further words (rare rejections) from that word's own Weyl sequence. So each
+# value depends on (k, j) alone: any thread count, any chunking, the same noise.
+
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _mix(z):
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _unit(h):
+    """A uniform in (0, 1) from the top 53 bits of h."""
+    return ((h >> np.uint64(11)) + np.uint64(1)) * (1.0 / 9007199254740994.0)
+
+
 @njit(cache=True, error_model="numpy")
-def add_noise_into(x, z, std):
-    """x += std * z for 1-D x, z."""
-    for k in range(x.size):
-        x[k] += std * z[k]
+def _ziggurat_slow(h, xt, ft):
+    """The rejection steps of the ziggurat for a first word h whose fast test failed (layer i = h's low
+    7 bits, u in (-1, 1) from its top bits): the wedge test, the tail beyond xt[1], redraws."""
+    d = np.uint64(0)
+    i = np.int64(h & np.uint64(127))
+    u = 2.0 * _unit(h) - 1.0
+    while True:
+        if abs(u) < xt[i + 1] / xt[i]:
+            return u * xt[i]
+        d += np.uint64(1)
+        w = _mix(h + d * _GAMMA)
+        if i == 0:  # the tail |z| > r (Marsaglia 1964)
+            r = xt[1]
+            while True:
+                a = -math.log(_unit(w)) / r
+                d += np.uint64(1)
+                b = -math.log(_unit(_mix(h + d * _GAMMA)))
+                if 2.0 * b > a * a:
+                    return r + a if u > 0 else -(r + a)
+                d += np.uint64(1)
+                w = _mix(h + d * _GAMMA)
+        z = u * xt[i]
+        if ft[i + 1] + _unit(w) * (ft[i] - ft[i + 1]) < math.exp(-0.5 * z * z):
+            return z
+        d += np.uint64(1)
+        w = _mix(h + d * _GAMMA)
+        i = np.int64(w & np.uint64(127))
+        u = 2.0 * _unit(w) - 1.0
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def add_gaussian(x, key, std, xt, ft):
+    """x += std * N(0, 1) in place for a 1-D x; element j from (key, j) alone. xt [129] are the
+    ziggurat's layer edges (xt[0] = V / f(r), xt[1] = r, ..., xt[128] = 0), ft = exp(-xt^2 / 2)."""
+    k = np.uint64(key)
+    n = x.size
+    chunk = 1 << 16
+    for c in prange((n + chunk - 1) // chunk):
+        for j in range(c * chunk, min(n, (c + 1) * chunk)):
+            h = _mix(k + np.uint64(j + 1) * _GAMMA)
+            i = np.int64(h & np.uint64(127))
+            u = 2.0 * _unit(h) - 1.0
+            if abs(u) * xt[i] < xt[i + 1]:
+                z = u * xt[i]
+            else:
+                z = _ziggurat_slow(h, xt, ft)
+            x[j] += std * z
+    return x

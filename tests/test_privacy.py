@@ -5,7 +5,8 @@ import pytest
 
 import fluidlite as fl
 from fluidlite import layers
-from fluidlite.per_example import STATE_NAME
+from fluidlite import io
+from fluidlite.random_state import STATE_SUFFIX
 
 SIGMA, C, B = 1.3, 0.5, 4
 
@@ -50,9 +51,43 @@ def test_noise_is_gaussian_with_the_dp_sgd_scale_fresh_each_step():
     steps = np.corrcoef(z[:-1].ravel(), z[1:].ravel())[0, 1]  # consecutive steps are independent
     params = np.corrcoef(z[:, 0], z[:, -1])[0, 1]  # and so are parameters
     assert abs(steps) < 0.05 and abs(params) < 0.2
-    state = fl.fetch_var(STATE_NAME, scope)
-    assert state.tolist() == [7, 300]  # the stream's (key, counter) lives in the scope and advanced each run
-    assert str(main).count("dp_gaussian_noise") >= 4  # one op per parameter, visible in the listing
+    ops = [op for op in main.global_block().ops if op.type == "dp_gaussian_noise"]
+    assert len(ops) == 4  # one op per parameter, visible in the listing
+    for op in ops:  # each draws from a random stream (fluidlite.random_state) kept in the scope
+        state = op.input("State")[0]
+        assert state.endswith(STATE_SUFFIX) and op.output("StateOut") == [state]
+        assert main.global_block().var(state).persistable
+        assert fl.fetch_var(state, scope)[1] == 300  # (key, counter): advanced once per run
+    assert len({op.attrs["stream"] for op in ops}) == 4 and all(op.attrs["seed"] == 7 for op in ops)
+
+
+def _noise_states(main):
+    return [op.input("State")[0] for op in main.global_block().ops if op.type == "dp_gaussian_noise"]
+
+
+def _noise_of(exe, main, pairs, scope):
+    out = exe.run(main, feed=_feed(), fetch_list=[g for _, g in pairs] + [g.op.input("X")[0] for _, g in pairs],
+                  scope=scope)
+    return np.concatenate([(n - c).ravel() for n, c in zip(out[:len(pairs)], out[len(pairs):])])
+
+
+@pytest.mark.parametrize("seed", [None, 3])
+def test_a_checkpoint_resumes_the_noise_exactly(tmp_path, seed):
+    main, startup, pairs = _mlp(seed=seed)
+    exe, scope = fl.Executor(), fl.Scope()
+    exe.run(startup, scope=scope)
+    for _ in range(3):
+        _noise_of(exe, main, pairs, scope)
+    io.save_persistables(tmp_path / "ck", main, scope)
+    uninterrupted = [_noise_of(exe, main, pairs, scope) for _ in range(2)]
+    fresh = fl.Scope()
+    io.load_persistables(tmp_path / "ck", main, fresh)
+    resumed = [_noise_of(fl.Executor(), main, pairs, fresh) for _ in range(2)]
+    np.testing.assert_array_equal(resumed, uninterrupted)
+    assert not np.allclose(uninterrupted[0], uninterrupted[1])
+    other = fl.Scope()  # a new startup run: a fresh stream (a new key without a seed, counter 0 with one)
+    exe.run(startup, scope=other)
+    assert not np.allclose(_noise_of(exe, main, pairs, other), uninterrupted[0])
 
 
 def test_noise_repeats_with_its_seed_and_resumes_from_the_scope():
@@ -75,33 +110,22 @@ def test_seed_none_draws_a_key_per_startup_and_zero_noise_adds_no_op():
         main, startup, _ = _mlp(seed=None)
         scope = fl.Scope()
         fl.Executor().run(startup, scope=scope)
-        keys.append(int(fl.fetch_var(STATE_NAME, scope)[0]))
+        keys.append(int(fl.fetch_var(_noise_states(main)[0], scope)[0]))
     assert keys[0] != keys[1]
     main, _, _ = _mlp(noise=0.0)
     assert "dp_gaussian_noise" not in str(main) and "dp_clip_norm" in str(main)
 
 
-def _gru_program():
+def test_an_op_without_a_per_example_rule_is_named_at_minimize():
     main, startup = fl.Program(), fl.Program()
     with fl.program_guard(main, startup), fl.unique_name.guard():
-        x = layers.data("x", [3, -1, 2], append_batch_size=False)
-        y = layers.data("y", [1], dtype="int64")
-        rnn = layers.StaticRNN()
-        with rnn.step():
-            x_t = rnn.step_input(x)
-            h_prev = rnn.memory(shape=[-1, 4], batch_ref=x_t)
-            h, _, _ = layers.gru_unit(layers.fc(x_t, 12), h_prev, 12)
-            rnn.update_memory(h_prev, h)
-        loss = layers.mean(layers.softmax_with_cross_entropy(layers.fc(rnn.step_var(h), 2), y))
-    return main, startup, loss
-
-
-def test_an_op_without_a_per_example_rule_is_named_at_minimize():
-    main, startup, loss = _gru_program()
-    n_ops = len(main.global_block().ops)
-    with fl.program_guard(main, startup), pytest.raises(ValueError, match=r"op 'gru_unit'.*no per-example norm rule"):
+        h = layers.fc(layers.data("x", [3]), 4)
+        h = layers.elementwise_mul(h, layers.create_parameter([4], "float32"))  # a per-feature gain: no rule
+        loss = layers.mean(layers.softmax_with_cross_entropy(h, layers.data("y", [1], dtype="int64")))
+    n_ops, n_vars = len(main.global_block().ops), len(main.global_block().vars)
+    with fl.program_guard(main, startup), pytest.raises(ValueError, match=r"op 'elementwise_mul'.*no per-example norm rule"):
         fl.optimizer.SGD(0.1).minimize(loss, grad_clip=fl.clip.GradientClipPerExample(1.0))
-    assert len(main.global_block().ops) == n_ops  # nothing was appended
+    assert len(main.global_block().ops) == n_ops and len(main.global_block().vars) == n_vars  # nothing was appended
 
 
 def test_an_op_mixing_examples_is_refused():
@@ -178,3 +202,33 @@ def test_the_clip_object_round_trips_save_load(tmp_path):
     fl.io.save_program(main, tmp_path / "p.json")
     got = fl.io.load_program(tmp_path / "p.json").global_block().var("fc_0.w_0").gradient_clip_attr
     assert type(got) is fl.privacy.GradientClipPerExample and got._config() == clip._config()
+
+
+def test_the_noise_generator_is_gaussian_in_the_tails_and_independent_of_threads():
+    """The counter-based ziggurat against the normal distribution (scipy's, an independent reference)."""
+    import numba
+    from scipy import stats
+
+    from fluidlite.ops.privacy_ops import _ZIGGURAT
+    from fluidlite.kernels import privacy as K
+
+    z = np.zeros(1 << 20)
+    K.add_gaussian(z, np.uint64(12345), 1.0, *_ZIGGURAT)
+    assert stats.kstest(z, "norm").pvalue > 1e-3
+    for t in (2.0, 3.0, 3.5):  # beyond the ziggurat's base strip (3.44) comes from the tail algorithm
+        expected = 2 * stats.norm.sf(t) * z.size
+        assert abs((np.abs(z) > t).sum() - expected) < 5 * np.sqrt(expected), t
+    far = np.abs(z[np.abs(z) > 3.0])  # the conditional tail law P(|z| > s | |z| > 3)
+    assert stats.kstest(far, lambda s: 1 - stats.norm.sf(s) / stats.norm.sf(3.0)).pvalue > 1e-3
+    assert abs(np.corrcoef(z[:-1], z[1:])[0, 1]) < 5 / np.sqrt(z.size)
+    old = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = K.add_gaussian(np.zeros(300_001, np.float32), np.uint64(7), 0.5, *_ZIGGURAT)
+    finally:
+        numba.set_num_threads(old)
+    again = K.add_gaussian(np.zeros(300_001, np.float32), np.uint64(7), 0.5, *_ZIGGURAT)
+    np.testing.assert_array_equal(one, again)
+    assert one.dtype == np.float32 and abs(one.std() - 0.5) < 0.005
+    other = K.add_gaussian(np.zeros(300_001, np.float32), np.uint64(8), 0.5, *_ZIGGURAT)
+    assert abs(np.corrcoef(one, other)[0, 1]) < 0.01  # another key: another stream

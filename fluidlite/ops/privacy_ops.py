@@ -7,15 +7,16 @@ backward pass made: `dp_linear_*` (mul/matmul weights), `dp_bias_*` (elementwise
 steps) passes all its uses in the duplicable slots; each use's attributes are lists, one entry per use.
 The batch dimension of each input is given by attribute (it is the dimension marked -1 at build time).
 """
-from concurrent.futures import ThreadPoolExecutor
+import math
 
-import numba
 import numpy as np
 
 from ..kernels import basic as KB
 from ..kernels import privacy as K
+from ..random_state import STATE_DTYPE, STATE_SHAPE, fresh_state, stream_key
 from ..registry import NO_GRAD, Attr, defop
 from ..shapes import numel
+from .init_ops import random_state_infer
 
 
 def _positive(v):
@@ -159,7 +160,7 @@ defop("dp_embedding_clipped_sum", inputs=("Ids", "G", "Param", "Scale"), duplica
 def _clip_infer(ctx):
     ctx.expect_dtype("SqNorm")
     shape = ctx.shape("SqNorm")
-    return {"Norm": (shape, ctx.dtype("SqNorm")), "Scale": (shape, ctx.dtype("SqNorm"))}
+    return {"Norm": (shape, np.dtype(np.float32)), "Scale": (shape, ctx.dtype("SqNorm"))}
 
 
 def _lower_clip(ctx):
@@ -169,7 +170,8 @@ def _lower_clip(ctx):
         total = sqs[0].copy() if len(sqs) > 1 else sqs[0]
         for s in sqs[1:]:
             total += s
-        return K.clip_factors(total, float(total.shape[0]) if mean else 1.0, clip)
+        norm, scale = K.clip_factors(total, float(total.shape[0]) if mean else 1.0, clip)
+        return norm.astype(np.float32, copy=False), scale  # the norms are exposed as float32 (SPEC 10)
 
     return run
 
@@ -178,136 +180,61 @@ defop("dp_clip_norm", inputs=("SqNorm",), outputs=("Norm", "Scale"), duplicable=
       attrs={"l2_norm_clip": Attr(float, 1.0, _positive), "mean_loss": Attr(bool, True)},
       infer=_clip_infer, lower=_lower_clip, grad=NO_GRAD,
       doc="Norm[b] = sqrt(sum of the SqNorm[b]) (times B when the loss is a mean over B examples: the "
-          "backward's gradients carry 1/B), Scale[b] = min(1, l2_norm_clip / Norm[b]).")
+          "backward's gradients carry 1/B), as float32; Scale[b] = min(1, l2_norm_clip / Norm[b]), computed "
+          "in SqNorm's dtype.")
 
 
-_NOISE_CHUNK = 1 << 18  # elements per independent noise stream; fixed, so the noise never depends on threads
+def _ziggurat_tables(n=128, r=3.442619855899, v=9.91256303526217e-3):
+    """Marsaglia and Tsang's 128-layer ziggurat for N(0, 1): layer edges xt (xt[1] = r, the tail's start;
+    every layer, and the base with its tail, has area v) and ft = exp(-xt^2 / 2)."""
+    xt = np.zeros(n + 1)
+    xt[0], xt[1] = v / math.exp(-0.5 * r * r), r
+    for i in range(1, n - 1):
+        xt[i + 1] = math.sqrt(-2.0 * math.log(v / xt[i] + math.exp(-0.5 * xt[i] * xt[i])))
+    return xt, np.exp(-0.5 * xt * xt)
 
 
-def _add_normals(out, key, counter, stream, std):
-    """out += std * N(0, I) in place: chunk k of the flat array from the stream (key, counter, stream, k);
-    chunks are drawn on threads (NumPy's generators and ufuncs release the GIL) and never materialised
-    whole, so the noise costs one chunk of memory per thread."""
-    flat = out.reshape(-1)
-    chunks = range(0, flat.size, _NOISE_CHUNK)
-
-    def add(start):
-        part = flat[start:start + _NOISE_CHUNK]
-        z = np.random.default_rng([key, counter, stream, start // _NOISE_CHUNK]).standard_normal(part.size, out.dtype)
-        K.add_noise_into(part, z, out.dtype.type(std))
-
-    if len(chunks) > 1 and numba.get_num_threads() > 1:
-        with ThreadPoolExecutor(min(len(chunks), numba.get_num_threads())) as pool:
-            list(pool.map(add, chunks))
-    else:
-        for start in chunks:
-            add(start)
-    return out
+_ZIGGURAT = _ziggurat_tables()
 
 
 def _lower_noise(ctx):
     std, mean, stream = ctx.attrs["stddev"], ctx.attrs["mean_loss"], ctx.attrs["stream"]
-    advance, reuse = ctx.has_output("StateOut"), "X" in ctx.overwritable
+    seed, fixed = ctx.attrs["seed"], ctx.attrs["fix_seed"]
+    reuse = "X" in ctx.overwritable
 
-    def run(x, state, ref):
+    def run(x, ref, state):
         key, counter = int(state[0]), int(state[1])
         out = x if reuse and x.flags.c_contiguous else np.array(x, order="C")
         # X is already the clipped sum divided by B (the backward's gradients carry 1/B), so only the
         # noise is divided here
-        _add_normals(out, key, counter, stream, std / ref.shape[0] if mean else std)
-        return (out, np.array([key, counter + 1], np.int64)) if advance else out
+        draw = stream_key(seed if fixed else key, stream, counter)
+        K.add_gaussian(out.reshape(-1), np.uint64(draw), std / ref.shape[0] if mean else std, *_ZIGGURAT)
+        return out, np.array([key, counter + 1], STATE_DTYPE)
 
     return run
 
 
 def _noise_infer(ctx):
-    if ctx.dtype("State") != np.int64 or ctx.shape("State") != (2,):
-        raise ctx.error("State must be int64 [2] (key, counter)", "State")
-    return {"Out": (ctx.shape("X"), ctx.dtype("X")), "StateOut": ((2,), np.dtype(np.int64))}
+    ctx.expect_dtype("X")
+    return random_state_infer(ctx, {"Out": (ctx.shape("X"), ctx.dtype("X"))})
 
 
-defop("dp_gaussian_noise", inputs=("X", "State", "BatchRef"), outputs=("Out", "StateOut"), optional=("StateOut",),
-      attrs={"stddev": Attr(float, 0.0), "mean_loss": Attr(bool, True), "stream": Attr(int, 0)},
+defop("dp_gaussian_noise", inputs=("X", "BatchRef", "State"), outputs=("Out", "StateOut"), random=True,
+      attrs={"stddev": Attr(float, 0.0, lambda v: None if v >= 0 else "must be >= 0"), "mean_loss": Attr(bool, True),
+             "seed": Attr(int, 0), "fix_seed": Attr(bool, False), "stream": Attr(int, 0)},
       infer=_noise_infer, lower=_lower_noise, grad=NO_GRAD,
       doc="Out = X + N(0, stddev^2 I) / B (B = BatchRef's length; no division when mean_loss is false). "
-          "The noise comes from the persistable State (key, counter) and `stream`; the op that writes "
-          "StateOut advances the counter, so each run draws fresh noise and a checkpoint resumes it.")
+          "The noise comes from the op's random stream (fluidlite.random_state): State = [key, counter] "
+          "in the scope, advanced each run; the draw's key hashes (seed if fix_seed else key, stream, "
+          "counter), and element j depends on that key and j alone (a counter-based ziggurat).")
 
 
-def _lower_state(ctx):
-    seed = ctx.attrs["seed"]
-
-    def run():
-        key = seed if seed >= 0 else int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> 1)
-        return np.array([key, 0], np.int64)
-
-    return run
+def _lower_state_init(ctx):
+    return lambda: fresh_state()
 
 
-defop("dp_random_state", inputs=(), attrs={"seed": Attr(int, -1)}, lower=_lower_state, grad=NO_GRAD,
-      infer=lambda ctx: {"Out": ((2,), np.dtype(np.int64))},
-      doc="Out = [seed, 0]: a random stream's (key, counter); seed -1 draws the key from the OS's entropy.")
-
-
-# ---- conv2d: the linear rule over unfolded patches --------------------------------------------------
-
-_CONV = {"strides": Attr("ints", (1, 1)), "paddings": Attr("ints", (0, 0)), "dilations": Attr("ints", (1, 1))}
-
-
-def _unfold(ctx, x, g):
-    """(patches [B, Ho*Wo, C*kh*kw], output gradient [B, Ho*Wo, F]) of an NCHW conv2d (one group)."""
-    (sh, sw), (ph, pw), (dh, dw) = ctx.attrs["strides"], ctx.attrs["paddings"], ctx.attrs["dilations"]
-    kh, kw = ctx.shape("Param")[2:]
-    n, c = x.shape[:2]
-    ho, wo = g.shape[2:]
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    s = xp.strides
-    view = np.lib.stride_tricks.as_strided(xp, (n, ho, wo, c, kh, kw),
-                                           (s[0], s[2] * sh, s[3] * sw, s[1], s[2] * dh, s[3] * dw), writeable=False)
-    a = np.ascontiguousarray(view).reshape(n, ho * wo, c * kh * kw)
-    return a, np.ascontiguousarray(g.reshape(n, g.shape[1], ho * wo).transpose(0, 2, 1))
-
-
-def _lower_conv_sum(ctx):
-    shape = ctx.shape("Param")
-
-    def run(x, g, w, c):
-        a, g3 = _unfold(ctx, x, g)
-        gs = K.scale_rows(g3.reshape(1, g3.shape[0], -1), c).reshape(-1, g3.shape[2])
-        return np.ascontiguousarray(KB.matmul2d_tn(a.reshape(-1, a.shape[2]), gs).T).reshape(shape)
-
-    return run
-
-
-defop("dp_conv2d_norm", inputs=("Input", "G", "Param"), attrs=_CONV, grad=NO_GRAD,
-      infer=lambda ctx: {"Out": ((ctx.shape("G")[0],), ctx.dtype("G"))},
-      lower=lambda ctx: lambda x, g, w: K.linear_sq_norms(*_unfold(ctx, x, g)),
-      doc="Out[b] = ||example b's conv2d filter gradient||^2 from its unfolded input patches and output "
-          "gradient (the linear ghost norm with one row per output position); groups=1, batch first.")
-defop("dp_conv2d_clipped_sum", inputs=("Input", "G", "Param", "Scale"), attrs=_CONV, grad=NO_GRAD,
-      infer=_param_infer, lower=_lower_conv_sum,
-      doc="Out = sum_b Scale[b] * (example b's conv2d filter gradient), as one product of the unfolded patches.")
-
-
-# ---- layer_norm's scale: the bias rule applied to G * x_hat --------------------------------------------
-
-_LN = {"batch_axis": Attr(int, 0), "begin_norm_axis": Attr(int, 1), "epsilon": Attr(float, 1e-5)}
-
-
-def _ln_scale_pe(ctx, x, mean, var, g):
-    begin, eps = ctx.attrs["begin_norm_axis"], ctx.attrs["epsilon"]
-    d = numel(x.shape[begin:])
-    x2 = np.ascontiguousarray(x).reshape(-1, d)
-    xhat = (x2 - mean.reshape(-1, 1)) / np.sqrt(var.reshape(-1, 1) + eps)
-    geff = (np.ascontiguousarray(g).reshape(-1, d) * xhat).reshape(x.shape)
-    return K.bias_per_example(geff.reshape(_split(x.shape, ctx.attrs["batch_axis"], (begin, len(x.shape), len(x.shape)))))
-
-
-defop("dp_layer_norm_scale_norm", inputs=("X", "Mean", "Variance", "G", "Param"), attrs=_LN, grad=NO_GRAD,
-      infer=lambda ctx: {"Out": ((ctx.shape("G")[ctx.attrs["batch_axis"]],), ctx.dtype("G"))},
-      lower=lambda ctx: lambda x, m, v, g, w: K.row_sq_norms(_ln_scale_pe(ctx, x, m, v, g)),
-      doc="Out[b] = ||example b's layer_norm scale gradient||^2: G * (X normalised) summed over example b's rows.")
-defop("dp_layer_norm_scale_clipped_sum", inputs=("X", "Mean", "Variance", "G", "Param", "Scale"), attrs=_LN,
-      grad=NO_GRAD, infer=_param_infer,
-      lower=lambda ctx: lambda x, m, v, g, w, c: K.weighted_row_sum(_ln_scale_pe(ctx, x, m, v, g), c),
-      doc="Out = sum_b Scale[b] * (example b's layer_norm scale gradient).")
+defop("random_state_init", inputs=(), lower=_lower_state_init, grad=NO_GRAD,
+      infer=lambda ctx: {"Out": (STATE_SHAPE, STATE_DTYPE)},
+      doc="Out = [key, 0]: a fresh random stream state (fluidlite.random_state), key from OS entropy. "
+          "A startup program makes a stream with it when every worker must start from the same "
+          "(broadcast) state.")
