@@ -163,3 +163,15 @@ def test_grouped_conv2d_matches_numpy_per_example_gradients():
     clip, (norms, grads, params, main, _) = _clip_at_median(_cnn, feed)
     assert [op.attrs["groups"] for op in main.global_block().ops if op.type == "dp_conv2d_norm"] == [2, 3]
     _check(norms, grads, _fd_per_example(_cnn_losses(feed["img"], feed["y"]), params), clip, 1e-6)
+
+
+def test_gru_with_a_batch_of_one_and_noise_off():
+    rng = np.random.default_rng(14)
+    feed = {"x": 1.5 * rng.standard_normal((T, 1, D)), "y": np.array([[1]])}
+    norms, grads, params, _, _ = _run_private(_gru, feed, 0.05, "float64")
+    ref = _fd_per_example(_gru_losses(feed["x"], feed["y"]), params)[0]
+    ref_norm = np.sqrt(sum(float((g ** 2).sum()) for g in ref.values()))
+    np.testing.assert_allclose(norms, [ref_norm], rtol=1e-6)
+    assert ref_norm > 0.05  # clipped: the update is the gradient scaled to norm 0.05
+    for name, g in grads.items():
+        np.testing.assert_allclose(g, ref[name] * 0.05 / ref_norm, rtol=1e-6, atol=1e-9)
