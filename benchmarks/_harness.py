@@ -6,13 +6,17 @@
   imported; `peers_at_best` runs that in a subprocess, once with the peer's default threads and once
   with one thread, and keeps the faster: a peer is compared at its best, never as fluidlite left it.
 - `--json`: print the result as one JSON line (what `fluidlite bench` reads).
+
+The timing loops live here too (`time_ms`, `best_s`), so every benchmark times the same way.
 """
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 
 
 def early_imports(name: str) -> bool:
@@ -53,18 +57,49 @@ def run_script(path: str, args: list, env: dict | None = None, timeout: float = 
 
 
 def peers_at_best(path: str, quick: bool) -> dict:
-    """peer -> (ms, threads): each peer's time in processes of its own (fluidlite never imported), the
-    faster of its default threads and one thread."""
+    """(result name, peer) -> (ms, threads): each peer's time in processes of its own (fluidlite never
+    imported), the faster of its default threads and one thread. A script may print one result or a
+    list of them (one per case)."""
     extra = ["--quick"] if quick else []
     best = {}
     for label, env in (("default", {}), ("1", {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                                                "MKL_NUM_THREADS": "1"})):
-        result = run_script(path, ["--peers-only", *extra], env)
-        assert not result.get("fluidlite_imported"), "a peers-only run imported fluidlite"
-        for peer, ms in result["peers_ms"].items():
-            if peer not in best or ms < best[peer][0]:
-                best[peer] = (ms, label)
+        results = run_script(path, ["--peers-only", *extra], env)
+        for result in results if isinstance(results, list) else [results]:
+            assert not result.get("fluidlite_imported"), "a peers-only run imported fluidlite"
+            for peer, ms in result["peers_ms"].items():
+                key = (result.get("name"), peer)
+                if key not in best or ms < best[key][0]:
+                    best[key] = (ms, label)
     return best
+
+
+def time_ms(fns: dict, warmup: int, repeats: int, rounds: int = 3):
+    """Median and min ms per call of each fn: each fn runs `repeats` calls in a row, over several rounds.
+
+    Runs of calls, not single calls, are interleaved: NumPy and Numba (through SciPy) each bring
+    an OpenBLAS thread pool, and one pool's threads still spinning after a call slowed the other."""
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(warmup):
+                fn()
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return ({k: 1e3 * statistics.median(v) for k, v in times.items()}, {k: 1e3 * min(v) for k, v in times.items()})
+
+
+def best_s(fn, repeats: int) -> float:
+    """The fastest of `repeats` calls of fn, in seconds, after one warm-up call (which compiles)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
 
 
 def fluidlite_imported() -> bool:

@@ -1,6 +1,6 @@
 """Gradient clipping speed: fluidlite's clip ops through the Executor vs NumPy and torch.
 
-    python benchmarks/clip.py [--quick] [--import-torch-first] [--json]
+    python benchmarks/clip.py [--quick] [--import-torch-first] [--peers-only] [--json]
 
 Global-norm clip (clip_norm below the norm, so every gradient is rescaled) on
   - "transformer": 200 tensors, 10.5M floats (a 12-layer d=256 transformer's parameter shapes)
@@ -12,11 +12,13 @@ Every implementation works in place on the same float32 gradients, views of one 
 timed call (outside the timed region, followed by a cache flush); each result is checked against a
 float64 reference. The floor is the bytes moved (norm: read; scale: read + write) at the copy
 bandwidth measured in the same run (np.copyto of a large buffer, read + write bytes).
+`--peers-only` times only NumPy and torch, in a process where fluidlite is never imported.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 
 import numpy as np
@@ -27,8 +29,9 @@ try:
 except ImportError:  # run as a script
     import _harness
 
-_harness.early_imports(__name__)
-import fluidlite as fl  # noqa: E402
+fl = None
+if _harness.early_imports(__name__):
+    import fluidlite as fl
 
 CLIP = 1.0
 
@@ -229,20 +232,26 @@ def _checked_timings(case, impls, references, expected, tol, flush, repeats):
     return time_round_robin({**timed, **references}, flush, repeats), errors
 
 
+def _made(makers):
+    """name -> (run, restore, result) from name -> maker; fluidlite's are left out in a peers-only run."""
+    return {name: make() for name, make in makers.items() if fl is not None or not name.startswith("fluidlite")}
+
+
 def bench_global(case, shapes, repeats, flush, rng, torch, copies):
     """The global-norm clip of `shapes`; case "by_norm" (one tensor) clips with the clip_by_norm op."""
     work = Work(shapes, rng)
     coef = CLIP / max(work.norm64, CLIP)
     expected = (work.pristine.astype(np.float64) * coef).astype(np.float32)
     if case == "by_norm":
-        impls = {"fluidlite": fluidlite_by_norm(work),
-                 "numpy": (lambda: numpy_per_tensor(work.views), work.restore, lambda: work.flat)}
+        impls = {"fluidlite": lambda: fluidlite_by_norm(work),
+                 "numpy": lambda: (lambda: numpy_per_tensor(work.views), work.restore, lambda: work.flat)}
     else:
-        impls = {"fluidlite": fluidlite_global(shapes, work),
-                 "fluidlite_own_buffers": fluidlite_global(shapes, work, shared=False),
-                 "fluidlite_persistable_out": fluidlite_global(shapes, work, persistable_out=True),
-                 "numpy_per_tensor": (lambda: numpy_per_tensor(work.views), work.restore, lambda: work.flat),
-                 "numpy_flat": (lambda: numpy_flat(work.flat), work.restore, lambda: work.flat)}
+        impls = {"fluidlite": lambda: fluidlite_global(shapes, work),
+                 "fluidlite_own_buffers": lambda: fluidlite_global(shapes, work, shared=False),
+                 "fluidlite_persistable_out": lambda: fluidlite_global(shapes, work, persistable_out=True),
+                 "numpy_per_tensor": lambda: (lambda: numpy_per_tensor(work.views), work.restore, lambda: work.flat),
+                 "numpy_flat": lambda: (lambda: numpy_flat(work.flat), work.restore, lambda: work.flat)}
+    impls = _made(impls)
     if torch is not None:
         params = []
         for v in work.views:
@@ -266,8 +275,8 @@ def bench_value(n, repeats, flush, rng, torch, copies):
     work = Work([(n,)], rng)
     lo, hi = -CLIP * 1e-3, CLIP * 1e-3
     expected = np.clip(work.pristine.astype(np.float64), lo, hi).astype(np.float32)
-    impls = {"fluidlite": fluidlite_value(work), "fluidlite_persistable_out": fluidlite_value(work, True),
-             "numpy_clip": (lambda: np.clip(work.flat, lo, hi, out=work.flat), work.restore, lambda: work.flat)}
+    impls = _made({"fluidlite": lambda: fluidlite_value(work), "fluidlite_persistable_out": lambda: fluidlite_value(work, True),
+                   "numpy_clip": lambda: (lambda: np.clip(work.flat, lo, hi, out=work.flat), work.restore, lambda: work.flat)})
     if torch is not None:
         t = torch.from_numpy(work.flat)
         impls["torch_clamp_"] = (lambda: t.clamp_(lo, hi), work.restore, lambda: work.flat)
@@ -280,7 +289,7 @@ def run(quick: bool = False) -> list:
     rng = np.random.default_rng(0)
     try:
         import torch
-        torch.set_num_threads(2)
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))  # peers_at_best's one-thread run sets it
     except ImportError:
         torch = None
     flush_buf = np.ones(32 << 20, np.float32)  # 128 MB
@@ -298,8 +307,9 @@ def run(quick: bool = False) -> list:
         two_pass = ms.pop("two_pass")
         results.append(_result("clip_by_norm" if case == "by_norm" else f"clip_global_norm_{case}", ms, 1e3 * 3 * 4 * n / bw, n, len(shapes), bw))
         results[-1]["two_pass_reference_ms"] = two_pass
-        results[-1]["ratios"]["vs_two_pass_reference"] = ms["fluidlite"] / two_pass
         results[-1]["max_rel_error_vs_float64"] = errors
+        if fl is not None:
+            results[-1]["ratios"]["vs_two_pass_reference"] = ms["fluidlite"] / two_pass
     n_value = 25_000_000 if quick else 100_000_000
     ms = bench_value(n_value, repeats, flush, rng, torch, copies)
     bw = copy_bandwidth(ms, copy_n)
@@ -308,6 +318,9 @@ def run(quick: bool = False) -> list:
 
 
 def _result(name, ms, floor_ms, n, tensors, bw):
+    if fl is None:  # peers only
+        return {"name": name, "peers_ms": ms, "floor_ms": floor_ms, "floats": n, "tensors": tensors,
+                "copy_bandwidth_GBps": bw / 1e9, "fluidlite_imported": _harness.fluidlite_imported()}
     mine = ms["fluidlite"]
     torch_ms = [v for k, v in ms.items() if k.startswith("torch")]
     persist = {"persistable_out_vs_torch_best": ms["fluidlite_persistable_out"] / min(torch_ms)} if (
@@ -324,12 +337,17 @@ def _result(name, ms, floor_ms, n, tensors, bw):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    _harness.add_arguments(parser, peers_only=False)
+    _harness.add_arguments(parser)
     args = parser.parse_args(argv)
     results = run(args.quick)
     if args.json:
         return _harness.emit_json(results)
     print("import order:", "torch first" if args.import_torch_first else "fluidlite first")
+    if args.peers_only:
+        for r in results:
+            print(f"{r['name']} (peers alone, fluidlite not imported): "
+                  + ", ".join(f"{k} {v:.2f} ms" for k, v in r["peers_ms"].items()))
+        return results
     for r in results:
         print(f"{r['name']}: {r['tensors']} tensor(s), {r['floats'] / 1e6:.1f}M float32; copy bandwidth "
               f"{r['copy_bandwidth_GBps']:.1f} GB/s; floor (bytes moved at copy bandwidth) {r['floor_ms']:.2f} ms")

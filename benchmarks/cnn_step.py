@@ -1,10 +1,11 @@
 """One training step of a LeNet-style CNN: fluidlite's Executor vs torch eager, measured in the same run.
 
-    python benchmarks/cnn_step.py [--quick] [--import-torch-first] [--json]
+    python benchmarks/cnn_step.py [--quick] [--import-torch-first] [--peers-only] [--json]
 
 Batch 64 of 1x28x28 float32 images: conv 5x5x20 relu, max pool 2, conv 5x5x50 relu, max pool 2,
 fc 500 relu, fc 10, softmax cross-entropy, SGD(lr 0.01). Both sides start from fluidlite's initial
 weights and their losses must agree (1e-4 relative) over the first steps before anything is timed.
+`--peers-only` times torch alone, from random weights, in a process where fluidlite is never imported.
 """
 from __future__ import annotations
 
@@ -18,10 +19,9 @@ try:
 except ImportError:  # run as a script
     import _harness
 
-_harness.early_imports(__name__)
-import fluidlite as fl  # noqa: E402
-from fluidlite import layers  # noqa: E402
-from fluidlite.benchmarks.mlp_step import _time_ms  # noqa: E402
+if _harness.early_imports(__name__):
+    import fluidlite as fl
+    from fluidlite import layers
 
 BATCH, LR = 64, 0.01
 
@@ -89,7 +89,7 @@ def run(quick: bool = False) -> dict:
             theirs = peer()
             if not np.isclose(mine, theirs, rtol=1e-4, atol=1e-5):
                 raise AssertionError(f"step {step}: fluidlite loss {mine} != {name} loss {theirs}")
-    ms, best = _time_ms({"fluidlite": fl_step, **peers}, warmup, repeats)
+    ms, best = _harness.time_ms({"fluidlite": fl_step, **peers}, warmup, repeats)
     result = {"name": "cnn_step", "ms": ms["fluidlite"], "peers_ms": ms, "min_ms": best,
               "ratios": {f"vs_{k}": ms["fluidlite"] / v for k, v in ms.items() if k != "fluidlite"},
               "batch": BATCH}
@@ -98,10 +98,37 @@ def run(quick: bool = False) -> dict:
     return result
 
 
+SHAPES = ((20, 1, 5, 5), (20,), (50, 20, 5, 5), (50,), (800, 500), (500,), (500, 10), (10,))
+
+
+def run_peers(quick: bool = False) -> dict:
+    """torch alone (fluidlite is not imported), from random weights of the same shapes."""
+    warmup, repeats = (2, 5) if quick else (3, 15)
+    result = {"name": "cnn_step", "peers_ms": {}, "fluidlite_imported": _harness.fluidlite_imported()}
+    try:
+        import torch
+    except ImportError:
+        return result
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    rng = np.random.default_rng(0)
+    params = [(rng.standard_normal(s) * 0.05).astype(np.float32) for s in SHAPES]
+    x = torch.from_numpy(rng.random((BATCH, 1, 28, 28), dtype=np.float32))
+    label = torch.from_numpy(rng.integers(0, 10, (BATCH, 1)).astype(np.int64))
+    t_step = _torch_step(torch, params)
+    ms, best = _harness.time_ms({"torch": lambda: t_step(x, label)}, warmup, repeats)
+    return {**result, "peers_ms": ms, "min_ms": best}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    _harness.add_arguments(parser, peers_only=False)
+    _harness.add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.peers_only:
+        r = run_peers(args.quick)
+        if args.json:
+            return _harness.emit_json(r)
+        print(f"  torch alone (fluidlite not imported): {r['peers_ms'].get('torch', float('nan')):8.2f} ms/step")
+        return r
     r = run(args.quick)
     r["import_order"] = "torch first" if args.import_torch_first else "fluidlite first"
     if args.json:

@@ -129,6 +129,7 @@ def run(quick: bool = False) -> dict:
     result.update({"torch_losses": t_losses, "torch_ms": 1e3 * float(np.median(t_times)),
                    "max_loss_diff": float(np.max(np.abs(np.array(losses) - np.array(t_losses))))})
     result["ratio_vs_torch"] = result["fluidlite_ms"] / result["torch_ms"]
+    result["peers_ms"] = {"fluidlite": result["fluidlite_ms"], "torch": result["torch_ms"]}
     return result
 
 

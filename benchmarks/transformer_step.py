@@ -1,11 +1,12 @@
 """One training step of a Transformer encoder: fluidlite's Executor vs torch eager, in the same run.
 
-    python benchmarks/transformer_step.py [--quick] [--import-torch-first] [--json]
+    python benchmarks/transformer_step.py [--quick] [--import-torch-first] [--peers-only] [--json]
 
 Batch 32, sequence 64, d_model 128, 4 heads, feed-forward 512 with gelu, 2 post-norm encoder layers,
 a 16-way token classifier, softmax cross-entropy, Adam, float32, no dropout (so both sides compute
 the same function). torch runs the same layers from fluidlite's initial weights; the losses of the
-first steps must agree before anything is timed.
+first steps must agree before anything is timed. `--peers-only` times torch alone, from random weights
+of the same shapes, in a process where fluidlite is never imported.
 """
 from __future__ import annotations
 
@@ -19,10 +20,9 @@ try:
 except ImportError:  # run as a script
     import _harness
 
-_harness.early_imports(__name__)
-import fluidlite as fl  # noqa: E402
-from fluidlite import layers  # noqa: E402
-from fluidlite.benchmarks.mlp_step import _time_ms  # noqa: E402
+if _harness.early_imports(__name__):
+    import fluidlite as fl
+    from fluidlite import layers
 
 BATCH, SEQ, D, HEADS, FFN, LAYERS, CLASSES, LR = 32, 64, 128, 4, 512, 2, 16, 1e-3
 
@@ -103,7 +103,7 @@ def run(quick: bool = False) -> dict:
     try:
         import torch
     except ImportError:
-        ms, _ = _time_ms({"fluidlite": fl_step}, warmup, repeats)
+        ms, _ = _harness.time_ms({"fluidlite": fl_step}, warmup, repeats)
         return {**result, "ms": ms["fluidlite"], "peers_ms": ms, "ratios": {}, "missing": ["torch"]}
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     t_step = _torch_step(torch, params)
@@ -112,15 +112,52 @@ def run(quick: bool = False) -> dict:
         mine, theirs = fl_step(), t_step(tx, tl)
         if not np.isclose(mine, theirs, rtol=1e-3, atol=1e-4):
             raise AssertionError(f"step {step}: fluidlite loss {mine} != torch loss {theirs}")
-    ms, best = _time_ms({"fluidlite": fl_step, "torch": lambda: t_step(tx, tl)}, warmup, repeats)
+    ms, best = _harness.time_ms({"fluidlite": fl_step, "torch": lambda: t_step(tx, tl)}, warmup, repeats)
     return {**result, "ms": ms["fluidlite"], "peers_ms": ms, "min_ms": best,
             "ratios": {"vs_torch": ms["fluidlite"] / ms["torch"]}}
 
 
+def _random_params(rng):
+    """Weights in _torch_step's order, for a run without fluidlite's initializers."""
+    def fc(a, b):
+        return [(rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32), np.zeros(b, np.float32)]
+
+    def norm():
+        return [np.ones(D, np.float32), np.zeros(D, np.float32)]
+
+    params = []
+    for _ in range(LAYERS):
+        params += fc(D, D) + fc(D, D) + fc(D, D) + fc(D, D) + norm() + fc(D, FFN) + fc(FFN, D) + norm()
+    return params + fc(D, CLASSES)
+
+
+def run_peers(quick: bool = False) -> dict:
+    """torch alone (fluidlite is not imported), from random weights of the same shapes."""
+    warmup, repeats = (1, 3) if quick else (2, 10)
+    result = {"name": "transformer_step", "peers_ms": {}, "fluidlite_imported": _harness.fluidlite_imported()}
+    try:
+        import torch
+    except ImportError:
+        return result
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((BATCH, SEQ, D)).astype(np.float32))
+    label = torch.from_numpy(rng.integers(0, CLASSES, (BATCH, SEQ, 1)).astype(np.int64))
+    t_step = _torch_step(torch, _random_params(rng))
+    ms, best = _harness.time_ms({"torch": lambda: t_step(x, label)}, warmup, repeats)
+    return {**result, "peers_ms": ms, "min_ms": best}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    _harness.add_arguments(parser, peers_only=False)
+    _harness.add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.peers_only:
+        r = run_peers(args.quick)
+        if args.json:
+            return _harness.emit_json(r)
+        print(f"  torch alone (fluidlite not imported): {r['peers_ms'].get('torch', float('nan')):8.2f} ms/step")
+        return r
     r = run(args.quick)
     r["import_order"] = "torch first" if args.import_torch_first else "fluidlite first"
     if args.json:

@@ -12,14 +12,15 @@ code) is left alone. Nothing here writes environment variables.
 Numba's workqueue must not launch parallel kernels from two threads at once (it aborts the
 process), so while it is the layer, plans run one at a time per process (`RunGuard`).
 
-BLAS calls inside kernels (np.dot) go to SciPy's OpenBLAS, whose idle threads spin. When the
-machine is oversubscribed (1-minute load average above the cores this process may use), a
-two-thread product waits for a descheduled partner: an LSTM step burnt 830 ms of CPU for 86 ms of
-work. So while a plan runs on an oversubscribed machine, that OpenBLAS (found by threadpoolctl,
-only the copy under SciPy's directory) and Numba's thread count for the calling thread (the prange
-kernels wait for their partner thread the same way) are limited to one thread, and restored
-afterwards. The load is read at most once a second; other libraries' pools (NumPy's OpenBLAS,
-torch's) are never touched.
+BLAS calls inside kernels (np.dot) go to SciPy's OpenBLAS, whose idle threads spin. When another
+job holds a core, a two-thread product waits for a descheduled partner: an LSTM step burnt 830 ms of
+CPU for 86 ms of work, and a (2048, 128) x (128, 128) product took 8 ms instead of 0.7 ms with one
+other busy process on 2 cores. So while a plan runs, that OpenBLAS (found by threadpoolctl, only the
+copy under SciPy's directory) and Numba's thread count for the calling thread (the prange kernels
+wait for their partner the same way) are limited to the cores free right now (`free_cores`: the
+cores minus the other processes' running threads; one when the 1-minute load average exceeds the
+cores), and restored afterwards. The machine is sampled at most once a second; other libraries'
+pools (NumPy's OpenBLAS, torch's) are never touched.
 """
 from __future__ import annotations
 
@@ -54,27 +55,62 @@ def choose_layer() -> str:
 def _scipy_blas() -> list:
     """threadpoolctl controllers of the BLAS libraries loaded from SciPy's directory (what np.dot in a
     Numba kernel calls); empty without threadpoolctl."""
+    import sys
+
+    first = "threadpoolctl" not in sys.modules and "KMP_DUPLICATE_LIB_OK" not in os.environ
     try:
         import scipy
         import scipy.linalg.cython_blas  # noqa: F401  (loads it, as Numba does)
         from threadpoolctl import ThreadpoolController
     except ImportError:
         return []
+    finally:
+        if first:  # threadpoolctl's import sets KMP_DUPLICATE_LIB_OK for the whole process: not through us
+            os.environ.pop("KMP_DUPLICATE_LIB_OK", None)
     root = os.path.dirname(os.path.dirname(os.path.abspath(scipy.__file__)))
     mine = (os.path.join(root, "scipy"), os.path.join(root, "scipy.libs"))
     return [lib for lib in ThreadpoolController().lib_controllers
             if lib.user_api == "blas" and os.path.abspath(lib.filepath).startswith(mine)]
 
 
-def oversubscribed() -> bool:
+def _cores() -> int:
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:
-        cores = os.cpu_count() or 1
+        return os.cpu_count() or 1
+
+
+def _others_running() -> int:
+    """Threads of other processes runnable right now (/proc/stat's procs_running minus this process's
+    running threads: its own BLAS threads may still be spinning after a call); 0 where /proc is missing."""
     try:
-        return os.getloadavg()[0] > cores
+        with open("/proc/stat", "rb") as f:
+            total = next(int(line.split()[1]) for line in f if line.startswith(b"procs_running"))
+        own = 0
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+                own += f.read().rsplit(b")", 1)[1].split()[0] == b"R"
+        return max(0, total - own)
+    except (OSError, StopIteration, ValueError, IndexError):
+        return 0
+
+
+def free_cores() -> int:
+    """Cores this process can use without a partner thread waiting for a descheduled one: all of
+    them on an idle machine, one when the 1-minute load average exceeds the cores, else the cores
+    minus the other processes' threads running right now (a sample: another job's sustained load
+    shows in it at once, where the load average lags by a minute)."""
+    cores = _cores()
+    try:
+        if os.getloadavg()[0] > cores:
+            return 1
     except OSError:
-        return False
+        pass
+    return max(1, cores - _others_running())
+
+
+def oversubscribed() -> bool:
+    return free_cores() < _cores()
 
 
 class RunGuard:
@@ -87,7 +123,7 @@ class RunGuard:
         self._lock = _lock if _chosen == "workqueue" else None
         self._libs = None
         self._next_check = 0.0
-        self._limit = False
+        self._limit = 0  # threads allowed while the machine is busy; 0: no limit
         self._saved = ()
         self._numba_threads = 1
 
@@ -95,7 +131,8 @@ class RunGuard:
         self._next_check = now + self.RECHECK_S
         if self._libs is None:
             self._libs = _scipy_blas()
-        self._limit = bool(self._libs) and oversubscribed()
+        free = free_cores()
+        self._limit = free if free < _cores() else 0
 
     def __enter__(self):
         if self._lock is not None:
@@ -106,20 +143,20 @@ class RunGuard:
         if self._limit:
             self._saved = [(lib, lib.get_num_threads()) for lib in self._libs]
             for lib, n in self._saved:
-                if n != 1:
-                    lib.set_num_threads(1)
+                if n > self._limit:
+                    lib.set_num_threads(self._limit)
             self._numba_threads = _numba.get_num_threads()
-            if self._numba_threads != 1:
-                _numba.set_num_threads(1)
+            if self._numba_threads > self._limit:
+                _numba.set_num_threads(self._limit)
         return self
 
     def __exit__(self, *exc):
         if self._limit:
             for lib, n in self._saved:
-                if n != 1:
+                if n > self._limit:
                     lib.set_num_threads(n)
             self._saved = ()
-            if self._numba_threads != 1:
+            if self._numba_threads > self._limit:
                 _numba.set_num_threads(self._numba_threads)
         if self._lock is not None:
             self._lock.release()

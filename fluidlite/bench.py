@@ -1,9 +1,10 @@
-"""`fluidlite bench`: the benchmarks in a quick profile, as one table of ratios against the peers.
+"""`fluidlite bench`: the benchmarks as one table of ratios against the peers, and the speed targets.
 
 Every benchmark runs in two fresh processes, one per import order (fluidlite first, torch first),
-so the table shows whether the order matters. The MLP and LSTM peers are also timed at their best:
-in processes of their own where fluidlite is never imported, with their default threads and with
-one thread, the faster kept (`benchmarks/_harness.py`).
+so the table shows whether the order matters. Every peer is also timed at its best: in processes
+of its own where fluidlite is never imported, with its default threads and with one thread, the
+faster kept (`benchmarks/_harness.py`). The last table holds each target of issue #13 against what
+was measured: `fluidlite bench --full` gives every figure the README quotes in one go.
 """
 from __future__ import annotations
 
@@ -13,8 +14,23 @@ import os
 import time
 
 BENCHMARKS = ("executor_overhead", "mlp_step", "clip", "rnn_step", "cnn_step", "transformer_step", "dp_step")
-PEERS_ALONE = ("mlp_step", "rnn_step")  # benchmarks with a --peers-only mode
+NO_PEERS_ALONE = ("dp_step",)  # its peers (a per-example loop, Opacus) are timed in its own run only
 ORDERS = (("fluidlite first", []), ("torch first", ["--import-torch-first"]))
+
+# label, benchmark, result name, fluidlite's key in peers_ms, the peer's key (a prefix: the fastest match), goal
+TARGETS = (
+    ("MLP step / hand-written NumPy", "mlp_step", "mlp_step", "fluidlite", "numpy", 0.9),
+    ("LSTM step / torch nn.LSTM", "rnn_step", "rnn_step", "fluidlite", "torch", 1.0),
+    ("Transformer step / torch eager", "transformer_step", "transformer_step", "fluidlite", "torch", 1.0),
+    ("clip by value, persistable out / torch clamp_", "clip", "clip_by_value", "fluidlite_persistable_out",
+     "torch_clamp_", 1.1),
+    ("global-norm clip, persistable outs, 200 tensors / torch clip_grad_norm_", "clip",
+     "clip_global_norm_transformer", "fluidlite_persistable_out", "torch_foreach", 1.1),
+    ("global-norm clip, persistable outs, 20 large tensors / torch clip_grad_norm_", "clip",
+     "clip_global_norm_large", "fluidlite_persistable_out", "torch_foreach", 1.1),
+)
+OVERHEAD_GOAL_US = 0.5
+ORDER_SPREAD_GOAL = 1.10
 
 
 def _ratios(result: dict) -> dict:
@@ -26,8 +42,109 @@ def _ratios(result: dict) -> dict:
     return ratios
 
 
-def _mine_ms(result: dict):
-    return result.get("fluidlite_ms", result.get("ms"))
+def _peer(peers: dict, prefix: str):
+    found = [ms for key, ms in peers.items() if key.startswith(prefix)]
+    return min(found) if found else None
+
+
+def _mine(result: dict):
+    peers = result.get("peers_ms", {})
+    return peers.get("fluidlite", result.get("fluidlite_ms", result.get("ms")))
+
+
+def run_all(names, full: bool, log=print):
+    """results[name][order] = [result, ...] and alone[name] = {(result name, peer): (ms, threads)}."""
+    from .benchmarks import _harness
+
+    quick = [] if full else ["--quick"]
+    results, alone = {}, {}
+    for name in names:
+        path = importlib.util.find_spec(f"fluidlite.benchmarks.{name}").origin
+        for order, flags in ORDERS:
+            t0 = time.perf_counter()
+            out = _harness.run_script(path, quick + flags)
+            results.setdefault(name, {})[order] = out if isinstance(out, list) else [out]
+            log(f"  ran {name} ({order}) in {time.perf_counter() - t0:.1f} s")
+        if name not in NO_PEERS_ALONE:
+            t0 = time.perf_counter()
+            alone[name] = _harness.peers_at_best(path, not full)
+            log(f"  ran {name}'s peers alone in {time.perf_counter() - t0:.1f} s")
+    return results, alone
+
+
+def ratio_rows(results, alone) -> dict:
+    """(benchmark, label) -> {order: ratio}: every ratio a benchmark reports, and fluidlite's time
+    against each peer alone at its best."""
+    rows = {}
+    for name, by_order in results.items():
+        for order, rs in by_order.items():
+            for r in rs:
+                rname = r.get("name", name)
+                for label, ratio in _ratios(r).items():
+                    rows.setdefault((rname, label), {})[order] = ratio
+                mine = _mine(r)
+                for (aname, peer), (ms, threads) in alone.get(name, {}).items():
+                    if aname == rname and mine is not None and ms:
+                        rows.setdefault((rname, f"vs {peer} alone ({threads} threads)"), {})[order] = mine / ms
+    return rows
+
+
+def target_rows(results, alone) -> list:
+    """(target, goal, {order: (ratio vs the peer alone, ratio vs the peer in the same process)})."""
+    rows = []
+    for label, bench, rname, mine_key, peer_key, goal in TARGETS:
+        cells = {}
+        for order, rs in results.get(bench, {}).items():
+            for r in rs:
+                if r.get("name") != rname:
+                    continue
+                peers = r.get("peers_ms", {})
+                mine, same = peers.get(mine_key), _peer(peers, peer_key)
+                best_alone = _peer({p: ms for (n, p), (ms, _) in alone.get(bench, {}).items() if n == rname}, peer_key)
+                if mine is not None:
+                    cells[order] = (mine / best_alone if best_alone else None, mine / same if same else None)
+        rows.append((label, f"<= {goal:.2f}x", cells))
+    for order, rs in results.get("executor_overhead", {}).items():
+        r = rs[0]
+        floors = (f"loop {r['loop_us_per_op']:.2f}, dispatchers {r['dispatcher_loop_us_per_op']:.2f}, "
+                  f"entry points {r['entry_point_loop_us_per_op']:.2f} us/op")
+        rows.append((f"executor overhead, us per op ({order}; floors: {floors})", f"<= {OVERHEAD_GOAL_US}",
+                     {order: (r["executor_us_per_op"], None)}))
+    for name, by_order in results.items():
+        times = {o: _mine(rs[0]) for o, rs in by_order.items()}
+        a, b = times.get(ORDERS[0][0]), times.get(ORDERS[1][0])
+        if a and b:
+            rows.append((f"{name}: fluidlite's time, torch first / fluidlite first", f"<= {ORDER_SPREAD_GOAL:.2f}x",
+                         {ORDERS[1][0]: (b / a, None)}))
+    return rows
+
+
+def _fmt(cell):
+    if cell is None:
+        return "-"
+    vs_alone, vs_same = cell
+    text = "-" if vs_alone is None else f"{vs_alone:.2f}"
+    return text + ("" if vs_same is None else f" ({vs_same:.2f})")
+
+
+def print_tables(rows, targets, missing=()):
+    width = max([len(b) for b, _ in rows] + [9])
+    lwidth = max([len(lab) for _, lab in rows] + [16])
+    print(f"\n{'benchmark':<{width}}  {'fluidlite / peer':<{lwidth}}  {'fluidlite first':>15}  {'torch first':>11}")
+    for (bench, label), by_order in rows.items():
+        cells = [f"{by_order[o]:.2f}x" if o in by_order else "-" for o, _ in ORDERS]
+        print(f"{bench:<{width}}  {label:<{lwidth}}  {cells[0]:>15}  {cells[1]:>11}")
+    print("\nratio = fluidlite's time / the peer's time (below 1: fluidlite is faster), each order in a fresh "
+          "process;\n'alone' = the peer in a process of its own, fluidlite never imported, at its faster thread setting")
+    twidth = max(len(t[0]) for t in targets) if targets else 6
+    print(f"\n{'target (issue #13)':<{twidth}}  {'goal':>9}  {'fluidlite first':>15}  {'torch first':>13}")
+    for label, goal, cells in targets:
+        print(f"{label:<{twidth}}  {goal:>9}  {_fmt(cells.get(ORDERS[0][0])):>15}  {_fmt(cells.get(ORDERS[1][0])):>13}")
+    print("target cells: ratio against the peer alone at its best (in parentheses: against the peer in the same process)")
+    load = os.getloadavg()
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores (uptime) at the end")
+    if missing:
+        print(f"peers not installed, not measured: {', '.join(sorted(missing))} (pip install '.[bench]')")
 
 
 def main(argv=None) -> int:
@@ -39,36 +156,10 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
-    from .benchmarks import _harness
-
-    quick = [] if args.full else ["--quick"]
-    rows, missing = {}, set()  # (bench, label) -> {order: ratio}
-    for name in names:
-        path = importlib.util.find_spec(f"fluidlite.benchmarks.{name}").origin
-        mine = {}
-        for order, flags in ORDERS:
-            t0 = time.perf_counter()
-            result = _harness.run_script(path, quick + flags)
-            results = result if isinstance(result, list) else [result]
-            for r in results:
-                for label, ratio in _ratios(r).items():
-                    rows.setdefault((r.get("name", name), label), {})[order] = ratio
-                missing.update(r.get("missing", []))
-            mine[order] = _mine_ms(results[0])
-            print(f"  ran {name} ({order}) in {time.perf_counter() - t0:.1f} s", flush=True)
-        if name in PEERS_ALONE:  # once per benchmark: the peers' processes never see fluidlite
-            for peer, (ms, threads) in _harness.peers_at_best(path, not args.full).items():
-                label = f"vs {peer} alone ({threads} threads)"
-                rows[(name, label)] = {order: t / ms for order, t in mine.items() if t is not None}
-    width = max([len(b) for b, _ in rows] + [9])
-    lwidth = max([len(lab) for _, lab in rows] + [16])
-    print(f"\n{'benchmark':<{width}}  {'fluidlite / peer':<{lwidth}}  {'fluidlite first':>15}  {'torch first':>11}")
-    for (bench, label), by_order in rows.items():
-        cells = [f"{by_order[o]:.2f}x" if o in by_order else "-" for o, _ in ORDERS]
-        print(f"{bench:<{width}}  {label:<{lwidth}}  {cells[0]:>15}  {cells[1]:>11}")
-    print("\nratio = fluidlite's time / the peer's time (below 1: fluidlite is faster), each order in a fresh "
-          "process;\n'alone' = the peer in a process of its own, fluidlite never imported, at its faster thread setting"
-          f"\nload average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    if missing:
-        print(f"peers not installed, not measured: {', '.join(sorted(missing))} (pip install '.[bench]')")
+    load = os.getloadavg()
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the start; profile "
+          f"{'full' if args.full else 'quick'}", flush=True)
+    results, alone = run_all(names, args.full, log=lambda m: print(m, flush=True))
+    missing = {m for by_order in results.values() for rs in by_order.values() for r in rs for m in r.get("missing", [])}
+    print_tables(ratio_rows(results, alone), target_rows(results, alone), missing)
     return 0

@@ -164,7 +164,7 @@ def save_persistables(dirname, program=None, scope=None, predicate=None):
     scope = global_scope() if scope is None else scope
     arrays = {}
     for name, var in variables.items():
-        value = scope._arrays.get(name)
+        value = scope.get_array(name)
         if value is None and is_state(name):
             continue  # a random stream not drawn from yet: a fresh one is made when it is first needed
         if value is None:
@@ -328,7 +328,7 @@ def load_persistables(dirname, program=None, scope=None, predicate=None) -> list
               "checksum mismatch (the file is corrupt or was changed)")
         staged[name] = _parse_npy(data, e, where_var)
         _check_declared(var, staged[name].shape, staged[name].dtype, where)
-    scope._arrays.update(staged)
+    scope.arrays.update(staged)  # all or nothing: every file was read and checked first
     return list(staged)
 
 

@@ -25,3 +25,35 @@ def test_peers_only_never_imports_fluidlite():
     pytest.importorskip("torch")
     r = _harness.run_script(str(ROOT / "benchmarks" / "rnn_step.py"), ["--quick", "--peers-only"])
     assert r["fluidlite_imported"] is False and r["peers_ms"]["torch"] > 0
+
+
+def test_every_benchmark_of_fluidlite_bench_times_its_peers_alone():
+    from fluidlite import bench
+
+    for name in set(bench.BENCHMARKS) - set(bench.NO_PEERS_ALONE):
+        text = (ROOT / "benchmarks" / f"{name}.py").read_text()
+        assert "_harness.add_arguments(parser)" in text and "args.peers_only" in text, name
+
+
+def test_executor_overhead_peers_only_never_imports_fluidlite():
+    pytest.importorskip("torch")
+    r = _harness.run_script(str(ROOT / "benchmarks" / "executor_overhead.py"), ["--quick", "--peers-only"])
+    assert r["fluidlite_imported"] is False and r["peers_ms"]["torch"] > 0
+
+
+def test_target_table_reads_ratios_against_the_peer_alone_and_the_import_order_spread():
+    from fluidlite import bench
+
+    def mlp(mine, numpy):
+        return [{"name": "mlp_step", "peers_ms": {"fluidlite": mine, "numpy": numpy}}]
+
+    results = {"mlp_step": {"fluidlite first": mlp(8.0, 10.0), "torch first": mlp(9.0, 20.0)},
+               "clip": {"fluidlite first": [{"name": "clip_by_value", "peers_ms": {
+                   "fluidlite": 1.0, "fluidlite_persistable_out": 3.0, "torch_clamp_": 2.0}}]}}
+    alone = {"mlp_step": {("mlp_step", "numpy"): (4.0, "1")}, "clip": {("clip_by_value", "torch_clamp_"): (1.5, "1")}}
+    rows = {label: cells for label, _, cells in bench.target_rows(results, alone)}
+    assert rows["MLP step / hand-written NumPy"] == {"fluidlite first": (2.0, 0.8), "torch first": (2.25, 0.45)}
+    assert rows["clip by value, persistable out / torch clamp_"] == {"fluidlite first": (2.0, 1.5)}
+    assert rows["mlp_step: fluidlite's time, torch first / fluidlite first"] == {"torch first": (9.0 / 8.0, None)}
+    ratios = bench.ratio_rows(results, alone)
+    assert ratios[("mlp_step", "vs numpy alone (1 threads)")] == {"fluidlite first": 2.0, "torch first": 2.25}

@@ -19,7 +19,7 @@ def _saved(tmp_path):
         layers.fc(x, size=3, param_attr=fl.ParamAttr(name="w"), bias_attr=fl.ParamAttr(name="b"))
     scope = fl.Scope()
     fl.Executor().run(startup, scope=scope)
-    scope._arrays["b"] = np.arange(3, dtype="float32")
+    scope.arrays["b"] = np.arange(3, dtype="float32")
     ck = tmp_path / "ck"
     io.save_persistables(ck, main, scope)
     return main, ck
@@ -49,8 +49,8 @@ def _rewrite(ck, entry, data):
 
 def _refused(ck, main, message):
     scope = fl.Scope()
-    scope._arrays["sentinel"] = np.ones(2)
-    before = dict(scope._arrays)
+    scope.arrays["sentinel"] = np.ones(2)
+    before = dict(scope.arrays)
     result = {}
 
     def load():
@@ -67,7 +67,7 @@ def _refused(ck, main, message):
     assert type(exc) is ValueError, f"expected ValueError, got {exc!r}"
     import re
     assert re.search(message, str(exc)), str(exc)
-    assert scope._arrays.keys() == before.keys() and all(scope._arrays[k] is before[k] for k in before)
+    assert scope.arrays.keys() == before.keys() and all(scope.arrays[k] is before[k] for k in before)
     return exc
 
 
@@ -169,4 +169,4 @@ def test_untampered_checkpoint_still_loads(tmp_path):
     main, ck = _saved(tmp_path)
     scope = fl.Scope()
     io.load_persistables(ck, main, scope)
-    np.testing.assert_array_equal(scope._arrays["b"], np.arange(3, dtype="float32"))
+    np.testing.assert_array_equal(scope.arrays["b"], np.arange(3, dtype="float32"))

@@ -58,7 +58,7 @@ def test_feed_errors_name_the_variable_and_leave_scope_untouched():
     exe = fl.Executor()
     exe.run(fl.default_startup_program())
     scope = fl.global_scope()
-    before = {n: a.copy() for n, a in scope._arrays.items()}
+    before = {n: a.copy() for n, a in scope.arrays.items()}
     with pytest.raises(TypeError, match="'x'.*float64.*float32"):
         exe.run(feed={"x": np.ones((2, 3))}, fetch_list=[y])  # float64 is never cast silently
     with pytest.raises(ValueError, match=r"'x'.*\[2, 5\]"):
@@ -69,9 +69,9 @@ def test_feed_errors_name_the_variable_and_leave_scope_untouched():
         exe.run(feed={}, fetch_list=[y])
     with pytest.raises(ValueError, match="'nope'"):
         exe.run(feed={"x": np.ones((2, 3), np.float32), "nope": np.ones(1)}, fetch_list=[y])
-    assert set(scope._arrays) == set(before)
+    assert set(scope.arrays) == set(before)
     for n, a in before.items():
-        np.testing.assert_array_equal(scope._arrays[n], a)
+        np.testing.assert_array_equal(scope.arrays[n], a)
 
 
 def test_missing_startup_is_a_clear_error():
@@ -168,7 +168,7 @@ def test_scope_guard_and_separate_scopes():
     with fl.scope_guard(s2):
         exe.run(fl.default_startup_program())
         assert fl.global_scope() is s2
-    assert "fc_0.w_0" in s1._arrays and "fc_0.w_0" in s2._arrays
+    assert "fc_0.w_0" in s1.arrays and "fc_0.w_0" in s2.arrays
 
 
 def test_clone_for_test_copies_and_is_independent():

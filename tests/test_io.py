@@ -62,7 +62,7 @@ def test_roundtripped_program_runs_bit_identically(tmp_path, rng):
         scope = fl.Scope()
         exe.run(s, scope=scope)  # the seeds are attributes, so the same init is drawn
         out, = exe.run(m, feed={"x": xs}, fetch_list=[loss.name], scope=scope)
-        results.append((out, {p.name: scope._arrays[p.name].copy() for p in main.all_parameters()}))
+        results.append((out, {p.name: scope.get_array(p.name).copy() for p in main.all_parameters()}))
     (a, pa), (b, pb) = results
     assert a.tobytes() == b.tobytes()
     assert all(pa[k].tobytes() == pb[k].tobytes() for k in pa)
@@ -200,12 +200,12 @@ def _init_scope(startup, main, seed_shift=0.0):
     scope = fl.Scope()
     fl.Executor().run(startup, scope=scope)
     for p in main.all_parameters():
-        scope._arrays[p.name] = scope._arrays[p.name] + np.asarray(seed_shift, scope._arrays[p.name].dtype)
+        scope.set_array(p.name, scope.get_array(p.name) + np.asarray(seed_shift, scope.get_array(p.name).dtype))
     return scope
 
 
 def _values(scope, main):
-    return {p.name: scope._arrays[p.name].copy() for p in main.all_parameters()}
+    return {p.name: scope.get_array(p.name).copy() for p in main.all_parameters()}
 
 
 def test_checkpoint_roundtrip(tmp_path):
@@ -222,10 +222,10 @@ def test_checkpoint_roundtrip(tmp_path):
         assert hashlib.sha256(data).hexdigest() == e["sha256"]
         arr = np.load(ck / e["file"], allow_pickle=False)
         assert list(arr.shape) == e["shape"] and arr.dtype.name == e["dtype"]
-        assert np.array_equal(arr, scope._arrays[e["name"]])
+        assert np.array_equal(arr, scope.get_array(e["name"]))
     fresh = fl.Scope()
     assert sorted(io.load_persistables(ck, main, fresh)) == sorted(names)
-    assert all(np.array_equal(fresh._arrays[n], scope._arrays[n]) for n in names)
+    assert all(np.array_equal(fresh.get_array(n), scope.get_array(n)) for n in names)
     assert sorted(os.listdir(tmp_path)) == ["ck"]  # no temporary siblings left
 
 
@@ -248,7 +248,7 @@ def test_checkpoint_defaults_use_default_program_and_global_scope(tmp_path):
         io.save_persistables(tmp_path / "ck")
         before = _values(fl.global_scope(), main)
         for p in main.all_parameters():
-            fl.global_scope()._arrays[p.name] = np.zeros_like(before[p.name])
+            fl.global_scope().arrays[p.name] = np.zeros_like(before[p.name])
         io.load_persistables(str(tmp_path / "ck"))
         after = _values(fl.global_scope(), main)
     assert all(np.array_equal(before[k], after[k]) for k in before)
@@ -270,11 +270,11 @@ def test_save_requires_values_and_refuses_foreign_directories(tmp_path):
 
 def _check_untouched(ck, main, message, scope=None):
     scope = scope or fl.Scope()
-    scope._arrays["sentinel"] = np.ones(2)
-    before = dict(scope._arrays)
+    scope.set_array("sentinel", np.ones(2))
+    before = dict(scope.arrays)
     with pytest.raises(ValueError, match=message):
         io.load_persistables(ck, main, scope)
-    assert scope._arrays.keys() == before.keys() and all(scope._arrays[k] is before[k] for k in before)
+    assert scope.arrays.keys() == before.keys() and all(scope.get_array(k) is before[k] for k in before)
 
 
 def test_checksum_mismatch_names_variable_and_changes_nothing(tmp_path):
@@ -393,7 +393,7 @@ def test_crash_at_every_step_leaves_whole_old_or_whole_new(tmp_path, monkeypatch
         assert not [e for e in os.listdir(tmp_path) if e.startswith(f"ck{n}.")], os.listdir(tmp_path)
         loaded = fl.Scope()
         io.load_persistables(ck, main, loaded)
-        assert all(np.array_equal(loaded._arrays[k], newer[k]) for k in newer)
+        assert all(np.array_equal(loaded.arrays[k], newer[k]) for k in newer)
         shutil.rmtree(ck)
     assert outcomes >= {"old", "new"}  # crashes hit both before and after the switch
 
@@ -415,9 +415,9 @@ def test_crash_during_first_save_leaves_nothing_or_new(tmp_path, monkeypatch):
         try:
             io.load_persistables(ck, main, loaded)
         except FileNotFoundError:
-            assert not loaded._arrays
+            assert not loaded.arrays
             continue
-        assert all(np.array_equal(loaded._arrays[k], new[k]) for k in new), f"crash at call {n}"
+        assert all(np.array_equal(loaded.arrays[k], new[k]) for k in new), f"crash at call {n}"
 
 
 def test_ordinary_error_during_save_keeps_old_and_leaves_no_debris(tmp_path, monkeypatch):
@@ -436,7 +436,7 @@ def test_ordinary_error_during_save_keeps_old_and_leaves_no_debris(tmp_path, mon
     assert os.listdir(tmp_path) == ["ck"]
     loaded = fl.Scope()
     io.load_persistables(ck, main, loaded)
-    assert all(np.array_equal(loaded._arrays[k], v) for k, v in _values(old_scope, main).items())
+    assert all(np.array_equal(loaded.arrays[k], v) for k, v in _values(old_scope, main).items())
 
 
 def test_gradient_clip_with_variable_link_roundtrips(tmp_path):

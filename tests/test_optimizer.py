@@ -135,7 +135,7 @@ def test_update_is_in_place_on_the_scope_arrays():
     fl.optimizer.Momentum(0.1, 0.9).minimize(loss)
     exe = fl.Executor()
     exe.run(fl.default_startup_program())
-    arrays = fl.global_scope()._arrays
+    arrays = fl.global_scope().arrays
     before = {n: arrays[n] for n in ("fc_0.w_0", "fc_0.w_0_velocity_0")}
     exe.run(feed={"x": np.ones((2, 3))}, fetch_list=[loss])
     for n, a in before.items():

@@ -248,7 +248,7 @@ def test_static_rnn_gradients_match_finite_differences():
     feed = {"x": rng.standard_normal((T, B, D)), "h0": rng.standard_normal((B, H)),
             "r": rng.standard_normal((T, B, H))}
     analytic = exe.run(feed=feed, fetch_list=grads)
-    scope = fl.global_scope()._arrays  # perturb parameters where the plan reads them
+    scope = fl.global_scope().arrays  # perturb parameters where the plan reads them
     numeric = _finite_diff(exe, feed, loss, [scope[p.name] for p in params] + [feed["x"], feed["h0"]])
     for a, n, name in zip(analytic, numeric, ["wx", "wh", "b", "x", "h0"]):
         np.testing.assert_allclose(a, n, rtol=1e-6, atol=1e-8, err_msg=name)

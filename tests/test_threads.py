@@ -70,3 +70,26 @@ print(numba.threading_layer(), len(errors))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["workqueue", "0"]
+
+
+def test_free_cores_counts_other_jobs_and_the_guard_limits_then_restores(monkeypatch):
+    import numba
+
+    from fluidlite import _threads as T
+
+    assert T._others_running() >= 0
+    monkeypatch.setattr(T, "_cores", lambda: 2)
+    monkeypatch.setattr(T.os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    monkeypatch.setattr(T, "_others_running", lambda: 0)
+    assert T.free_cores() == 2 and not T.oversubscribed()
+    monkeypatch.setattr(T, "_others_running", lambda: 1)
+    assert T.free_cores() == 1 and T.oversubscribed()
+    monkeypatch.setattr(T, "_others_running", lambda: 0)
+    monkeypatch.setattr(T.os, "getloadavg", lambda: (3.0, 3.0, 3.0))
+    assert T.free_cores() == 1
+    before = numba.get_num_threads()
+    guard = T.RunGuard()
+    guard._libs = []
+    with guard:
+        assert numba.get_num_threads() == 1
+    assert numba.get_num_threads() == before
