@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import activation as K
-from ..registry import Attr, defop
+from ..registry import Attr, Elementwise, defop
 from ..shapes import numel
 from .common import batch_elementwise, float_same_as, is_large
 
@@ -47,10 +47,22 @@ _UNARY = {
     "leaky_relu": ("X", {"alpha": Attr(float, 0.02)}, "X if X > 0 else alpha * X; gradient alpha at X == 0"),
 }
 
+def _elementwise(ctx):
+    code, a = _code(ctx)
+    return Elementwise(K._u, (code, "X", a))
+
+
+def _elementwise_grad(reads):
+    def decl(ctx):
+        code, a = _code(ctx)
+        return Elementwise(K._du, (code, reads, "Out@GRAD", a))
+    return decl
+
+
 for _name, (_reads, _attrs, _formula) in _UNARY.items():
     defop(_name, inputs=("X",), attrs=_attrs, infer=float_same_as("X"), lower=_lower_unary, batch=batch_elementwise,
-          grad_reads=(_reads,), grad_lower=_lower_unary_grad, grad_infer={"X@GRAD": _reads},
-          doc=f"Out = {_formula}, elementwise.")
+          elementwise=_elementwise, grad_reads=(_reads,), grad_lower=_lower_unary_grad, grad_infer={"X@GRAD": _reads},
+          grad_elementwise=_elementwise_grad(_reads), doc=f"Out = {_formula}, elementwise.")
 
 
 def _softmax_infer(ctx):

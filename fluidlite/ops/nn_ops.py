@@ -4,7 +4,7 @@ import numpy as np
 from ..kernels import basic as KB
 from ..kernels import nn as K
 from ..random_state import advance
-from ..registry import Attr, defop
+from ..registry import Attr, Elementwise, defop
 from ..shapes import broadcast, dims_match, numel
 from .common import grad_op
 from .init_ops import random_state_infer
@@ -244,4 +244,6 @@ defop("dropout", inputs=("X", "State"), outputs=("Out", "Mask", "StateOut"), opt
           "(fluidlite.random_state): the t-th run in a scope draws from (seed, stream, t); seed 0: from a key "
           "drawn once per scope from OS entropy.")
 defop("dropout_grad", inputs=("Mask", "Out@GRAD"), outputs=("X@GRAD",), optional=("X@GRAD",),
-      attrs=_DROPOUT_ATTRS, infer=_dropout_grad_infer, lower=_lower_dropout_grad)
+      attrs=_DROPOUT_ATTRS, infer=_dropout_grad_infer, lower=_lower_dropout_grad,
+      elementwise=lambda ctx: Elementwise(K._dropout_grad_el, ("Mask", "Out@GRAD",
+                                                               _keep_scale(ctx.attrs, ctx.dtype("Out@GRAD")))))
