@@ -3,7 +3,7 @@ import numpy as np
 
 from ..kernels import basic as KB
 from ..kernels import nn as K
-from ..random_state import advance
+from ..random_state import advance, rank_salted
 from ..registry import Attr, Elementwise, defop
 from ..shapes import broadcast, dims_match, numel
 from .common import grad_op
@@ -207,8 +207,9 @@ def _lower_dropout(ctx):
             return (out, mask) if want_mask else out
         return run_fixed
 
-    def run(x, state):  # the stream in the scope (fluidlite.random_state)
+    def run(x, state):  # the stream in the scope (fluidlite.random_state); per worker after broadcast
         call, new_state = advance(state, seed, stream)
+        call = rank_salted(call, state)
         out, mask = K.dropout(x, p, call, s)
         return (out, mask, new_state) if want_mask else (out, new_state)
 
