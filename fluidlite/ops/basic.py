@@ -2,7 +2,7 @@
 from ..kernels import basic as K
 from ..registry import Attr, Elementwise, defop
 from ..shapes import dims_match, numel
-from .common import batch_elementwise, float_same_as, grad_op, is_large
+from .common import PARALLEL_MIN, batch_elementwise, float_same_as, grad_op, is_large
 
 
 def _scale_bias(attrs):
@@ -12,14 +12,15 @@ def _scale_bias(attrs):
 
 
 def _lower_scale(ctx):
-    kernel = K.scale_parallel if is_large(ctx.meta("X")) else K.scale
+    """Batch-polymorphic: serial or parallel is chosen on x's size at run time."""
+    serial, parallel = K.scale, K.scale_parallel
     s, b = _scale_bias(ctx.attrs)
-    return lambda x: kernel(x, s, b)
+    return lambda x: (parallel if x.size >= PARALLEL_MIN else serial)(x, s, b)
 
 
 defop("scale", inputs=("X",),
       attrs={"scale": Attr(float, 1.0), "bias": Attr(float, 0.0), "bias_after_scale": Attr(bool, True)},
-      infer=float_same_as("X"), lower=_lower_scale, batch=batch_elementwise,
+      infer=float_same_as("X"), lower=_lower_scale, batch=batch_elementwise, batch_poly=True,
       elementwise=lambda ctx: Elementwise(K._scale_el, ("X", *_scale_bias(ctx.attrs))),
       grad=lambda g: [grad_op("scale", g, {"X": g.og("Out")}, {"Out": g.ig("X")},
                               {"scale": g.attrs["scale"], "bias": 0.0, "bias_after_scale": True})],
