@@ -46,15 +46,26 @@ _UNARY = {
     "leaky_relu": ("X", {"alpha": Attr(float, 0.02)}, "X if X > 0 else alpha * X; gradient alpha at X == 0"),
 }
 
-def _elementwise(ctx):
+# op code -> the name of its per-element functions `_<name>_el` / `_<name>_grad_el` in kernels/activation.py
+_EL_NAMES = {getattr(K, n.upper()): n for n in ("relu", "sigmoid", "exp", "log", "square", "sqrt", "abs", "gelu",
+                                                "gelu_tanh", "gelu_vec", "leaky_relu")}
+
+
+def _element_fn(ctx, suffix):
+    """The function `_u` / `_du` call for the op's code (so fused and unfused agree), and its parameter."""
     code, a = _code(ctx)
-    return Elementwise(K._u, (code, "X", a))
+    return getattr(K, f"_{_EL_NAMES[code]}{suffix}_el"), a
+
+
+def _elementwise(ctx):
+    fn, a = _element_fn(ctx, "")
+    return Elementwise(fn, ("X", a))
 
 
 def _elementwise_grad(reads):
     def decl(ctx):
-        code, a = _code(ctx)
-        return Elementwise(K._du, (code, reads, "Out@GRAD", a))
+        fn, a = _element_fn(ctx, "_grad")
+        return Elementwise(fn, (reads, "Out@GRAD", a))
     return decl
 
 
