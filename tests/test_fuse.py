@@ -253,3 +253,29 @@ def test_a_new_process_loads_the_fused_kernel_from_the_disk_cache(tmp_path):
     (h1, m1, s1), (h2, m2, s2) = (r.stdout.split() for r in runs)
     assert (h1, m1) == ("0", "1") and (h2, m2) == ("1", "0") and s1 == s2  # compiled once, then loaded
     assert len(list((tmp_path / "fused").glob("fused_*.py"))) == 1
+
+
+def test_every_fusable_op_and_its_gradient_agree_with_unfused_and_numpy():
+    init = fl.initializer.Uniform(0.5, 1.5, seed=6)
+    p, q = (layers.create_parameter([3, 4], "float64", name=n, default_initializer=init) for n in ("fp", "fq"))
+    h = layers.sqrt(layers.scale(layers.abs(p), scale=2.0, bias=0.5))
+    h = layers.square(layers.log(h))
+    h = layers.sigmoid(layers.exp(layers.scale(h, scale=0.1)))
+    h = layers.elementwise_sub(layers.leaky_relu(h, alpha=0.3), q)
+    h = layers.elementwise_div(layers.elementwise_max(h, layers.scale(q, scale=-0.5)), q)
+    h = layers.gelu(layers.tanh(layers.clip(h, -0.8, 0.8)), approximate=True)
+    loss = layers.mean(layers.gelu(layers.relu(h)))
+    fl.append_backward(loss)
+    fetch = [h.name, "fp@GRAD", "fq@GRAD", "fp", "fq"]
+    (out, dp, dq, ps, qs), plan = _same_on_and_off(fetch, {})
+    fused_ops = {op.type for s in _fused(plan) for op in s.ops}
+    for t in ("abs", "sqrt", "log", "square", "exp", "sigmoid", "leaky_relu", "elementwise_sub", "elementwise_max",
+              "elementwise_div", "clip", "tanh", "gelu", "relu"):
+        assert t in fused_ops and t + "_grad" in fused_ops, t
+    r = np.square(np.log(np.sqrt(np.abs(ps) * 2 + 0.5)))
+    r = 1 / (1 + np.exp(-np.exp(0.1 * r)))
+    r = np.where(r > 0, r, 0.3 * r) - qs
+    r = np.tanh(np.clip(np.maximum(r, -0.5 * qs) / qs, -0.8, 0.8))
+    r = 0.5 * r * (1 + np.tanh(np.sqrt(2 / np.pi) * (r + 0.044715 * r ** 3)))
+    np.testing.assert_allclose(out, r, rtol=1e-13, atol=1e-15)
+    assert np.all(np.isfinite(dp)) and np.all(np.isfinite(dq)) and np.any(dp != 0)
