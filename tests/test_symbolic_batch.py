@@ -317,3 +317,20 @@ def test_the_memory_plan_of_a_shared_plan_at_another_batch_size_is_that_of_a_pla
     assert (at5.peak_bytes, at5.peak_step, at5.feed_bytes, at5.timeline) == \
         (own.peak_bytes, own.peak_step, own.feed_bytes, own.timeline)
     assert shared.memory().feed_bytes == 2 * (8 * 4 + 8)  # its own batch size: x float32 [2, 8], label int64
+
+
+def test_a_fused_group_formed_by_a_coincidence_of_shapes_is_not_reused_at_other_batch_sizes():
+    main, startup = fl.Program(), fl.Program()
+    with fl.program_guard(main, startup):
+        x = layers.data("x", [4])
+        w = layers.create_parameter([4, 4], "float32")
+        a = layers.relu(x)  # [B, 4] next to [4, 4]: one shape at batch size 4 only, so fused there
+        c = layers.sigmoid(layers.scale(w, 2.0))
+    exe, scope = fl.Executor(), fl.Scope()
+    exe.run(startup, scope=scope)
+    assert "fused" in exe.compile(main, {"x": np.ones((4, 4), "float32")}, [a, c]).source
+    for b in (4, 5, 3):
+        xs = np.random.default_rng(b).standard_normal((b, 4)).astype("float32")
+        got = exe.run(main, feed={"x": xs}, fetch_list=[a, c], scope=scope)
+        alone = fl.Executor().run(main, feed={"x": xs}, fetch_list=[a, c], scope=scope)
+        assert all(np.array_equal(g, o) for g, o in zip(got, alone)), b

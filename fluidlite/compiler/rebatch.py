@@ -13,8 +13,9 @@ the batch dimension (the executor's cache key guarantees that):
   would lower it, so results are bit for bit those of a fresh plan;
 - the plan's compiled code runs in a copy of its namespace holding the new kernels.
 
-A persistable result whose shape follows the batch (codegen writes those shapes into the source)
-makes the plan `NotReusable`: the executor then compiles a plan per batch size, as it always did.
+A persistable result whose shape follows the batch (codegen writes those shapes into the source), or
+a fused group whose outputs had one shape only by coincidence at the plan's batch size ([B, 4] next
+to [4, 4] at B = 4), makes the plan `NotReusable`: the executor then compiles a plan per batch size.
 """
 from __future__ import annotations
 
@@ -36,6 +37,11 @@ def bind_batch(ir: PlanIR, feed: dict):
         if metas[n] != ir.metas[n]:
             raise NotReusable(f"persistable result {n!r} is {list(metas[n].shape)} at this batch size, "
                               f"{list(ir.metas[n].shape)} in the plan")
+    for step in ir.steps:  # a fused group is made of outputs of one shape: at the plan's batch size only?
+        shapes = {metas[n].shape for m in getattr(step, "members", ()) for n in m.out_names}
+        if len(shapes) > 1:
+            raise NotReusable(f"fused ops {[m.op.type for m in step.members]} have outputs of one shape only at "
+                              f"the plan's batch size (here {sorted(shapes)})")
     env = None
     for i, (step, ins) in enumerate(zip(ir.steps, step_inputs)):
         if step.poly or ins == step.inputs:
