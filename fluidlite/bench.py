@@ -104,6 +104,10 @@ def target_rows(results, alone) -> list:
                 if mine is not None:
                     cells[order] = (mine / best_alone if best_alone else None, mine / same if same else None)
         rows.append((label, f"<= {goal:.2f}x", cells))
+    for order, rs in results.get("mlp_step", {}).items():
+        if "floor_ratio_vs_numpy" in rs[0]:
+            rows.append(("MLP floor: its matrix products alone (NumPy) / the NumPy step", "-",
+                         {order: (rs[0]["floor_ratio_vs_numpy"], None)}))
     for order, rs in results.get("executor_overhead", {}).items():
         r = rs[0]
         floors = (f"loop {r['loop_us_per_op']:.2f}, dispatchers {r['dispatcher_loop_us_per_op']:.2f}, "
