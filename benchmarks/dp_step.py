@@ -241,7 +241,7 @@ def main(argv=None):
     parser.add_argument("--import-torch-first", action="store_true", help="import torch before fluidlite")
     r = run(parser.parse_args(argv).quick)
     if "--json" in (argv or sys.argv[1:]):
-        print(json.dumps(r, indent=1))
+        print(json.dumps(r))  # one line: fluidlite bench reads the last line
         return
     m, s, p, mem = r["mlp_ms"], r["lstm_ms"], r["peer_ms"], r["peak_mb"]
     print(f"DP-SGD step (clip {CLIP}, noise {SIGMA}) vs the ordinary SGD step, same run")

@@ -54,6 +54,12 @@ def run(quick: bool = False, check_nan_inf: bool = False) -> dict:
     exe = fl.Executor()
     feed = {"x": xs}
     t_exe = _best(lambda: exe.run(main, feed=feed, fetch_list=[out]), repeats)
+    # the default Executor fuses this chain into a few generated kernels (compiler/fuse.py); "no fuse":
+    # one kernel call per op
+    from fluidlite.compiler import CompileOptions
+
+    unfused = fl.Executor(compile_options=CompileOptions(disabled={"fuse"}))
+    t_unfused = _best(lambda: unfused.run(main, feed=feed, fetch_list=[out]), repeats)
 
     # the same kernels, bound the same way, called from a plain Python loop
     meta = Meta("x", (size,), np.dtype(np.float32))
@@ -82,7 +88,8 @@ def run(quick: bool = False, check_nan_inf: bool = False) -> dict:
               "loop_us_per_op": us["loop"], "dispatcher_loop_us_per_op": us["dispatcher_loop"],
               "entry_point_loop_us_per_op": us["entry_point_loop"], "ratio_vs_loop": t_exe / t_loop,
               "ratio_vs_dispatcher_loop": t_exe / t_direct, "ratio_vs_entry_point_loop": t_exe / t_entry,
-              "peers_ms": dict(us)}  # per op, in us (the ratios are what the table reads)
+              "peers_ms": dict(us),  # per op, in us (the ratios are what the table reads)
+              "unfused_us_per_op": 1e6 * t_unfused / n_ops, "unfused_ratio_vs_loop": t_unfused / t_loop}
     if check_nan_inf:
         checked = fl.Executor(check_nan_inf=True)
         t_check = _best(lambda: checked.run(main, feed=feed, fetch_list=[out]), repeats)
@@ -174,6 +181,7 @@ def main(argv=None):
         return _harness.emit_json(r)
     print(f"chain of {r['ops']} ops on a 16-element float32 vector (best of several runs)")
     print(f"  executor        {r['executor_us_per_op']:7.3f} us/op")
+    print(f"  executor no fuse{r['unfused_us_per_op']:7.3f} us/op   (that/loop     = {r['unfused_ratio_vs_loop']:.2f}x)")
     print(f"  plain loop      {r['loop_us_per_op']:7.3f} us/op   executor/loop  = {r['ratio_vs_loop']:.2f}x")
     print(f"  dispatcher loop {r['dispatcher_loop_us_per_op']:7.3f} us/op   executor/that  = "
           f"{r['ratio_vs_dispatcher_loop']:.2f}x  (Numba dispatchers called directly)")

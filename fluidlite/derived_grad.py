@@ -10,7 +10,7 @@ from .registry import GradOpSpec, OpDef, grad_var_name
 
 
 def derive_grad(fwd: OpDef, reads=(), kernel=None, kernel_attrs=(), lower=None, infer=None, wrt=None,
-                 picks=True, returns_view=False, batch_poly=None):
+                 picks=True, returns_view=False, batch_poly=None, elementwise=None):
     """The `<type>_grad` OpDef and the forward rule that appends it.
 
     Slots: inputs `reads + <out>@GRAD` for every differentiable output (a zero-filled variable where no
@@ -21,7 +21,8 @@ def derive_grad(fwd: OpDef, reads=(), kernel=None, kernel_attrs=(), lower=None, 
     called as `kernel(*reads, *out grads, *attrs)` and returns one array per `wrt` slot (a tuple when
     several); with `picks` the binding hands on only the wanted ones (`picks=False`: `grad_lower`
     already looks at `ctx.has_output`). `batch_poly` as for `OpDef`; a `grad_kernel` is batch-polymorphic
-    (it only sees arrays and fixed attributes, and picking outputs does not look at shapes)."""
+    (it only sees arrays and fixed attributes, and picking outputs does not look at shapes). `elementwise`
+    is the grad op's `OpDef.elementwise` (fusable)."""
     reads = tuple(reads)
     wrt = tuple(fwd.inputs if wrt is None else wrt)
     known = set(fwd.inputs) | set(fwd.outputs)
@@ -49,7 +50,7 @@ def derive_grad(fwd: OpDef, reads=(), kernel=None, kernel_attrs=(), lower=None, 
     if picks and len(outs) > 1:
         lower = _picking(lower, outs)
     gdef = OpDef(fwd.type + "_grad", inputs=ins, outputs=outs, attrs=fwd.attrs, infer=infer, lower=lower,
-                 returns_view=returns_view, batch_poly=batch_poly,
+                 returns_view=returns_view, batch_poly=batch_poly, elementwise=elementwise,
                  duplicable=frozenset(s for s in ins + outs if s in dup),
                  optional=frozenset(outs) | {s for s in ins if s in opt},
                  doc=f"The gradient of `{fwd.type}`: {', '.join(outs)} from {', '.join(ins)}.")

@@ -50,7 +50,7 @@ class PlanError(RuntimeError):
 class Plan:
     """One compiled program: a generated step function plus what it reads and writes.
 
-    Built by the passes of `fluidlite.compiler` (prune, infer, alias, lower, fold, codegen).
+    Built by the passes of `fluidlite.compiler` (prune, infer, alias, lower, fold, fuse, codegen).
     `source` is the generated Python (like torch.fx's `GraphModule.code`); `steps` the typed step
     list it was generated from; `ops` the operators it runs, in order."""
 
@@ -59,7 +59,7 @@ class Plan:
         self.ir = ir
         self.fetch_names = fetch_names
         self.steps = ir.steps
-        self.ops = [s.op for s in ir.steps]
+        self.ops = [op for s in ir.steps for op in s.ops]  # a fused step runs several
         self.metas = ir.metas
         self.scope_inputs = ir.scope_inputs
         self.persist_out = ir.persist_out

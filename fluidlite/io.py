@@ -127,9 +127,13 @@ def load_program(path) -> Program:
 
 
 def read_json_file(path):
-    """The strict JSON document in the regular file `path` (size-limited, UTF-8, no NaN/Infinity literals)."""
+    """The strict JSON document in the regular file `path` (size-limited, UTF-8, no NaN/Infinity literals);
+    a missing or unreadable file is a ValueError naming it, like any other problem with the file."""
     path = os.fspath(path)
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:  # a missing or unreadable file is bad input like a malformed one: name it
+        raise ValueError(f"{path}: cannot read the program file: {exc.strerror or exc}") from None
     try:
         st = os.fstat(fd)
         _need(stat.S_ISREG(st.st_mode), path, "not a regular file")

@@ -96,4 +96,23 @@ def init_missing(scope, names) -> None:
             scope.set_array(n, fresh_state())
 
 
-__all__ = ["STATE_SUFFIX", "advance", "attach", "call_seed", "fresh_state", "init_missing", "is_state", "stream_key"]
+# A fresh key has 62 bits; this bit marks a key derived for one data-parallel worker (`for_rank`).
+RANK_FLAG = 1 << 62
+
+
+def for_rank(state: np.ndarray, rank: int) -> np.ndarray:
+    """A `[key, counter]` state for worker `rank` of a stream each worker draws on its own (dropout):
+    the key is derived from (key, rank) and flagged, so that even a seeded op's draws differ by rank."""
+    key = int(state[0]) & (RANK_FLAG - 1)
+    derived = (_splitmix(key ^ _splitmix(rank + 1)) & (RANK_FLAG - 1)) | RANK_FLAG
+    return np.array([derived, int(state[1])], dtype=STATE_DTYPE)
+
+
+def rank_salted(call: int, state: np.ndarray) -> int:
+    """The seed of a draw (`advance`), mixed with the state's key when `for_rank` made it, else unchanged."""
+    key = int(state[0])
+    return call if not key & RANK_FLAG else _splitmix(call ^ key) & 0xFFFFFFFF
+
+
+__all__ = ["RANK_FLAG", "STATE_SUFFIX", "advance", "attach", "call_seed", "for_rank", "fresh_state", "init_missing", "is_state",
+           "rank_salted", "stream_key"]

@@ -187,6 +187,27 @@ class GradOpSpec:
     attrs: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Elementwise:
+    """An op as a function of one element of each input, for the fuse pass (fluidlite/compiler/fuse.py).
+
+    - `fn`: an `@njit(inline="always")` scalar function in `fluidlite.kernels`: the one the op's own
+      kernel calls per element, so a fused chain computes bit for bit what the unfused ops compute;
+    - `args`: fn's arguments. An input slot name (str) stands for that input's element; an int or bool
+      is baked into the fused kernel as a literal (op codes, so the branch on it folds away); a float or
+      NumPy float is passed at run time with its type (chains differing only in constants share a kernel);
+    - `outs`: None when fn returns the op's one output; else, per output variable of the op (in order),
+      the index of its value in the tuple fn returns;
+    - `shapes`: slot -> the input's shape padded to the output's rank, 1 where it broadcasts (Paddle's
+      `axis`); None: NumPy's rule (trailing dimensions aligned).
+    """
+
+    fn: Any
+    args: tuple
+    outs: tuple | None = None
+    shapes: dict | None = None
+
+
 @dataclass
 class OpDef:
     """Everything about one op type.
@@ -213,6 +234,9 @@ class OpDef:
       only the batch size changes. True, False, or `batch_poly(ctx) -> bool`; None (the default)
       means True for a plain `kernel` (it only ever sees arrays and fixed attributes) and False for
       `lower`: the plan then lowers the op again for each new batch size (compiler/rebatch.py).
+    - `elementwise(ctx) -> Elementwise | None`: the op computes each output element from the inputs'
+      elements at the same (broadcast) position; the fuse pass may then fuse it with its neighbours into
+      one generated kernel. None for an instance it cannot describe (a broadcast needing a reduction).
     Lowering sees `ctx.overwritable`: input slots whose buffers the kernel may reuse for its output.
     """
 
@@ -234,6 +258,7 @@ class OpDef:
     random: bool = False  # draws random numbers: gets a State/StateOut stream when appended (random_state)
     writes_out: bool = False  # the lowered callable takes `out=[array or None per output var]` and writes there
     batch_poly: Any = None  # True/False/callable(ctx): the lowered callable works for any batch size
+    elementwise: Callable | None = None  # elementwise(ctx) -> Elementwise or None: fusable (compiler/fuse.py)
     doc: str = ""
 
     def is_batch_poly(self, ctx: InferContext) -> bool:
@@ -292,7 +317,7 @@ def register(opdef: OpDef) -> OpDef:
 
 
 _GRAD_KEYS = ("grad_reads", "grad_kernel", "grad_kernel_attrs", "grad_lower", "grad_infer", "grad_wrt",
-              "grad_picks", "grad_returns_view", "grad_batch_poly")
+              "grad_picks", "grad_returns_view", "grad_batch_poly", "grad_elementwise")
 
 
 def defop(type: str, **kw) -> OpDef:

@@ -3,10 +3,27 @@ import numpy as np
 from numba import njit, prange
 
 
+# Per-element functions (`_scale_el`, `_tanh_el`, ...) are what the kernels below and the fuse pass's
+# generated kernels both call (OpDef.elementwise), so a fused chain rounds exactly as the ops do.
+@njit(cache=True, error_model="numpy", inline="always")
+def _scale_el(x, scale, bias):
+    return x * scale + bias
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _tanh_el(x):
+    return np.tanh(x)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _tanh_grad_el(out, dout):
+    return dout * (1 - out * out)
+
+
 # serial and parallel twins share their per-element bodies (`_scale_at`, `_add_at`); only the loop differs
 @njit(cache=True, error_model="numpy", inline="always")
 def _scale_at(xf, of, scale, bias, i):
-    of[i] = xf[i] * scale + bias
+    of[i] = _scale_el(xf[i], scale, bias)
 
 
 @njit(cache=True, error_model="numpy")
@@ -34,7 +51,7 @@ def tanh(x):
     out = np.empty_like(x)
     xf, of = x.reshape(-1), out.reshape(-1)
     for i in range(xf.size):
-        of[i] = np.tanh(xf[i])
+        of[i] = _tanh_el(xf[i])
     return out
 
 
@@ -43,7 +60,7 @@ def tanh_grad(out, dout):
     dx = np.empty_like(out)
     of, gf, df = out.reshape(-1), dout.reshape(-1), dx.reshape(-1)
     for i in range(of.size):
-        df[i] = gf[i] * (1 - of[i] * of[i])
+        df[i] = _tanh_grad_el(of[i], gf[i])
     return dx
 
 

@@ -35,15 +35,25 @@ def _chunk(addrs, like, t, a, b):
     return carray(_pointer(addrs[t] + a * like.itemsize, like), b - a)
 
 
+# per-element functions shared with the fuse pass's generated kernels (OpDef.elementwise)
+@njit(cache=True, error_model="numpy", inline="always")
+def _clip_el(v, lo, hi):
+    v = lo if v < lo else v  # selects, not branches: vectorizes, and NaN compares false
+    return hi if v > hi else v
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _clip_grad_el(v, g, lo, hi):
+    return g if (v >= lo and v <= hi) else 0
+
+
 @njit(cache=True, error_model="numpy")
 def clip_into(x, out, lo, hi):
     """out = min(max(x, lo), hi); NaN stays NaN. `out` may be `x`; lo, hi in x's dtype."""
     xf = x.reshape(-1)
     of = out.reshape(-1)
     for i in range(xf.size):
-        v = xf[i]
-        v = lo if v < lo else v  # selects, not branches: vectorizes, and NaN compares false
-        of[i] = hi if v > hi else v
+        of[i] = _clip_el(xf[i], lo, hi)
     return out
 
 
@@ -52,9 +62,7 @@ def clip_into_parallel(x, out, lo, hi):
     xf = x.reshape(-1)
     of = out.reshape(-1)
     for i in prange(xf.size):
-        v = xf[i]
-        v = lo if v < lo else v
-        of[i] = hi if v > hi else v
+        of[i] = _clip_el(xf[i], lo, hi)
     return out
 
 
@@ -64,8 +72,7 @@ def clip_grad(x, dout, lo, hi):
     dx = np.empty_like(dout)
     xf, gf, df = x.reshape(-1), dout.reshape(-1), dx.reshape(-1)
     for i in range(xf.size):
-        v = xf[i]
-        df[i] = gf[i] if (v >= lo and v <= hi) else 0
+        df[i] = _clip_grad_el(xf[i], gf[i], lo, hi)
     return dx
 
 

@@ -98,10 +98,16 @@ def dropout(x, p, seed, keep_scale):
     return out, mask
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _dropout_grad_el(mask, dout, keep_scale):
+    """Per element, shared with the fuse pass's generated kernels (OpDef.elementwise)."""
+    return dout * mask * keep_scale
+
+
 @njit(cache=True, error_model="numpy")
 def dropout_grad(mask, dout, keep_scale):
     dx = np.empty_like(dout)
     mf, gf, df = mask.reshape(-1), dout.reshape(-1), dx.reshape(-1)
     for i in range(gf.size):
-        df[i] = gf[i] * mf[i] * keep_scale
+        df[i] = _dropout_grad_el(mf[i], gf[i], keep_scale)
     return dx

@@ -154,51 +154,57 @@ def _unit(h):
 
 
 @njit(cache=True, error_model="numpy")
-def _ziggurat_slow(h, xt, ft):
-    """The rejection steps of the ziggurat for a first word h whose fast test failed (layer i = h's low
-    7 bits, u in (-1, 1) from its top bits): the wedge test, the tail beyond xt[1], redraws."""
+def _ziggurat_slow(h, kn, wn, xt, ft):
+    """The ziggurat's rejection steps for a word h whose fast test failed (layer i = h's low 7 bits,
+    s = h's top 53 bits as a signed int, u = s / 2^52 in [-1, 1)): the wedge test, the tail beyond
+    xt[1], redraws from h's own Weyl sequence."""
     d = np.uint64(0)
-    i = np.int64(h & np.uint64(127))
-    u = 2.0 * _unit(h) - 1.0
+    w = h
     while True:
-        if abs(u) < xt[i + 1] / xt[i]:
-            return u * xt[i]
+        i = np.int64(w & np.uint64(127))
+        s = np.int64(w) >> 11
+        if abs(s) < kn[i]:
+            return s * wn[i]
+        z = s * wn[i]
         d += np.uint64(1)
-        w = _mix(h + d * _GAMMA)
+        v = _mix(h + d * _GAMMA)
         if i == 0:  # the tail |z| > r (Marsaglia 1964)
             r = xt[1]
             while True:
-                a = -math.log(_unit(w)) / r
+                a = -math.log(_unit(v)) / r
                 d += np.uint64(1)
                 b = -math.log(_unit(_mix(h + d * _GAMMA)))
                 if 2.0 * b > a * a:
-                    return r + a if u > 0 else -(r + a)
+                    return r + a if s > 0 else -(r + a)
                 d += np.uint64(1)
-                w = _mix(h + d * _GAMMA)
-        z = u * xt[i]
-        if ft[i + 1] + _unit(w) * (ft[i] - ft[i + 1]) < math.exp(-0.5 * z * z):
+                v = _mix(h + d * _GAMMA)
+        if ft[i + 1] + _unit(v) * (ft[i] - ft[i + 1]) < math.exp(-0.5 * z * z):
             return z
         d += np.uint64(1)
         w = _mix(h + d * _GAMMA)
-        i = np.int64(w & np.uint64(127))
-        u = 2.0 * _unit(w) - 1.0
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
-def add_gaussian(x, key, std, xt, ft):
-    """x += std * N(0, 1) in place for a 1-D x; element j from (key, j) alone. xt [129] are the
-    ziggurat's layer edges (xt[0] = V / f(r), xt[1] = r, ..., xt[128] = 0), ft = exp(-xt^2 / 2)."""
+def add_gaussian(x, key, std, kn, wn, xt, ft):
+    """x += std * N(0, 1) in place for a 1-D x; element j from (key, j) alone. Tables (ops/privacy_ops):
+    xt [129] the ziggurat's layer edges (xt[0] = V / f(r), xt[1] = r, ..., xt[128] = 0), ft = exp(-xt^2/2),
+    kn[i] = floor(2^52 xt[i+1] / xt[i]) (the fast test on the integer), wn[i] = xt[i] / 2^52."""
     k = np.uint64(key)
     n = x.size
-    chunk = 1 << 16
+    chunk, block = 1 << 16, 1024
     for c in prange((n + chunk - 1) // chunk):
-        for j in range(c * chunk, min(n, (c + 1) * chunk)):
-            h = _mix(k + np.uint64(j + 1) * _GAMMA)
-            i = np.int64(h & np.uint64(127))
-            u = 2.0 * _unit(h) - 1.0
-            if abs(u) * xt[i] < xt[i + 1]:
-                z = u * xt[i]
-            else:
-                z = _ziggurat_slow(h, xt, ft)
-            x[j] += std * z
+        words = np.empty(block, np.uint64)
+        for start in range(c * chunk, min(n, (c + 1) * chunk), block):
+            m = min(block, n - start)
+            for t in range(m):  # the hashes first: this loop vectorises
+                words[t] = _mix(k + np.uint64(start + t + 1) * _GAMMA)
+            for t in range(m):
+                h = words[t]
+                i = np.int64(h & np.uint64(127))
+                s = np.int64(h) >> 11
+                if abs(s) < kn[i]:  # about 99% of the draws
+                    z = s * wn[i]
+                else:
+                    z = _ziggurat_slow(h, kn, wn, xt, ft)
+                x[start + t] += std * z
     return x

@@ -148,6 +148,7 @@ def check(outdir):
         train(main, resumed, 2, shard(), start=2)
     out["resume"] = {"same": all(np.array_equal(a, b) for a, b in zip(params(scope, names).values(),
                                                                         params(resumed, names).values()))}
+    out["dropout"] = dropout_masks()
     # different programs: both ranks get an error naming the first mismatch
     main, startup, _, _ = build(hidden=6 if RANK == 0 else 7)
     with fl.scope_guard(fl.Scope()):
@@ -159,6 +160,26 @@ def check(outdir):
             out["mismatch"] = str(exc)
     with open(os.path.join(outdir, f"rank{RANK}.json"), "w") as f:
         json.dump(out, f)
+
+
+def dropout_masks():
+    """Two steps' dropout masks (seeded and unseeded) after broadcast_persistables, and rank 0's alone."""
+    main, startup = fl.Program(), fl.Program()
+    with fl.unique_name.guard(), fl.program_guard(main, startup):
+        x = layers.data(name="x", shape=[64], dtype=DTYPE)
+        layers.dropout(x, 0.5, seed=7)
+        layers.dropout(x, 0.5)
+        masks = [op.output("Mask")[0] for op in main.global_block().ops if op.type == "dropout"]
+    ones = {"x": np.ones((4, 64), DTYPE)}
+
+    def run(broadcast):
+        scope, exe = fl.Scope(), fl.Executor()
+        exe.run(startup, scope=scope)
+        if broadcast:
+            fl.distributed.broadcast_persistables(main, scope)
+        return [[m.astype(int).ravel().tolist() for m in exe.run(main, feed=ones, fetch_list=masks, scope=scope)]
+                for _ in range(2)]
+    return {"shared": run(True), "alone": run(False)}
 
 
 def fail(mode):

@@ -38,7 +38,8 @@ def _sig(feed):
 
 
 def test_pass_order_is_named():
-    assert [name for name, _ in PASSES] == ["prune", "infer", "batch_grad", "alias", "inplace", "lower", "fold", "codegen"]
+    assert [name for name, _ in PASSES] == ["prune", "infer", "batch_grad", "alias", "inplace", "lower", "fold", "fuse",
+                                              "codegen"]
 
 
 def test_prune_alone_keeps_what_fetches_and_persistable_writes_need():
@@ -125,8 +126,8 @@ def test_debug_mode_runs_the_verifier_after_every_pass(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("off", [(), ("alias",), ("inplace",), ("fold",), ("prune",), ("batch_grad",),
-                                 ("alias", "inplace", "fold", "prune", "batch_grad")])
+@pytest.mark.parametrize("off", [(), ("alias",), ("inplace",), ("fold",), ("prune",), ("batch_grad",), ("fuse",),
+                                 ("alias", "inplace", "fold", "prune", "batch_grad", "fuse")])
 def test_switching_passes_off_changes_no_number(off, dtype):
     loss = _train_net(dtype)
     startup = fl.default_startup_program()
@@ -168,7 +169,7 @@ def test_compile_returns_the_plan_run_uses_and_its_source_is_public():
     feed = _feed()
     plan = exe.compile(feed=feed, fetch_list=[loss])
     assert plan.source.splitlines()[0] == "def _step(F, A):" and "A['fc_0.w_0'] = " in plan.source
-    assert [s.op for s in plan.steps] == plan.ops
+    assert [op for s in plan.steps for op in s.ops] == plan.ops
     exe.run(feed=feed, fetch_list=[loss])
     assert exe.compile(feed=feed, fetch_list=[loss]) is plan  # served from the cache
 

@@ -228,6 +228,15 @@ def test_checkpoint_by_rank_0_resumes_identically(two_workers):
     assert all(r["resume"]["same"] for r in two_workers)
 
 
+def test_dropout_masks_differ_between_workers_and_between_steps(two_workers):
+    r0, r1 = (r["dropout"] for r in two_workers)
+    for step in range(2):
+        for k in range(2):  # seeded, unseeded
+            assert r0["shared"][step][k] != r1["shared"][step][k], (step, k)
+    assert r0["shared"][0] != r0["shared"][1]  # a new mask every step
+    assert r0["shared"][0][0] == r0["alone"][0][0]  # rank 0 draws what one process draws (seeded)
+
+
 def test_differing_programs_raise_naming_the_first_mismatch(two_workers):
     for r in two_workers:
         assert "rank 1 differs from rank 0's" in r["mismatch"] and "f64[5,6]" in r["mismatch"] \

@@ -188,7 +188,7 @@ def test_clone_for_test_copies_and_is_independent():
 
 def test_plan_source_frees_values_after_last_use():
     x, h, y = _net()
-    exe = fl.Executor()
+    exe = fl.Executor(compile_options=fl.compiler.CompileOptions(disabled={"fuse"}))  # one line per op
     exe.run(fl.default_startup_program())
     exe.run(feed={"x": np.ones((1, 3), np.float32)}, fetch_list=[y])
     src = list(exe._plans.values())[-1].source

@@ -221,3 +221,11 @@ def test_verify_rederives_every_type_from_the_opdef():
     grad.outputs["X@GRAD"] = ["fc_0.tmp_1"]
     with pytest.raises(ValueError, match="mul_grad"):
         fl.verify(main)
+
+
+def test_a_missing_or_unreadable_program_file_is_a_value_error_naming_it(tmp_path):
+    from fluidlite import cli
+    missing = tmp_path / "nowhere" / "prog.json"
+    with pytest.raises(ValueError, match=r"nowhere/prog\.json: cannot read the program file: No such file"):
+        io.load_program(missing)
+    assert cli.main(["show", str(missing)]) == 1  # the CLI prints it as one line

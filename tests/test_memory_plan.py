@@ -15,7 +15,7 @@ def _chain(width=1000):
 @pytest.mark.parametrize("batch", [1, 4])
 def test_peak_is_two_live_activations_of_a_chain_without_buffer_reuse(batch):
     out = _chain()
-    exe = fl.Executor(compile_options=CompileOptions(disabled={"alias"}))
+    exe = fl.Executor(compile_options=CompileOptions(disabled={"alias", "fuse"}))
     mem = exe.compile(feed={"x": np.zeros((batch, 1000), np.float32)}, fetch_list=[out]).memory()
     one = batch * 1000 * 4
     assert mem.peak_bytes == 2 * one  # an op's input and its output, never three at once
@@ -25,10 +25,17 @@ def test_peak_is_two_live_activations_of_a_chain_without_buffer_reuse(batch):
 
 def test_buffer_reuse_lowers_the_live_bytes_after_the_fed_input():
     out = _chain()
-    mem = fl.Executor().compile(feed={"x": np.zeros((2, 1000), np.float32)}, fetch_list=[out]).memory()
+    exe = fl.Executor(compile_options=CompileOptions(disabled={"fuse"}))
+    mem = exe.compile(feed={"x": np.zeros((2, 1000), np.float32)}, fetch_list=[out]).memory()
     one = 2 * 1000 * 4
     assert mem.peak_bytes == 2 * one and mem.peak_step == 0  # the feed is never overwritten
     assert [t[2] for t in mem.timeline][1:] == [one, one]  # scale and sigmoid write into their dead input
+
+
+def test_a_fused_chain_is_one_step_and_keeps_no_intermediate():
+    out = _chain()
+    mem = fl.Executor().compile(feed={"x": np.zeros((2, 1000), np.float32)}, fetch_list=[out]).memory()
+    assert [(t[1], t[2]) for t in mem.timeline] == [("tanh+scale+sigmoid", 2 * 2 * 1000 * 4)]
 
 
 def test_training_step_counts_parameters_apart():

@@ -105,7 +105,7 @@ def test_off_costs_nothing_and_the_environment_turns_it_on(monkeypatch):
     off = fl.Executor().compile(main, feed, [loss]).source
     on = fl.Executor(check_nan_inf=True).compile(main, feed, [loss]).source
     assert "N0(" not in off and ".copy()" not in off.split("return")[0]
-    assert on.count("    N") == len(fl.Executor().compile(main, feed, [loss]).steps)
+    assert on.count("    N") == len(fl.Executor().compile(main, feed, [loss]).ops)
     monkeypatch.setenv("FLUIDLITE_CHECK_NAN_INF", "1")
     exe, scope = fl.Executor(), fl.Scope()
     exe.run(startup, scope=scope)

@@ -1,7 +1,6 @@
 """Per-example norms and the clipped update (fluidlite/per_example.py) against per-example gradients
 computed independently: NumPy backprop written out per example (MLP, embedding classifier, vanilla RNN
-with shared weights) or fluidlite's ordinary backward run on one example at a time (CNN with pooling,
-matmul, layer_norm). GRU, LSTM and grouped CNN: tests/test_per_example_models.py."""
+with shared weights). GRU, LSTM, CNNs, matmul and layer_norm: tests/test_per_example_models.py."""
 import numpy as np
 import pytest
 
@@ -193,24 +192,6 @@ def test_static_rnn_shared_weights_match_numpy_bptt():
     _check(norms, grads, _rnn_numpy(params, feed["x"], feed["y"]), clip_norm, 1e-10)
 
 
-# ---- against fluidlite's ordinary backward run one example at a time ---------------------------------
-
-def _one_at_a_time(build, params, feed, batch_axis):
-    main, startup = fl.Program(), fl.Program()
-    with fl.program_guard(main, startup), fl.unique_name.guard():
-        pairs = fl.append_backward(layers.mean(build("float64")))
-    exe, scope = fl.Executor(), fl.Scope()
-    exe.run(startup, scope=scope)
-    for name, value in params.items():
-        scope.var(name).get_tensor().set(value)
-    out = []
-    for i in range(feed["y"].shape[0]):
-        one = {k: np.take(v, [i], axis=batch_axis.get(k, 0)) for k, v in feed.items()}
-        grads = exe.run(main, feed=one, fetch_list=[g for _, g in pairs], scope=scope)
-        out.append({p.name: g for (p, _), g in zip(pairs, grads)})
-    return out
-
-
 def test_the_checks_can_fail():
     """A wrong clip norm in the reference (or a wrong norm) is caught."""
     feed = _mlp_data(8, "float64")
@@ -222,65 +203,3 @@ def test_the_checks_can_fail():
         _check(norms * 1.01, grads, ref, 0.8, 1e-6)
     with pytest.raises(AssertionError):
         _check(norms.astype(np.float64), grads, ref, 0.8, 1e-6)
-
-
-# ---- CNN: conv2d filters over unfolded patches ---------------------------------------------------------
-
-def _cnn(dtype):
-    x = layers.data("img", [2, 7, 7], dtype=dtype)
-    y = layers.data("y", [1], dtype="int64")
-    h = layers.conv2d(x, num_filters=3, filter_size=3, padding=1, act="tanh")
-    h = layers.conv2d(h, num_filters=4, filter_size=3, stride=2, padding=2, dilation=2, act="tanh")
-    h = layers.pool2d(h, pool_size=2, pool_type="max", pool_stride=1)
-    return layers.softmax_with_cross_entropy(layers.fc(h, 3), y)
-
-
-@pytest.mark.skipif(not hasattr(layers, "conv2d"), reason="conv2d has not landed")
-def test_cnn_matches_per_example_backward():
-    rng = np.random.default_rng(6)
-    feed = {"img": rng.standard_normal((5, 2, 7, 7)), "y": rng.integers(0, 3, (5, 1))}
-    norms, _, _, main, _ = _run_private(_cnn, feed, 1.0, "float64")
-    assert [op.type for op in main.global_block().ops].count("dp_conv2d_norm") == 2
-    clip_norm = float(np.median(norms))
-    norms, grads, params, _, _ = _run_private(_cnn, feed, clip_norm, "float64")
-    _check(norms, grads, _one_at_a_time(_cnn, params, feed, {}), clip_norm, 1e-9)
-
-
-# ---- matmul with a parameter: transposed, scaled, on a 3-D input -----------------------------------
-
-def _matmul_net(dtype):
-    x = layers.data("x3", [3, 4], dtype=dtype)  # [-1, 3, 4]: the weight is read at 3 positions
-    y = layers.data("y", [1], dtype="int64")
-    w = layers.create_parameter([5, 4], dtype)
-    h = layers.tanh(layers.matmul(x, w, transpose_y=True, alpha=0.5))  # [-1, 3, 5]
-    return layers.softmax_with_cross_entropy(layers.fc(layers.reduce_sum(h, dim=1), 2), y)
-
-
-def test_matmul_weight_transposed_and_scaled():
-    rng = np.random.default_rng(7)
-    feed = {"x3": rng.standard_normal((6, 3, 4)), "y": rng.integers(0, 2, (6, 1))}
-    norms, _, _, _, _ = _run_private(_matmul_net, feed, 1.0, "float64")
-    clip_norm = float(np.median(norms))
-    norms, grads, params, _, _ = _run_private(_matmul_net, feed, clip_norm, "float64")
-    _check(norms, grads, _one_at_a_time(_matmul_net, params, feed, {}), clip_norm, 1e-9)
-
-
-# ---- layer_norm: scale and shift, three normalised rows per example ------------------------------------
-
-def _ln_net(dtype):
-    x = layers.data("x3", [3, 4], dtype=dtype)
-    y = layers.data("y", [1], dtype="int64")
-    h = layers.fc(x, 5, num_flatten_dims=2)  # [-1, 3, 5]
-    h = layers.layer_norm(h, begin_norm_axis=2, act="tanh")
-    return layers.softmax_with_cross_entropy(layers.fc(h, 2), y)
-
-
-@pytest.mark.skipif(not hasattr(layers, "layer_norm"), reason="layer_norm has not landed")
-def test_layer_norm_scale_and_shift_match_per_example_backward():
-    rng = np.random.default_rng(8)
-    feed = {"x3": rng.standard_normal((6, 3, 4)), "y": rng.integers(0, 2, (6, 1))}
-    norms, _, _, main, _ = _run_private(_ln_net, feed, 1.0, "float64")
-    assert "dp_layer_norm_scale_norm" in str(main)
-    clip_norm = float(np.median(norms))
-    norms, grads, params, _, _ = _run_private(_ln_net, feed, clip_norm, "float64")
-    _check(norms, grads, _one_at_a_time(_ln_net, params, feed, {}), clip_norm, 1e-9)

@@ -163,3 +163,87 @@ def test_grouped_conv2d_matches_numpy_per_example_gradients():
     clip, (norms, grads, params, main, _) = _clip_at_median(_cnn, feed)
     assert [op.attrs["groups"] for op in main.global_block().ops if op.type == "dp_conv2d_norm"] == [2, 3]
     _check(norms, grads, _fd_per_example(_cnn_losses(feed["img"], feed["y"]), params), clip, 1e-6)
+
+
+def test_gru_with_a_batch_of_one_and_noise_off():
+    rng = np.random.default_rng(14)
+    feed = {"x": 1.5 * rng.standard_normal((T, 1, D)), "y": np.array([[1]])}
+    norms, grads, params, _, _ = _run_private(_gru, feed, 0.05, "float64")
+    ref = _fd_per_example(_gru_losses(feed["x"], feed["y"]), params)[0]
+    ref_norm = np.sqrt(sum(float((g ** 2).sum()) for g in ref.values()))
+    np.testing.assert_allclose(norms, [ref_norm], rtol=1e-6)
+    assert ref_norm > 0.05  # clipped: the update is the gradient scaled to norm 0.05
+    for name, g in grads.items():
+        np.testing.assert_allclose(g, ref[name] * 0.05 / ref_norm, rtol=1e-6, atol=1e-9)
+
+
+# ---- a CNN with pooling and an ungrouped, strided, dilated conv2d ---------------------------------------
+
+def _cnn_pool(dtype):
+    x = layers.data("img", [2, 7, 7], dtype=dtype)
+    y = layers.data("y", [1], dtype="int64")
+    h = layers.conv2d(x, num_filters=3, filter_size=3, padding=1, act="tanh")
+    h = layers.conv2d(h, num_filters=4, filter_size=3, stride=2, padding=2, dilation=2, act="tanh")
+    h = layers.pool2d(h, pool_size=2, pool_type="max", pool_stride=1)
+    return layers.softmax_with_cross_entropy(layers.fc(h, 3), y)
+
+
+def _cnn_pool_losses(xs, ys):
+    def losses(p):
+        h = np.tanh(_conv(xs, p["conv2d_0.w_0"], p["conv2d_0.b_0"], 1, 1, 1, 1))
+        h = np.tanh(_conv(h, p["conv2d_1.w_0"], p["conv2d_1.b_0"], 2, 2, 2, 1))
+        h = np.maximum.reduce([h[:, :, i:i + h.shape[2] - 1, j:j + h.shape[3] - 1] for i in (0, 1) for j in (0, 1)])
+        return _ce(h.reshape(len(h), -1) @ p["fc_0.w_0"] + p["fc_0.b_0"], ys)
+    return losses
+
+
+def test_cnn_with_pooling_matches_numpy_per_example_gradients():
+    rng = np.random.default_rng(15)
+    feed = {"img": rng.standard_normal((B, 2, 7, 7)), "y": rng.integers(0, 3, (B, 1))}
+    clip, (norms, grads, params, main, _) = _clip_at_median(_cnn_pool, feed)
+    assert [op.type for op in main.global_block().ops].count("dp_conv2d_norm") == 2
+    _check(norms, grads, _fd_per_example(_cnn_pool_losses(feed["img"], feed["y"]), params), clip, 1e-6)
+
+
+# ---- matmul with a parameter (transposed, scaled, on a 3-D input) and layer_norm ------------------------
+
+def _matmul_net(dtype):
+    x = layers.data("x3", [3, 4], dtype=dtype)  # [-1, 3, 4]: the weight is read at 3 positions
+    y = layers.data("y", [1], dtype="int64")
+    w = layers.create_parameter([5, 4], dtype)
+    h = layers.tanh(layers.matmul(x, w, transpose_y=True, alpha=0.5))  # [-1, 3, 5]
+    return layers.softmax_with_cross_entropy(layers.fc(layers.reduce_sum(h, dim=1), 2), y)
+
+
+def _matmul_losses(xs, ys):
+    def losses(p):
+        h = np.tanh(0.5 * xs @ p["create_parameter_0.w_0"].T).sum(axis=1)
+        return _ce(h @ p["fc_0.w_0"] + p["fc_0.b_0"], ys)
+    return losses
+
+
+def _ln_net(dtype):
+    x = layers.data("x3", [3, 4], dtype=dtype)
+    y = layers.data("y", [1], dtype="int64")
+    h = layers.fc(x, 5, num_flatten_dims=2)  # [-1, 3, 5]
+    h = layers.layer_norm(h, begin_norm_axis=2, act="tanh")
+    return layers.softmax_with_cross_entropy(layers.fc(h, 2), y)
+
+
+def _ln_losses(xs, ys):
+    def losses(p):
+        z = xs @ p["fc_0.w_0"] + p["fc_0.b_0"]
+        zhat = (z - z.mean(axis=2, keepdims=True)) / np.sqrt(z.var(axis=2, keepdims=True) + 1e-5)
+        h = np.tanh(zhat * p["layer_norm_0.w_0"] + p["layer_norm_0.b_0"])
+        return _ce(h.reshape(len(h), -1) @ p["fc_1.w_0"] + p["fc_1.b_0"], ys)
+    return losses
+
+
+@pytest.mark.parametrize("build,reference", [(_matmul_net, _matmul_losses), (_ln_net, _ln_losses)])
+def test_matmul_weight_and_layer_norm_match_numpy_per_example_gradients(build, reference):
+    rng = np.random.default_rng(16)
+    feed = {"x3": rng.standard_normal((6, 3, 4)), "y": rng.integers(0, 2, (6, 1))}
+    clip, (norms, grads, params, main, _) = _clip_at_median(build, feed)
+    if build is _ln_net:
+        assert "dp_layer_norm_scale_norm" in str(main)
+    _check(norms, grads, _fd_per_example(reference(feed["x3"], feed["y"]), params), clip, 1e-6)

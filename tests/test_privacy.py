@@ -174,6 +174,20 @@ def test_no_other_clip_combines_with_it():
         fl.clip.set_gradient_clip(fl.clip.GradientClipPerExample(1.0))
         with pytest.raises(ValueError, match="only as minimize"):
             fl.optimizer.SGD(0.1).minimize(loss)
+    main, startup = fl.Program(), fl.Program()
+    with fl.program_guard(main, startup), fl.unique_name.guard():
+        loss = layers.mean(layers.fc(layers.data("x", [3]), 2))
+        fl.clip.set_gradient_clip(fl.clip.GradientClipByGlobalNorm(1.0))  # every parameter has a clip
+        with pytest.raises(ValueError, match="cannot be combined"):
+            fl.optimizer.SGD(0.1).minimize(loss, grad_clip=fl.clip.GradientClipPerExample(1.0))
+    main, startup = fl.Program(), fl.Program()
+    with fl.program_guard(main, startup), fl.unique_name.guard():
+        h = layers.fc(layers.data("x", [3]), 2, param_attr=fl.ParamAttr(need_clip=False))
+        loss = layers.mean(h)
+        n_ops = len(main.global_block().ops)
+        with pytest.raises(ValueError, match="need_clip=False"):
+            fl.optimizer.SGD(0.1).minimize(loss, grad_clip=fl.clip.GradientClipPerExample(1.0))
+        assert len(main.global_block().ops) == n_ops
 
 
 def test_epsilon_agrees_with_the_accountant():

@@ -1,16 +1,16 @@
 """The plan compiler: named passes over a typed step list (see docs/design.md, "The executor plan").
 
-    prune -> infer -> batch_grad -> alias -> inplace -> lower -> fold -> codegen
+    prune -> infer -> batch_grad -> alias -> inplace -> lower -> fold -> fuse -> codegen
 
 Each pass is a function `pass_(ir: PlanIR, options: CompileOptions) -> PlanIR` in its own module and
 can be run alone on a hand-made `PlanIR`. `compile_plan` runs them in order; with `options.debug` the
 IR verifier (`ir.check`) runs after every pass (the feed counts as defining values, unlike `fl.verify`). Passes that
-only optimise (`batch_grad`, `alias`, `inplace`, `fold`) and `prune` can be switched off for debugging:
+only optimise (`batch_grad`, `alias`, `inplace`, `fold`, `fuse`) and `prune` can be switched off for debugging:
 
     fl.Executor(compile_options=CompileOptions(disabled={"fold", "alias"}, debug=True))
 
 `check_nan_inf=True` (what `fl.Executor(check_nan_inf=True)` sets) makes codegen check every op's
-floating outputs for NaN/Inf (see `nan_check`); it also switches off `alias`, `inplace` and `fold`.
+floating outputs for NaN/Inf (see `nan_check`); it also switches off `alias`, `inplace`, `fold` and `fuse`.
 
 or, for every Executor made afterwards without explicit options, the environment variables
 `FLUIDLITE_PASSES_OFF=fold,alias` and `FLUIDLITE_DEBUG_PASSES=1`.
@@ -24,15 +24,16 @@ from .alias import alias
 from .batch_grad import batch_grad
 from .codegen import codegen
 from .fold import fold
+from .fuse import fuse
 from .infer import infer
 from .inplace import inplace
-from .ir import IRError, PlanIR, Step, check
+from .ir import FusedStep, IRError, PlanIR, Step, check
 from .lower import lower
 from .prune import prune
 
 PASSES = (("prune", prune), ("infer", infer), ("batch_grad", batch_grad), ("alias", alias), ("inplace", inplace),
-          ("lower", lower), ("fold", fold), ("codegen", codegen))
-SWITCHABLE = frozenset({"prune", "batch_grad", "alias", "inplace", "fold"})
+          ("lower", lower), ("fold", fold), ("fuse", fuse), ("codegen", codegen))
+SWITCHABLE = frozenset({"prune", "batch_grad", "alias", "inplace", "fold", "fuse"})
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,8 @@ class CompileOptions:
         if unknown:
             raise ValueError(f"CompileOptions: cannot switch off {sorted(unknown)}; switchable passes: "
                              f"{sorted(SWITCHABLE)}")
-        if self.check_nan_inf:  # no write into the scope before the end, inputs intact for the report
-            disabled |= {"alias", "inplace", "fold"}
+        if self.check_nan_inf:  # no write into the scope before the end, inputs intact, every op's output
+            disabled |= {"alias", "inplace", "fold", "fuse"}
         object.__setattr__(self, "disabled", disabled)
 
     @classmethod
@@ -79,5 +80,5 @@ def compile_plan(block, feed_sig: tuple, fetch_names: tuple, options: CompileOpt
     return ir
 
 
-__all__ = ["CompileOptions", "IRError", "PASSES", "PlanIR", "Step", "check", "compile_plan",
-           "alias", "batch_grad", "codegen", "fold", "infer", "inplace", "lower", "prune"]
+__all__ = ["CompileOptions", "FusedStep", "IRError", "PASSES", "PlanIR", "Step", "check", "compile_plan",
+           "alias", "batch_grad", "codegen", "fold", "fuse", "infer", "inplace", "lower", "prune"]

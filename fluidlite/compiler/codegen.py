@@ -74,7 +74,7 @@ def codegen(ir: PlanIR, options) -> PlanIR:
                                                 f"T_{ir.metas[n].dtype.name})" for n in step.reuse) + "]")
             if check:  # the inputs as the op saw them (an op may write a name it reads)
                 lines.append(f"    I = ({''.join(ref(n) + ', ' for n in ins)})")
-            lines.append(f"    {targets} = K{i}({', '.join(args)})")
+            lines.append(f"    {targets} = K{i}({', '.join(args)}){step.note}")
         else:  # its inputs were folded into acc{i} as they were made
             lines.append(f"    {targets} = acc{i}")
         line_to_op[len(lines)] = step.op

@@ -27,22 +27,23 @@ def _walk(ir: PlanIR, feed: dict, scope_meta):
     metas = {name: Meta(name, shape, dtype) for name, (shape, dtype) in feed.items()}
     step_inputs = []
     for step in ir.steps:
-        op = step.op
-        ins = {}
-        for slot, names in op.inputs.items():
-            ins[slot] = []
-            for n in names:
-                if n not in metas:
-                    metas[n] = scope_meta(n, op.type)
-                ins[slot].append(metas[n])
-        try:
-            inferred = step.opdef.run_infer(ins, op.attrs)
-        except ValueError as exc:
-            raise ValueError(f"{exc} [while planning with the fed shapes]") from None
-        for slot, names in op.outputs.items():
-            for n, (shape, dtype) in zip(names, inferred[slot]):
-                metas[n] = Meta(n, shape, dtype)
-        step_inputs.append(ins)
+        for sub in getattr(step, "members", None) or (step,):  # a fused step: every op it runs, in order
+            op = sub.op
+            ins = {}
+            for slot, names in op.inputs.items():
+                ins[slot] = []
+                for n in names:
+                    if n not in metas:
+                        metas[n] = scope_meta(n, op.type)
+                    ins[slot].append(metas[n])
+            try:
+                inferred = sub.opdef.run_infer(ins, op.attrs)
+            except ValueError as exc:
+                raise ValueError(f"{exc} [while planning with the fed shapes]") from None
+            for slot, names in op.outputs.items():
+                for n, (shape, dtype) in zip(names, inferred[slot]):
+                    metas[n] = Meta(n, shape, dtype)
+        step_inputs.append(ins)  # a fused step's are its last op's (as FusedStep.inputs)
     return metas, step_inputs
 
 

@@ -44,6 +44,46 @@ class Step:
     def out_names(self) -> list:
         return self.op.output_names
 
+    @property
+    def ops(self) -> list:
+        """The program operators this step runs."""
+        return [self.op]
+
+    @property
+    def note(self) -> str:
+        """A comment for this step's line of the generated source."""
+        return ""
+
+
+@dataclass
+class FusedStep(Step):
+    """Consecutive elementwise steps run as one generated kernel (the fuse pass).
+
+    `op`, `opdef`, `inputs` and `ctx` are the last member's (an error inside the kernel names it);
+    `members` the fused Steps in order; `ins` the kernel's arguments (values made before the group);
+    `outs` the values it materialises (read after it, fetched or persistable; the others are never stored).
+    """
+
+    members: list = field(default_factory=list)
+    ins: list = field(default_factory=list)
+    outs: list = field(default_factory=list)
+
+    @property
+    def in_names(self) -> list:
+        return self.ins
+
+    @property
+    def out_names(self) -> list:
+        return self.outs
+
+    @property
+    def ops(self) -> list:
+        return [m.op for m in self.members]
+
+    @property
+    def note(self) -> str:
+        return "  # fused: " + ", ".join(m.op.type for m in self.members)
+
 
 @dataclass
 class PlanIR:
@@ -94,6 +134,10 @@ def check(ir: PlanIR, after: str) -> None:
         where = f"step {i} '{step.op.type}'"
         if step.opdef.type != step.op.type:
             problems.append(f"{where}: OpDef is for '{step.opdef.type}'")
+        if isinstance(step, FusedStep):
+            made = {n for m in step.members for n in m.out_names}
+            if not step.outs or not set(step.outs) <= made or set(step.ins) & made:
+                problems.append(f"{where}: fused outputs {step.outs} / inputs {step.ins} do not match its members")
         if "infer" in done:
             for slot, names in step.op.inputs.items():
                 metas = step.inputs.get(slot, [])

@@ -57,7 +57,7 @@ def memory_plan(ir: PlanIR) -> MemoryPlan:
                 live.pop(same)
             live[n] = size[n]  # a new persistable array too: the old one stays in the scope until the end
         now = sum(live.values())
-        timeline.append((i, step.op.type, now))
+        timeline.append((i, "+".join(op.type for op in step.ops), now))  # a fused step runs several ops
         if now > peak:
             peak, peak_step = now, i
         for n in dict.fromkeys(step.in_names + step.out_names):

@@ -16,6 +16,7 @@ import hashlib
 
 import numpy as np
 
+from .. import random_state
 from ..framework import ROLE_BACKWARD, default_main_program
 from ..scope import global_scope
 from .comm import DistributedError, barrier, bcast_inplace, init, require
@@ -179,12 +180,17 @@ def check_same_program(program, root=0):
 def broadcast_persistables(program=None, scope=None, root=0) -> list:
     """Give every worker rank `root`'s values of the program's persistable variables (after the startup
     program, or after rank `root` loaded a checkpoint). Checks first that every rank built the same
-    program. Returns the names broadcast."""
+    program. Dropout's random streams are then derived per rank (`random_state.for_rank`), so workers
+    draw different masks; every other stream (DP noise, random ops) stays the same on every worker.
+    Returns the names broadcast."""
     world = require("broadcast_persistables")
     program = program or default_main_program()
     scope = scope or global_scope()
     check_same_program(program, root)
     names = sorted(v.name for v in program.global_block().vars.values() if v.persistable)
+    dropout = _dropout_states(program)
+    if world.rank == root:  # made when a plan first reads them: make them now, so every rank derives from them
+        random_state.init_missing(scope, dropout)
     if world.comm is None:
         return [n for n in names if scope.get_array(n) is not None]
     have = [(n, a.shape, a.dtype.str) for n in names if (a := scope.get_array(n)) is not None]
@@ -196,7 +202,17 @@ def broadcast_persistables(program=None, scope=None, root=0) -> list:
             value = np.empty(shape, np.dtype(dtype))
         bcast_inplace(value, root, f"broadcast of {name!r}")
         scope.set_array(name, value)
+    if world.rank != root:  # each worker drops out its own units: its own dropout streams, derived from root's
+        for name in dropout:
+            if scope.get_array(name) is not None:
+                scope.set_array(name, random_state.for_rank(scope.get_array(name), world.rank))
     return [n for n, _, _ in have]
+
+
+def _dropout_states(program) -> set:
+    """The random-state variables of the program's dropout ops (DP noise and other draws stay shared)."""
+    return {n for block in program.blocks for op in block.ops if op.type == "dropout"
+            for n in op.inputs.get("State", ())}
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------

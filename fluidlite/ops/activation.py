@@ -4,23 +4,22 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import activation as K
-from ..registry import Attr, defop
+from ..registry import Attr, Elementwise, defop
 from ..shapes import numel
-from .common import batch_elementwise, float_same_as, is_large
+from .common import PARALLEL_MIN, batch_elementwise, float_same_as, is_large
 
 
 def _lower_unary(ctx):
+    """Batch-polymorphic: the shape and the serial-or-parallel choice are read from x at run time."""
     code, a = _code(ctx)
-    kernel = K.unary_parallel if is_large(ctx.meta("X")) else K.unary
-    shape = ctx.shape("X")
-    return lambda x: kernel(x, code, a).reshape(shape)
+    serial, parallel = K.unary, K.unary_parallel
+    return lambda x: (parallel if x.size >= PARALLEL_MIN else serial)(x, code, a).reshape(x.shape)
 
 
 def _lower_unary_grad(ctx):
     code, a = _code(ctx)
-    meta = ctx.metas("X")[0] if ctx.has("X") else ctx.meta("Out")
-    kernel = K.unary_grad_parallel if is_large(meta) else K.unary_grad
-    return lambda v, g: kernel(v, g, code, a).reshape(meta.shape)
+    serial, parallel = K.unary_grad, K.unary_grad_parallel
+    return lambda v, g: (parallel if v.size >= PARALLEL_MIN else serial)(v, g, code, a).reshape(v.shape)
 
 
 def _code(ctx):
@@ -47,10 +46,34 @@ _UNARY = {
     "leaky_relu": ("X", {"alpha": Attr(float, 0.02)}, "X if X > 0 else alpha * X; gradient alpha at X == 0"),
 }
 
+# op code -> the name of its per-element functions `_<name>_el` / `_<name>_grad_el` in kernels/activation.py
+_EL_NAMES = {getattr(K, n.upper()): n for n in ("relu", "sigmoid", "exp", "log", "square", "sqrt", "abs", "gelu",
+                                                "gelu_tanh", "gelu_vec", "leaky_relu")}
+
+
+def _element_fn(ctx, suffix):
+    """The function `_u` / `_du` call for the op's code (so fused and unfused agree), and its parameter."""
+    code, a = _code(ctx)
+    return getattr(K, f"_{_EL_NAMES[code]}{suffix}_el"), a
+
+
+def _elementwise(ctx):
+    fn, a = _element_fn(ctx, "")
+    return Elementwise(fn, ("X", a))
+
+
+def _elementwise_grad(reads):
+    def decl(ctx):
+        fn, a = _element_fn(ctx, "_grad")
+        return Elementwise(fn, (reads, "Out@GRAD", a))
+    return decl
+
+
 for _name, (_reads, _attrs, _formula) in _UNARY.items():
     defop(_name, inputs=("X",), attrs=_attrs, infer=float_same_as("X"), lower=_lower_unary, batch=batch_elementwise,
-          grad_reads=(_reads,), grad_lower=_lower_unary_grad, grad_infer={"X@GRAD": _reads},
-          doc=f"Out = {_formula}, elementwise.")
+          batch_poly=True, grad_batch_poly=True,
+          elementwise=_elementwise, grad_reads=(_reads,), grad_lower=_lower_unary_grad, grad_infer={"X@GRAD": _reads},
+          grad_elementwise=_elementwise_grad(_reads), doc=f"Out = {_formula}, elementwise.")
 
 
 def _softmax_infer(ctx):

@@ -1,27 +1,35 @@
 """scale, tanh, mul, mean and sum: the ops the backward builder and `fc` rely on."""
 from ..kernels import basic as K
-from ..registry import Attr, defop
+from ..registry import Attr, Elementwise, defop
 from ..shapes import dims_match, numel
-from .common import batch_elementwise, float_same_as, grad_op, is_large
+from .common import PARALLEL_MIN, batch_elementwise, float_same_as, grad_op, is_large
+
+
+def _scale_bias(attrs):
+    """(scale, bias) such that Out = X * scale + bias."""
+    s, b = attrs["scale"], attrs["bias"]
+    return (s, b) if attrs["bias_after_scale"] else (s, b * s)
 
 
 def _lower_scale(ctx):
-    kernel = K.scale_parallel if is_large(ctx.meta("X")) else K.scale
-    s, b = ctx.attrs["scale"], ctx.attrs["bias"]
-    if not ctx.attrs["bias_after_scale"]:
-        b = b * s
-    return lambda x: kernel(x, s, b)
+    """Batch-polymorphic: serial or parallel is chosen on x's size at run time."""
+    serial, parallel = K.scale, K.scale_parallel
+    s, b = _scale_bias(ctx.attrs)
+    return lambda x: (parallel if x.size >= PARALLEL_MIN else serial)(x, s, b)
 
 
 defop("scale", inputs=("X",),
       attrs={"scale": Attr(float, 1.0), "bias": Attr(float, 0.0), "bias_after_scale": Attr(bool, True)},
-      infer=float_same_as("X"), lower=_lower_scale, batch=batch_elementwise,
+      infer=float_same_as("X"), lower=_lower_scale, batch=batch_elementwise, batch_poly=True,
+      elementwise=lambda ctx: Elementwise(K._scale_el, ("X", *_scale_bias(ctx.attrs))),
       grad=lambda g: [grad_op("scale", g, {"X": g.og("Out")}, {"Out": g.ig("X")},
                               {"scale": g.attrs["scale"], "bias": 0.0, "bias_after_scale": True})],
       doc="Out = scale * X + bias (or scale * (X + bias) when bias_after_scale is false).")
 
 defop("tanh", inputs=("X",), infer=float_same_as("X"), kernel=K.tanh, batch=batch_elementwise,
-      grad_reads=("Out",), grad_kernel=K.tanh_grad, grad_infer={"X@GRAD": "Out"}, doc="Out = tanh(X), elementwise.")
+      elementwise=lambda ctx: Elementwise(K._tanh_el, ("X",)),
+      grad_reads=("Out",), grad_kernel=K.tanh_grad, grad_infer={"X@GRAD": "Out"},
+      grad_elementwise=lambda ctx: Elementwise(K._tanh_grad_el, ("Out", "Out@GRAD")), doc="Out = tanh(X), elementwise.")
 
 
 def _mul_infer(ctx):

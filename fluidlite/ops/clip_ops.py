@@ -10,7 +10,7 @@ from itertools import repeat
 
 import numpy as np
 from ..kernels import clip as K
-from ..registry import NO_GRAD, REQUIRED, Attr, defop
+from ..registry import NO_GRAD, REQUIRED, Attr, Elementwise, defop
 from ..shapes import numel
 from .common import PARALLEL_MIN, float_same_as, grad_op, is_large, positive
 
@@ -41,11 +41,15 @@ def _clip_infer(ctx):
     return float_same_as("X")(ctx)
 
 
-def _lower_clip(ctx):
-    kernel = K.clip_into_parallel if is_large(ctx.meta("X")) else K.clip_into
+def _bounds(ctx):
     # bounds in X's dtype: mixed float32/float64 compares keep the loop from vectorizing
     dtype = ctx.dtype("X").type
-    lo, hi = dtype(ctx.attrs["min"]), dtype(ctx.attrs["max"])
+    return dtype(ctx.attrs["min"]), dtype(ctx.attrs["max"])
+
+
+def _lower_clip(ctx):
+    kernel = K.clip_into_parallel if is_large(ctx.meta("X")) else K.clip_into
+    lo, hi = _bounds(ctx)
     inplace = "X" in ctx.overwritable
     return lambda x, out=None: kernel(x, x if inplace else _dest(out, 0, x), lo, hi)
 
@@ -53,10 +57,12 @@ def _lower_clip(ctx):
 _BOUND = Attr(float, REQUIRED, lambda v: None if v == v else "is NaN")  # +-inf allowed, as the clip classes do
 _BOUNDS = {"min": _BOUND, "max": _BOUND}
 defop("clip", inputs=("X",), attrs=_BOUNDS, infer=_clip_infer, lower=_lower_clip, writes_out=True,
+      elementwise=lambda ctx: Elementwise(K._clip_el, ("X", *_bounds(ctx))),
       grad=lambda g: [grad_op("clip_grad", g, {"X": g.i("X"), "Out@GRAD": g.og("Out")}, {"X@GRAD": g.ig("X")})],
       doc="Out = min(max(X, min), max); NaN stays NaN, +-Inf saturate. Gradient passes where min <= X <= max.")
 defop("clip_grad", inputs=("X", "Out@GRAD"), outputs=("X@GRAD",), attrs=_BOUNDS, infer=float_same_as("X", "X@GRAD"),
-      lower=lambda ctx: (lambda x, d, lo=ctx.attrs["min"], hi=ctx.attrs["max"]: K.clip_grad(x, d, lo, hi)))
+      lower=lambda ctx: (lambda x, d, lo=ctx.attrs["min"], hi=ctx.attrs["max"]: K.clip_grad(x, d, lo, hi)),
+      elementwise=lambda ctx: Elementwise(K._clip_grad_el, ("X", "Out@GRAD", ctx.attrs["min"], ctx.attrs["max"])))
 
 
 # ---- clip_by_norm -----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import elementwise as K
-from ..registry import Attr, defop
+from ..registry import Attr, Elementwise, defop
 from ..shapes import broadcast, numel
 from .common import PARALLEL_MIN, batch_binary, is_large
 
@@ -156,9 +156,24 @@ def _lower_grad(ctx):
     return lambda x, y, g: fix(*run(x, y, g))[1]
 
 
+def _elementwise(ctx):
+    _, xp, yp = layout(ctx.shape("X"), ctx.shape("Y"), ctx.attrs["axis"])
+    return Elementwise(K._f, (opcode(ctx.opdef.type), "X", "Y"), shapes={"X": xp, "Y": yp})
+
+
+def _elementwise_grad(ctx):
+    """Fusable only without broadcasting (a broadcast operand's gradient is a reduction)."""
+    xs, ys = ctx.shape("X"), ctx.shape("Y")
+    if xs != ys or ctx.shape("Out@GRAD") != xs:
+        return None
+    wanted = tuple(k for k, slot in enumerate(("X@GRAD", "Y@GRAD")) if ctx.has_output(slot))
+    return Elementwise(K._df, (opcode(ctx.opdef.type), "X", "Y", "Out@GRAD"), outs=wanted)
+
+
 _DOCS = {"add": "X + Y", "sub": "X - Y", "mul": "X * Y", "div": "X / Y",
          "max": "max(X, Y) (gradient split 0.5/0.5 at ties)"}
 for _name, _formula in _DOCS.items():
     defop(f"elementwise_{_name}", inputs=("X", "Y"), attrs=_ATTRS, infer=_infer, lower=_lower, batch=batch_binary,
-          grad_reads=("X", "Y"), grad_lower=_lower_grad, grad_picks=False,
+          elementwise=_elementwise, grad_reads=("X", "Y"), grad_lower=_lower_grad, grad_picks=False,
+          grad_elementwise=_elementwise_grad,
           doc=f"Out = {_formula}, broadcasting Y per `axis` (Paddle) or NumPy when axis=-1.")

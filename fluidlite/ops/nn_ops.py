@@ -3,8 +3,8 @@ import numpy as np
 
 from ..kernels import basic as KB
 from ..kernels import nn as K
-from ..random_state import advance
-from ..registry import Attr, defop
+from ..random_state import advance, rank_salted
+from ..registry import Attr, Elementwise, defop
 from ..shapes import broadcast, dims_match, numel
 from .common import grad_op
 from .init_ops import random_state_infer
@@ -207,8 +207,9 @@ def _lower_dropout(ctx):
             return (out, mask) if want_mask else out
         return run_fixed
 
-    def run(x, state):  # the stream in the scope (fluidlite.random_state)
+    def run(x, state):  # the stream in the scope (fluidlite.random_state); per worker after broadcast
         call, new_state = advance(state, seed, stream)
+        call = rank_salted(call, state)
         out, mask = K.dropout(x, p, call, s)
         return (out, mask, new_state) if want_mask else (out, new_state)
 
@@ -244,4 +245,6 @@ defop("dropout", inputs=("X", "State"), outputs=("Out", "Mask", "StateOut"), opt
           "(fluidlite.random_state): the t-th run in a scope draws from (seed, stream, t); seed 0: from a key "
           "drawn once per scope from OS entropy.")
 defop("dropout_grad", inputs=("Mask", "Out@GRAD"), outputs=("X@GRAD",), optional=("X@GRAD",),
-      attrs=_DROPOUT_ATTRS, infer=_dropout_grad_infer, lower=_lower_dropout_grad)
+      attrs=_DROPOUT_ATTRS, infer=_dropout_grad_infer, lower=_lower_dropout_grad,
+      elementwise=lambda ctx: Elementwise(K._dropout_grad_el, ("Mask", "Out@GRAD",
+                                                               _keep_scale(ctx.attrs, ctx.dtype("Out@GRAD")))))

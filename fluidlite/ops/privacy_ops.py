@@ -185,13 +185,15 @@ defop("dp_clip_norm", inputs=("SqNorm",), outputs=("Norm", "Scale"), duplicable=
 
 
 def _ziggurat_tables(n=128, r=3.442619855899, v=9.91256303526217e-3):
-    """Marsaglia and Tsang's 128-layer ziggurat for N(0, 1): layer edges xt (xt[1] = r, the tail's start;
-    every layer, and the base with its tail, has area v) and ft = exp(-xt^2 / 2)."""
+    """Marsaglia and Tsang's 128-layer ziggurat for N(0, 1): (kn, wn, xt, ft) as kernels/privacy.add_gaussian
+    takes them; xt the layer edges (xt[1] = r, the tail's start; every layer, and the base with its
+    tail, has area v)."""
     xt = np.zeros(n + 1)
     xt[0], xt[1] = v / math.exp(-0.5 * r * r), r
     for i in range(1, n - 1):
         xt[i + 1] = math.sqrt(-2.0 * math.log(v / xt[i] + math.exp(-0.5 * xt[i] * xt[i])))
-    return xt, np.exp(-0.5 * xt * xt)
+    kn = np.floor(2.0 ** 52 * xt[1:] / xt[:-1]).astype(np.int64)  # the fast test on a signed 53-bit int
+    return kn, xt[:-1] * 2.0 ** -52, xt, np.exp(-0.5 * xt * xt)
 
 
 _ZIGGURAT = _ziggurat_tables()
