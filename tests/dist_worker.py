@@ -106,6 +106,8 @@ def clip_kinds():
         kinds["zclip"] = c.GradientClipZScore(alpha=0.1, warmup_steps=1, z_thresh=0.01)
     if hasattr(c, "GradientClipPerExample"):  # DP-SGD: per-worker clipped sums, noise drawn once
         kinds["per_example_dp"] = c.GradientClipPerExample(l2_norm_clip=0.3, noise_multiplier=0.7, seed=5)
+        # unseeded: the noise streams' keys come from rank 0's startup run through broadcast_persistables
+        kinds["per_example_dp_unseeded"] = c.GradientClipPerExample(l2_norm_clip=0.3, noise_multiplier=0.7)
     return kinds
 
 

@@ -195,7 +195,7 @@ def test_two_workers_on_half_batches_match_one_process_on_the_whole_batch(two_wo
     r0, r1 = two_workers
     kinds = [k for k in r0 if "params" in r0[k] and "norms" in r0[k]]
     assert {"none", "global_norm", "global_inf_norm", "norm", "value", "agc", "autoclip", "zclip",
-            "per_example_dp"} <= set(kinds)
+            "per_example_dp", "per_example_dp_unseeded"} <= set(kinds)
     for kind in kinds:
         assert r0[kind]["diff"] < TOL and r1[kind]["diff"] < TOL, kind
         assert r0[kind]["params"] == r1[kind]["params"], kind  # bitwise the same on both workers

@@ -22,8 +22,9 @@ def _scope_meta(ir: PlanIR, name: str, reader: str) -> Meta:
     return Meta(name, var.shape, var.dtype)
 
 
-def _walk(ir: PlanIR, feed: dict, scope_meta):
-    """(metas, [step inputs]) from the fed (shape, dtype)s; `scope_meta(name, reader)` gives other inputs."""
+def _walk(ir: PlanIR, feed: dict, scope_meta, again=False):
+    """(metas, [step inputs]) from the fed (shape, dtype)s; `scope_meta(name, reader)` gives other inputs.
+    `again`: `ir` is inferred already; an op whose inputs kept their metas keeps its outputs' (a weight update)."""
     metas = {name: Meta(name, shape, dtype) for name, (shape, dtype) in feed.items()}
     step_inputs = []
     for step in ir.steps:
@@ -36,6 +37,10 @@ def _walk(ir: PlanIR, feed: dict, scope_meta):
                     if n not in metas:
                         metas[n] = scope_meta(n, op.type)
                     ins[slot].append(metas[n])
+            if again and ins == sub.inputs:  # inference depends on the input metas and attributes only
+                for n in op.output_names:
+                    metas[n] = ir.metas[n]
+                continue
             try:
                 inferred = sub.opdef.run_infer(ins, op.attrs)
             except ValueError as exc:
@@ -63,7 +68,7 @@ def infer(ir: PlanIR, options) -> PlanIR:
 def shapes_at(ir: PlanIR, feed: dict):
     """(metas, [step inputs]) of an inferred `ir` for other fed shapes (`feed`: name -> (shape, dtype)),
     leaving `ir` untouched; values read from the scope keep their metas. Raises ValueError as `infer` does."""
-    metas, step_inputs = _walk(ir, feed, lambda n, reader: ir.metas[n])
+    metas, step_inputs = _walk(ir, feed, lambda n, reader: ir.metas[n], again=True)
     for n in ir.fetch_names:
         metas.setdefault(n, ir.metas[n])
     return metas, step_inputs
