@@ -53,7 +53,15 @@ def run_script(path: str, args: list, env: dict | None = None, timeout: float = 
                           env=full_env, timeout=timeout)
     if done.returncode != 0:
         raise RuntimeError(f"{os.path.basename(path)} {' '.join(args)} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    text = done.stdout.strip()
+    try:
+        return json.loads(text.splitlines()[-1])
+    except (ValueError, IndexError):  # a script printing indented JSON: from its first line that opens one
+        lines = text.splitlines()
+        first = next((i for i, line in enumerate(lines) if line.startswith(("{", "["))), None)
+        if first is None:
+            raise RuntimeError(f"{os.path.basename(path)} {' '.join(args)} printed no JSON:\n{text[-2000:]}") from None
+        return json.loads("\n".join(lines[first:]))
 
 
 def peers_at_best(path: str, quick: bool) -> dict:

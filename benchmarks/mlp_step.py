@@ -81,7 +81,25 @@ class NumpyMLP:
         return np.float32(loss)
 
 
-_time_ms = _harness.time_ms  # kept for callers of the old name
+def blas_floor(params, x):
+    """The step's matrix products alone, through NumPy (the same products both sides make: forward
+    x @ w per layer, backward a.T @ dz per layer and dz @ w.T below the top layer). No step that
+    computes them can take less; the benchmark reports it as a share of the NumPy step."""
+    ws = params[0::2]
+    acts = [x]
+    for w in ws:
+        acts.append(acts[-1] @ w)
+    dzs = [np.ones_like(a) for a in acts[1:]]
+
+    def products():
+        for a, w in zip(acts[:-1], ws):
+            a @ w
+        for i, (a, dz) in enumerate(zip(acts[:-1], dzs)):
+            a.T @ dz
+            if i:
+                dz @ ws[i].T
+
+    return products
 
 
 def _torch_step(torch, params):
@@ -134,8 +152,11 @@ def run(quick: bool = False) -> dict:
             theirs = peer()
             if not np.isclose(mine, theirs, rtol=1e-4, atol=1e-5):
                 raise AssertionError(f"step {step}: fluidlite loss {mine} != {name} loss {theirs}")
-    ms, best = _time_ms({"fluidlite": fl_step, **peers}, warmup, repeats)
-    result = {"name": "mlp_step", "ms": ms["fluidlite"], "peers_ms": ms, "min_ms": best,
+    ms, best = _harness.time_ms({"fluidlite": fl_step, **peers, "blas_floor": blas_floor(params, x)}, warmup, repeats)
+    floor = ms.pop("blas_floor")
+    best.pop("blas_floor")
+    result = {"name": "mlp_step", "ms": ms["fluidlite"], "peers_ms": ms, "min_ms": best, "blas_floor_ms": floor,
+              "floor_ratio_vs_numpy": floor / ms["numpy"],
               "ratios": {f"vs_{k}": ms["fluidlite"] / v for k, v in ms.items() if k != "fluidlite"},
               "batch": BATCH, "sizes": SIZES, "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE")}
     if missing:
@@ -162,7 +183,7 @@ def run_peers(quick: bool = False) -> dict:
         t_step = _torch_step(torch, params)
         tx, tl = torch.from_numpy(x), torch.from_numpy(label)
         peers["torch"] = lambda: t_step(tx, tl)
-    ms, best = _time_ms(peers, warmup, repeats)
+    ms, best = _harness.time_ms(peers, warmup, repeats)
     return {"name": "mlp_step", "peers_ms": ms, "min_ms": best, "fluidlite_imported": _harness.fluidlite_imported()}
 
 
@@ -187,6 +208,8 @@ def main(argv=None):
         print(f"  {name:10s} {ms:8.2f} ms/step (median; min {r['min_ms'][name]:.2f})")
     for name, ratio in r["ratios"].items():
         print(f"  fluidlite {name}: {ratio:.2f}x the time")
+    print(f"  the matrix products alone (NumPy): {r['blas_floor_ms']:.2f} ms = {r['floor_ratio_vs_numpy']:.2f}x the NumPy "
+          "step (a floor for any implementation)")
     if r.get("missing"):
         print(f"  (not installed: {', '.join(r['missing'])})")
     return r

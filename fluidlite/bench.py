@@ -60,15 +60,18 @@ def run_all(names, full: bool, log=print):
     results, alone = {}, {}
     for name in names:
         path = importlib.util.find_spec(f"fluidlite.benchmarks.{name}").origin
-        for order, flags in ORDERS:
-            t0 = time.perf_counter()
-            out = _harness.run_script(path, quick + flags)
-            results.setdefault(name, {})[order] = out if isinstance(out, list) else [out]
-            log(f"  ran {name} ({order}) in {time.perf_counter() - t0:.1f} s")
-        if name not in NO_PEERS_ALONE:
-            t0 = time.perf_counter()
-            alone[name] = _harness.peers_at_best(path, not full)
-            log(f"  ran {name}'s peers alone in {time.perf_counter() - t0:.1f} s")
+        try:  # one failing benchmark loses its own rows, not the whole table
+            for order, flags in ORDERS:
+                t0 = time.perf_counter()
+                out = _harness.run_script(path, quick + flags)
+                results.setdefault(name, {})[order] = out if isinstance(out, list) else [out]
+                log(f"  ran {name} ({order}) in {time.perf_counter() - t0:.1f} s")
+            if name not in NO_PEERS_ALONE:
+                t0 = time.perf_counter()
+                alone[name] = _harness.peers_at_best(path, not full)
+                log(f"  ran {name}'s peers alone in {time.perf_counter() - t0:.1f} s")
+        except (RuntimeError, ValueError, OSError) as exc:
+            log(f"  {name} FAILED: {str(exc)[-1500:]}")
     return results, alone
 
 
@@ -104,6 +107,10 @@ def target_rows(results, alone) -> list:
                 if mine is not None:
                     cells[order] = (mine / best_alone if best_alone else None, mine / same if same else None)
         rows.append((label, f"<= {goal:.2f}x", cells))
+    for order, rs in results.get("mlp_step", {}).items():
+        if "floor_ratio_vs_numpy" in rs[0]:
+            rows.append(("MLP floor: its matrix products alone (NumPy) / the NumPy step", "-",
+                         {order: (rs[0]["floor_ratio_vs_numpy"], None)}))
     for order, rs in results.get("executor_overhead", {}).items():
         r = rs[0]
         floors = (f"loop {r['loop_us_per_op']:.2f}, dispatchers {r['dispatcher_loop_us_per_op']:.2f}, "
@@ -151,6 +158,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fluidlite bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)})")
     parser.add_argument("--full", action="store_true", help="the full profile instead of the quick one")
+    parser.add_argument("--save", metavar="FILE", help="also write every result (both orders, peers alone) as JSON")
     args = parser.parse_args(argv)
     names = args.names or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
@@ -160,6 +168,13 @@ def main(argv=None) -> int:
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the start; profile "
           f"{'full' if args.full else 'quick'}", flush=True)
     results, alone = run_all(names, args.full, log=lambda m: print(m, flush=True))
+    if args.save:
+        import json
+
+        with open(args.save, "w", encoding="utf-8") as f:
+            json.dump({"results": results, "alone": {n: [[k[0], k[1], v[0], v[1]] for k, v in a.items()]
+                                                     for n, a in alone.items()},
+                       "load_average": os.getloadavg(), "full": args.full}, f, indent=1, default=float)
     missing = {m for by_order in results.values() for rs in by_order.values() for r in rs for m in r.get("missing", [])}
     print_tables(ratio_rows(results, alone), target_rows(results, alone), missing)
     return 0
