@@ -279,11 +279,13 @@ def _softmax_row(xf, of, b, n):
     for j in range(1, n):
         v = xf[b + j]
         m = v if v > m else m
+    for j in range(n):
+        of[b + j] = np.exp(xf[b + j] - m)
+    # A reduction with no store in its loop: a loop that also stores gets a runtime overlap check
+    # whose scalar fallback sums in another order, so results would depend on the arrays' addresses.
     s = xf.dtype.type(0)
     for j in range(n):
-        e = np.exp(xf[b + j] - m)
-        of[b + j] = e
-        s += e
+        s += of[b + j]
     r = 1 / s
     for j in range(n):
         of[b + j] *= r
