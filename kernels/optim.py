@@ -153,9 +153,18 @@ def update_rms(g, v, beta2, bc2, eps2):
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def update_rms_parallel(g, v, beta2, bc2, eps2):
+    # Fixed chunks summed in order: a prange reduction would add in an order that follows the thread
+    # count, which fluidlite sets from the machine's load, and the bits would follow the load.
     gf = g.reshape(-1)
     vf = v.reshape(-1)
-    acc = 0.0
-    for i in prange(gf.size):
-        acc += _rms_term(np.float64(gf[i]), np.float64(vf[i]), beta2, bc2, eps2)
-    return np.sqrt(acc / gf.size) if gf.size else 0.0
+    n = gf.size
+    part = np.zeros(64)
+    for c in prange(64):
+        acc = 0.0
+        for i in range(c * n // 64, (c + 1) * n // 64):
+            acc += _rms_term(np.float64(gf[i]), np.float64(vf[i]), beta2, bc2, eps2)
+        part[c] = acc
+    total = 0.0
+    for c in range(64):
+        total += part[c]
+    return np.sqrt(total / n) if n else 0.0

@@ -106,3 +106,25 @@ def test_update_clip_rate_op_matches_numpy(size, dtype):
     assert rms > 1  # the rate is divided: a wrong RMS would show
     np.testing.assert_allclose(got["Rms"], [rms], rtol=1e-6 if dtype == "float32" else 1e-10)
     np.testing.assert_allclose(got["Out"], [0.01 / rms], rtol=1e-6 if dtype == "float32" else 1e-10)
+
+
+def test_parallel_update_rms_has_the_same_bits_at_any_thread_count():
+    """fluidlite sets Numba's thread count from the machine's load: a reduction whose order followed the
+    thread count would make a run's bits follow the load."""
+    import numba
+
+    from kernels.optim import update_rms_parallel
+
+    rng = np.random.default_rng(7)
+    g, v = rng.standard_normal(600_001), rng.uniform(0, 0.1, 600_001)
+    old = numba.get_num_threads()
+    try:
+        got = []
+        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(threads)
+            got.append(update_rms_parallel(g, v, 0.95, 1 - 0.95 ** 3, 1e-16))
+    finally:
+        numba.set_num_threads(old)
+    v_hat = (0.95 * v + 0.05 * g * g) / (1 - 0.95 ** 3)
+    np.testing.assert_allclose(got[0], np.sqrt(np.mean(g * g / v_hat)), rtol=1e-12)
+    assert len(set(got)) == 1
