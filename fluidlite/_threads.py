@@ -20,7 +20,8 @@ copy under SciPy's directory) and Numba's thread count for the calling thread (t
 wait for their partner the same way) are limited to the cores free right now (`free_cores`: the
 cores minus the other processes' running threads; one when the 1-minute load average exceeds the
 cores), and restored afterwards. The machine is sampled at most once a second; other libraries'
-pools (NumPy's OpenBLAS, torch's) are never touched.
+pools (NumPy's OpenBLAS, torch's) are never touched. FLUIDLITE_FIXED_THREADS=1 turns the limit off:
+a product's last bits can depend on its thread count, so only fixed counts repeat bit for bit.
 """
 from __future__ import annotations
 
@@ -132,7 +133,10 @@ class RunGuard:
         if self._libs is None:
             self._libs = _scipy_blas()
         free = free_cores()
-        self._limit = free if free < _cores() else 0
+        # A BLAS product's bits can follow its thread count ((128, 784) x (784, 1024) float32 does in
+        # SciPy's OpenBLAS): FLUIDLITE_FIXED_THREADS=1 keeps the counts, so runs repeat bit for bit.
+        fixed = os.environ.get("FLUIDLITE_FIXED_THREADS", "") not in ("", "0")
+        self._limit = free if free < _cores() and not fixed else 0
 
     def __enter__(self):
         if self._lock is not None:

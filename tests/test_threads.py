@@ -93,3 +93,23 @@ def test_free_cores_counts_other_jobs_and_the_guard_limits_then_restores(monkeyp
     with guard:
         assert numba.get_num_threads() == 1
     assert numba.get_num_threads() == before
+
+
+def test_fixed_threads_keeps_the_counts_on_a_busy_machine(monkeypatch):
+    """FLUIDLITE_FIXED_THREADS=1: no load-adaptive limit, so a run's BLAS/prange thread counts (and with
+    them the last bits of some products) do not follow the machine's load."""
+    import numba
+
+    import fluidlite._threads as T
+
+    monkeypatch.setattr(T, "_cores", lambda: 2)
+    monkeypatch.setattr(T.os, "getloadavg", lambda: (3.0, 3.0, 3.0))
+    monkeypatch.setattr(T, "_others_running", lambda: 1)
+    before = numba.get_num_threads()
+    for fixed, want in (("1", before), ("0", 1)):
+        monkeypatch.setenv("FLUIDLITE_FIXED_THREADS", fixed)
+        guard = T.RunGuard()
+        guard._libs = []
+        with guard:
+            assert numba.get_num_threads() == want
+        assert numba.get_num_threads() == before
