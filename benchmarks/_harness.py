@@ -11,6 +11,7 @@ The timing loops live here too (`time_ms`, `best_s`), so every benchmark times t
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -39,6 +40,27 @@ def add_arguments(parser, peers_only=True):
         parser.add_argument("--peers-only", action="store_true",
                             help="time only the peers; fluidlite is never imported")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
+
+
+def run_from_args(description: str, argv, run, run_peers):
+    """The shared command line of a benchmark with peers: runs the peers alone (--peers-only) or fluidlite
+    and its peers. Returns the result for the script to print, or None when it was printed here (--json,
+    or the peers alone)."""
+    parser = argparse.ArgumentParser(description=description)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.peers_only:
+        r = run_peers(args.quick)
+        if not args.json:
+            for name, ms in r["peers_ms"].items():
+                print(f"  {name:10s} {ms:8.2f} ms/step (median; alone, fluidlite not imported)")
+            return None
+    else:
+        r = run(args.quick)
+        r["import_order"] = "torch first" if args.import_torch_first else "fluidlite first"
+    if args.json:
+        return emit_json(r)
+    return r
 
 
 def emit_json(result) -> None:

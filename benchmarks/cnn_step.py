@@ -9,7 +9,6 @@ weights and their losses must agree (1e-4 relative) over the first steps before 
 """
 from __future__ import annotations
 
-import argparse
 import os
 
 import numpy as np
@@ -120,19 +119,9 @@ def run_peers(quick: bool = False) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    _harness.add_arguments(parser)
-    args = parser.parse_args(argv)
-    if args.peers_only:
-        r = run_peers(args.quick)
-        if args.json:
-            return _harness.emit_json(r)
-        print(f"  torch alone (fluidlite not imported): {r['peers_ms'].get('torch', float('nan')):8.2f} ms/step")
-        return r
-    r = run(args.quick)
-    r["import_order"] = "torch first" if args.import_torch_first else "fluidlite first"
-    if args.json:
-        return _harness.emit_json(r)
+    r = _harness.run_from_args(__doc__.splitlines()[0], argv, run, run_peers)
+    if r is None:
+        return None
     print(f"CNN conv5x5x20-pool2-conv5x5x50-pool2-fc500-fc10, batch {BATCH}x1x28x28 float32, SGD: one train step")
     for name, ms in r["peers_ms"].items():
         print(f"  {name:10s} {ms:8.2f} ms/step (median; min {r['min_ms'][name]:.2f})")

@@ -9,7 +9,6 @@ OPENBLAS_CORETYPE / thread variables the same way for a fair ratio).
 """
 from __future__ import annotations
 
-import argparse
 import os
 
 import numpy as np
@@ -188,20 +187,9 @@ def run_peers(quick: bool = False) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    _harness.add_arguments(parser)
-    args = parser.parse_args(argv)
-    if args.peers_only:
-        r = run_peers(args.quick)
-        if args.json:
-            return _harness.emit_json(r)
-        for name, ms in r["peers_ms"].items():
-            print(f"  {name:10s} {ms:8.2f} ms/step (median; alone, fluidlite not imported)")
-        return r
-    r = run(args.quick)
-    r["import_order"] = "torch first" if args.import_torch_first else "fluidlite first"
-    if args.json:
-        return _harness.emit_json(r)
+    r = _harness.run_from_args(__doc__.splitlines()[0], argv, run, run_peers)
+    if r is None:
+        return None
     print(f"MLP {'-'.join(map(str, SIZES))} relu, batch {BATCH}, float32, Momentum: one train step "
           f"(OPENBLAS_CORETYPE={r['openblas_coretype']}; {r['import_order']})")
     for name, ms in r["peers_ms"].items():

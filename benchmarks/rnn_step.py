@@ -9,7 +9,6 @@ torch is optional (extra `bench`); without it only fluidlite is timed.
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
@@ -155,19 +154,9 @@ def run_peers(quick: bool = False) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    _harness.add_arguments(parser)
-    args = parser.parse_args(argv)
-    if args.peers_only:
-        r = run_peers(args.quick)
-        if args.json:
-            return _harness.emit_json(r)
-        print(f"  torch alone (fluidlite not imported): {r['peers_ms'].get('torch', float('nan')):8.2f} ms/step")
-        return r
-    r = run(quick=args.quick)
-    r["import_order"] = "torch first" if args.import_torch_first else "fluidlite first"
-    if args.json:
-        return _harness.emit_json(r)
+    r = _harness.run_from_args(__doc__.split("\n\n")[0], argv, run, run_peers)
+    if r is None:
+        return None
     print(f"LSTM train step, config {r['config']} ({r['import_order']})")
     print(f"  fluidlite: {r['fluidlite_ms']:8.2f} ms/step  losses {[round(v, 5) for v in r['fluidlite_losses'][:4]]}")
     if "torch_ms" in r:

@@ -10,7 +10,6 @@ of the same shapes, in a process where fluidlite is never imported.
 """
 from __future__ import annotations
 
-import argparse
 import os
 
 import numpy as np
@@ -149,19 +148,9 @@ def run_peers(quick: bool = False) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    _harness.add_arguments(parser)
-    args = parser.parse_args(argv)
-    if args.peers_only:
-        r = run_peers(args.quick)
-        if args.json:
-            return _harness.emit_json(r)
-        print(f"  torch alone (fluidlite not imported): {r['peers_ms'].get('torch', float('nan')):8.2f} ms/step")
-        return r
-    r = run(args.quick)
-    r["import_order"] = "torch first" if args.import_torch_first else "fluidlite first"
-    if args.json:
-        return _harness.emit_json(r)
+    r = _harness.run_from_args(__doc__.splitlines()[0], argv, run, run_peers)
+    if r is None:
+        return None
     print(f"Transformer encoder x{LAYERS}: batch {BATCH}, seq {SEQ}, d {D}, {HEADS} heads, ffn {FFN}, float32, Adam: "
           "one train step")
     for name, ms in r["peers_ms"].items():
