@@ -9,7 +9,8 @@ import math
 import numpy as np
 from numba import literal_unroll, njit, prange
 
-from .vecmath_fma import erfc_fma, exp_fma
+from .vecmath32 import expf_, fmaf
+from .vecmath_fma import erfc_fma
 
 RELU, SIGMOID, EXP, LOG, SQUARE, SQRT, ABS, GELU, GELU_TANH, LEAKY_RELU, GELU_VEC = range(11)
 _CODES = (RELU, SIGMOID, EXP, LOG, SQUARE, SQRT, ABS, GELU, GELU_TANH, LEAKY_RELU, GELU_VEC)
@@ -134,9 +135,27 @@ def _gelu_tanh_grad_el(v, g, a):
     return g * (0.5 * (1 + t) + 0.5 * v * (1 - t * t) * _SQRT2_PI * (1 + 3 * _C * v * v))
 
 
+_F32 = np.float32
+# Numerical Recipes' erfcc coefficients (as vecmath.erfc_), highest degree first, in float32
+(_E9, _E8, _E7, _E6, _E5, _E4, _E3, _E2, _E1, _E0) = (
+    _F32(c) for c in (0.17087277, -0.82215223, 1.48851587, -1.13520398, 0.27886807, -0.18628806, 0.09678418,
+                      0.37409196, 1.00002368, -1.26551223))
+
+
 @njit(cache=True, error_model="numpy", inline="always")
 def _gelu_vec_grad_el(v, g, a):
-    return g * (0.5 * erfc_fma(-v * _RSQRT2) + v * _RSQRT2PI * exp_fma(-0.5 * v * v))
+    """Phi(v) + v phi(v), times g, in float32 fused multiply-adds (16 lanes; float64 took 2x longer).
+    Within 2e-7 absolute of the exact value (measured: 1.95e-7 near v = 0.19, about 3 ulp of the value
+    there): float32 rounding in exp's argument costs relative accuracy only in the tails, where the
+    values are small. The forward value keeps float64 arithmetic (3 ulp relative, in the tails too)."""
+    x = _F32(v)
+    z = abs(x) * _F32(_RSQRT2)
+    t = _F32(1) / fmaf(_F32(0.5), z, _F32(1))
+    p = fmaf(fmaf(fmaf(fmaf(fmaf(_E9, t, _E8), t, _E7), t, _E6), t, _E5), t, _E4)
+    p = fmaf(fmaf(fmaf(fmaf(p, t, _E3), t, _E2), t, _E1), t, _E0)
+    e = t * expf_(fmaf(-z, z, p))  # erfc(|v| / sqrt 2)
+    phi_ = _F32(0.5) * e if x <= 0 else fmaf(_F32(-0.5), e, _F32(1))  # Phi(v) = erfc(-v / sqrt 2) / 2
+    return g * fmaf(x * _F32(_RSQRT2PI), expf_(_F32(-0.5) * x * x), phi_)
 
 
 @njit(cache=True, error_model="numpy", inline="always")

@@ -13,11 +13,11 @@ from numba import njit, prange
 
 from .vecmath32 import expf_
 
-_FAST = {"reassoc", "nsz", "arcp", "contract", "afn"}
+_FAST = ("reassoc", "nsz", "arcp", "contract", "afn")
 _BLOCK = 4096  # elements per parallel task: rows stay whole, so results do not depend on the thread count
 
 
-@njit(cache=True, error_model="numpy", fastmath=_FAST)
+@njit(cache=True, error_model="numpy", fastmath=set(_FAST))
 def _row_max(x2, m):
     for p in range(x2.shape[0]):
         mm = x2[p, 0]
@@ -44,7 +44,7 @@ def _row_exp(x2, o2, m):
                 o2[p, j] = np.exp(x2[p, j] - mm)
 
 
-@njit(cache=True, error_model="numpy", fastmath=_FAST)
+@njit(cache=True, error_model="numpy", fastmath=set(_FAST))
 def _row_normalize(o2):
     for p in range(o2.shape[0]):
         s = o2.dtype.type(0)
@@ -83,7 +83,7 @@ def softmax_rows_parallel(x, pre, n):
     return out
 
 
-@njit(cache=True, error_model="numpy", fastmath=_FAST)
+@njit(cache=True, error_model="numpy", fastmath=set(_FAST))
 def _rows_grad(o2, g2, d2):
     """d2 = o2 * (g2 - sum(g2 * o2 along the row))."""
     for p in range(o2.shape[0]):
@@ -167,7 +167,7 @@ def _softmax_grad_at(of, gf, df, p, n, post):
             df[k] = of[k] * (gf[k] - s)
 
 
-@njit(cache=True, error_model="numpy", fastmath=_FAST)
+@njit(cache=True, error_model="numpy", fastmath=set(_FAST))
 def softmax_grad(out, dout, pre, n, post):
     dx = np.empty_like(out)
     of = out.reshape(-1)
@@ -178,7 +178,7 @@ def softmax_grad(out, dout, pre, n, post):
     return dx
 
 
-@njit(cache=True, error_model="numpy", fastmath=_FAST, parallel=True)
+@njit(cache=True, error_model="numpy", fastmath=set(_FAST), parallel=True)
 def softmax_grad_parallel(out, dout, pre, n, post):
     dx = np.empty_like(out)
     of = out.reshape(-1)
