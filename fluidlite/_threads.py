@@ -12,16 +12,18 @@ code) is left alone. Nothing here writes environment variables.
 Numba's workqueue must not launch parallel kernels from two threads at once (it aborts the
 process), so while it is the layer, plans run one at a time per process (`RunGuard`).
 
-BLAS calls inside kernels (np.dot) go to SciPy's OpenBLAS, whose idle threads spin. When another
-job holds a core, a two-thread product waits for a descheduled partner: an LSTM step burnt 830 ms of
-CPU for 86 ms of work, and a (2048, 128) x (128, 128) product took 8 ms instead of 0.7 ms with one
-other busy process on 2 cores. So while a plan runs, that OpenBLAS (found by threadpoolctl, only the
-copy under SciPy's directory) and Numba's thread count for the calling thread (the prange kernels
-wait for their partner the same way) are limited to the cores free right now (`free_cores`: the
-cores minus the other processes' running threads; one when the 1-minute load average exceeds the
-cores), and restored afterwards. The machine is sampled at most once a second; other libraries'
-pools (NumPy's OpenBLAS, torch's) are never touched. FLUIDLITE_FIXED_THREADS=1 turns the limit off:
-a product's last bits can depend on its thread count, so only fixed counts repeat bit for bit.
+fluidlite's products run on OpenBLAS: NumPy's (np.matmul in `mul`) and SciPy's (np.dot inside
+Numba kernels). Their idle threads spin. When another job holds a core, a two-thread product waits
+for a descheduled partner: an LSTM step burnt 830 ms of CPU for 86 ms of work, and a
+(2048, 128) x (128, 128) product took 8 ms instead of 0.7 ms with one other busy process on 2
+cores. So while a plan runs, both OpenBLAS copies (found by threadpoolctl under NumPy's and SciPy's
+directories) and Numba's thread count for the calling thread (the prange kernels wait for their
+partner the same way) are limited to the cores free right now (`free_cores`: the cores minus the
+median of the last three samples of other processes' running threads; not the load average, which
+counts fluidlite's own threads), and restored when the run ends. The machine is sampled at
+most once a second; torch's pool is never touched, and NumPy's only while a plan runs.
+FLUIDLITE_FIXED_THREADS=1 turns the limit off: a product's last bits can depend on its thread
+count, so only fixed counts repeat bit for bit.
 """
 from __future__ import annotations
 
@@ -53,9 +55,9 @@ def choose_layer() -> str:
     return _chosen
 
 
-def _scipy_blas() -> list:
-    """threadpoolctl controllers of the BLAS libraries loaded from SciPy's directory (what np.dot in a
-    Numba kernel calls); empty without threadpoolctl."""
+def _own_blas() -> list:
+    """threadpoolctl controllers of the BLAS libraries loaded from NumPy's and SciPy's directories (what
+    np.matmul and np.dot in a Numba kernel call); empty without threadpoolctl."""
     import sys
 
     first = "threadpoolctl" not in sys.modules and "KMP_DUPLICATE_LIB_OK" not in os.environ
@@ -68,8 +70,10 @@ def _scipy_blas() -> list:
     finally:
         if first:  # threadpoolctl's import sets KMP_DUPLICATE_LIB_OK for the whole process: not through us
             os.environ.pop("KMP_DUPLICATE_LIB_OK", None)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(scipy.__file__)))
-    mine = (os.path.join(root, "scipy"), os.path.join(root, "scipy.libs"))
+    import numpy
+
+    mine = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(m.__file__))), d)
+                 for m in (scipy, numpy) for d in (m.__name__, m.__name__ + ".libs"))
     return [lib for lib in ThreadpoolController().lib_controllers
             if lib.user_api == "blas" and os.path.abspath(lib.filepath).startswith(mine)]
 
@@ -81,33 +85,35 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _others_running() -> int:
-    """Threads of other processes runnable right now (/proc/stat's procs_running minus this process's
-    running threads: its own BLAS threads may still be spinning after a call); 0 where /proc is missing."""
+def _running_elsewhere() -> int:
+    """/proc/stat's runnable threads minus this process's (its BLAS threads may still be spinning)."""
+    with open("/proc/stat", "rb") as f:
+        total = next(int(line.split()[1]) for line in f if line.startswith(b"procs_running"))
+    own = 0
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+            own += f.read().rsplit(b")", 1)[1].split()[0] == b"R"
+    return max(0, total - own)
+
+
+def _others_running(samples: int = 3) -> int:
+    """Threads of other processes runnable right now; 0 where /proc is missing. The least of a few
+    back-to-back samples: this process's own threads change state between the two reads of one
+    sample, which showed as a phantom other job, while a real one stays runnable."""
     try:
-        with open("/proc/stat", "rb") as f:
-            total = next(int(line.split()[1]) for line in f if line.startswith(b"procs_running"))
-        own = 0
-        for tid in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{tid}/stat", "rb") as f:
-                own += f.read().rsplit(b")", 1)[1].split()[0] == b"R"
-        return max(0, total - own)
+        return min(_running_elsewhere() for _ in range(samples))
     except (OSError, StopIteration, ValueError, IndexError):
         return 0
 
 
-def free_cores() -> int:
-    """Cores this process can use without a partner thread waiting for a descheduled one: all of
-    them on an idle machine, one when the 1-minute load average exceeds the cores, else the cores
-    minus the other processes' threads running right now (a sample: another job's sustained load
-    shows in it at once, where the load average lags by a minute)."""
-    cores = _cores()
-    try:
-        if os.getloadavg()[0] > cores:
-            return 1
-    except OSError:
-        pass
-    return max(1, cores - _others_running())
+def free_cores(others: int | None = None) -> int:
+    """Cores this process can use without a partner thread waiting for a descheduled one: the cores
+    minus `others`, the other processes' running threads (default: a sample taken now).
+
+    Not the load average: it counts this process's own threads, so a run alone on an idle machine
+    kept it near the core count and throttled itself (a 2-core MLP run ran on one thread for most
+    of 100 s); and it lags a minute behind another job's start or end."""
+    return max(1, _cores() - (_others_running() if others is None else others))
 
 
 def oversubscribed() -> bool:
@@ -115,10 +121,11 @@ def oversubscribed() -> bool:
 
 
 class RunGuard:
-    """Held while a plan runs: serialises plans under workqueue, and limits SciPy's OpenBLAS to one
-    thread while the machine is oversubscribed."""
+    """Held while a plan runs: serialises plans under workqueue, and limits NumPy's and SciPy's OpenBLAS
+    and Numba's threads to the free cores while the machine is oversubscribed."""
 
     RECHECK_S = 1.0
+    SAMPLES = 3
 
     def __init__(self):
         self._lock = _lock if _chosen == "workqueue" else None
@@ -127,14 +134,18 @@ class RunGuard:
         self._limit = 0  # threads allowed while the machine is busy; 0: no limit
         self._saved = ()
         self._numba_threads = 1
+        self._recent = []  # the last samples of other processes' running threads
 
     def _check(self, now):
         self._next_check = now + self.RECHECK_S
         if self._libs is None:
-            self._libs = _scipy_blas()
-        free = free_cores()
+            self._libs = _own_blas()
+        # the median of the last three samples: a job seen in two of them counts (a busy one is in
+        # all), a process that ran for a moment does not
+        self._recent = (self._recent + [_others_running()])[-self.SAMPLES:]
+        free = free_cores(sorted(self._recent)[len(self._recent) // 2])
         # A BLAS product's bits can follow its thread count ((128, 784) x (784, 1024) float32 does in
-        # SciPy's OpenBLAS): FLUIDLITE_FIXED_THREADS=1 keeps the counts, so runs repeat bit for bit.
+        # OpenBLAS): FLUIDLITE_FIXED_THREADS=1 keeps the counts, so runs repeat bit for bit.
         fixed = os.environ.get("FLUIDLITE_FIXED_THREADS", "") not in ("", "0")
         self._limit = free if free < _cores() and not fixed else 0
 

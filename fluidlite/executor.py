@@ -125,7 +125,10 @@ class Plan:
         if scope not in self._checked_scopes:
             self._check_scope(scope)
         try:
-            return (step or self._step)(feed, scope.arrays)
+            # NumPy's floating-point warnings (np.matmul in `mul`) silenced as Numba kernels never warn:
+            # a diverging run reports NaN/inf through check_nan_inf or the values, not stderr noise
+            with np.errstate(all="ignore"):
+                return (step or self._step)(feed, scope.arrays)
         except NanInfError:
             raise  # already names its op
         except Exception as exc:
