@@ -18,10 +18,15 @@ CPU for 86 ms of work, and a (2048, 128) x (128, 128) product took 8 ms instead 
 other busy process on 2 cores. So while a plan runs, that OpenBLAS (found by threadpoolctl, only the
 copy under SciPy's directory) and Numba's thread count for the calling thread (the prange kernels
 wait for their partner the same way) are limited to the cores free right now (`free_cores`: the
-cores minus the other processes' running threads; one when the 1-minute load average exceeds the
-cores), and restored afterwards. The machine is sampled at most once a second; other libraries'
-pools (NumPy's OpenBLAS, torch's) are never touched. FLUIDLITE_FIXED_THREADS=1 turns the limit off:
-a product's last bits can depend on its thread count, so only fixed counts repeat bit for bit.
+cores minus the median of the last three samples of other processes' running threads; not the load
+average, which counts fluidlite's own threads), and restored afterwards. The machine is sampled at
+most once a second; other libraries' pools (NumPy's OpenBLAS, torch's) are never touched.
+FLUIDLITE_FIXED_THREADS=1 turns the limit off: a product's last bits can depend on its thread
+count, so only fixed counts repeat bit for bit.
+
+Every product of a plan goes to that one OpenBLAS: calling NumPy's (np.matmul) for `mul` as well
+made an LSTM step 3x slower, as each pool's worker spins for a while after a call and starves the
+other pool and Numba's workers (benchmarks/gemm.py times the libraries one at a time).
 """
 from __future__ import annotations
 
@@ -81,33 +86,35 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _others_running() -> int:
-    """Threads of other processes runnable right now (/proc/stat's procs_running minus this process's
-    running threads: its own BLAS threads may still be spinning after a call); 0 where /proc is missing."""
+def _running_elsewhere() -> int:
+    """/proc/stat's runnable threads minus this process's (its BLAS threads may still be spinning)."""
+    with open("/proc/stat", "rb") as f:
+        total = next(int(line.split()[1]) for line in f if line.startswith(b"procs_running"))
+    own = 0
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+            own += f.read().rsplit(b")", 1)[1].split()[0] == b"R"
+    return max(0, total - own)
+
+
+def _others_running(samples: int = 3) -> int:
+    """Threads of other processes runnable right now; 0 where /proc is missing. The least of a few
+    back-to-back samples: this process's own threads change state between the two reads of one
+    sample, which showed as a phantom other job, while a real one stays runnable."""
     try:
-        with open("/proc/stat", "rb") as f:
-            total = next(int(line.split()[1]) for line in f if line.startswith(b"procs_running"))
-        own = 0
-        for tid in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{tid}/stat", "rb") as f:
-                own += f.read().rsplit(b")", 1)[1].split()[0] == b"R"
-        return max(0, total - own)
+        return min(_running_elsewhere() for _ in range(samples))
     except (OSError, StopIteration, ValueError, IndexError):
         return 0
 
 
-def free_cores() -> int:
-    """Cores this process can use without a partner thread waiting for a descheduled one: all of
-    them on an idle machine, one when the 1-minute load average exceeds the cores, else the cores
-    minus the other processes' threads running right now (a sample: another job's sustained load
-    shows in it at once, where the load average lags by a minute)."""
-    cores = _cores()
-    try:
-        if os.getloadavg()[0] > cores:
-            return 1
-    except OSError:
-        pass
-    return max(1, cores - _others_running())
+def free_cores(others: int | None = None) -> int:
+    """Cores this process can use without a partner thread waiting for a descheduled one: the cores
+    minus `others`, the other processes' running threads (default: a sample taken now).
+
+    Not the load average: it counts this process's own threads, so a run alone on an idle machine
+    kept it near the core count and throttled itself (a 2-core MLP run ran on one thread for most
+    of 100 s); and it lags a minute behind another job's start or end."""
+    return max(1, _cores() - (_others_running() if others is None else others))
 
 
 def oversubscribed() -> bool:
@@ -115,10 +122,11 @@ def oversubscribed() -> bool:
 
 
 class RunGuard:
-    """Held while a plan runs: serialises plans under workqueue, and limits SciPy's OpenBLAS to one
-    thread while the machine is oversubscribed."""
+    """Held while a plan runs: serialises plans under workqueue, and limits SciPy's OpenBLAS and Numba's
+    threads to the free cores while the machine is oversubscribed."""
 
     RECHECK_S = 1.0
+    SAMPLES = 3
 
     def __init__(self):
         self._lock = _lock if _chosen == "workqueue" else None
@@ -127,14 +135,18 @@ class RunGuard:
         self._limit = 0  # threads allowed while the machine is busy; 0: no limit
         self._saved = ()
         self._numba_threads = 1
+        self._recent = []  # the last samples of other processes' running threads
 
     def _check(self, now):
         self._next_check = now + self.RECHECK_S
         if self._libs is None:
             self._libs = _scipy_blas()
-        free = free_cores()
+        # the median of the last three samples: a job seen in two of them counts (a busy one is in
+        # all), a process that ran for a moment does not
+        self._recent = (self._recent + [_others_running()])[-self.SAMPLES:]
+        free = free_cores(sorted(self._recent)[len(self._recent) // 2])
         # A BLAS product's bits can follow its thread count ((128, 784) x (784, 1024) float32 does in
-        # SciPy's OpenBLAS): FLUIDLITE_FIXED_THREADS=1 keeps the counts, so runs repeat bit for bit.
+        # OpenBLAS): FLUIDLITE_FIXED_THREADS=1 keeps the counts, so runs repeat bit for bit.
         fixed = os.environ.get("FLUIDLITE_FIXED_THREADS", "") not in ("", "0")
         self._limit = free if free < _cores() and not fixed else 0
 

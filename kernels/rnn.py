@@ -6,6 +6,8 @@ GRU gate layout: [u, r, c] (update gate, reset gate, candidate).
 import numpy as np
 from numba import njit
 
+from .expf32 import exp_data
+
 
 @njit(cache=True, error_model="numpy")
 def put_step(out3, t, x2):
@@ -26,10 +28,11 @@ def take_step(x3, t):
 
 
 # Gates go through exp only, in the data's dtype: libm's exp is several times faster than its tanh
-# (float32 tanhf slowest of all), and a bare 1.0 would turn float32 math into float64.
+# (float32 tanhf slowest of all), and a bare 1.0 would turn float32 math into float64. float32 uses
+# the vectorizing expf_ (kernels/expf32.py), float64 libm's exp.
 @njit(cache=True, error_model="numpy", inline="always")
 def _sigmoid(v, one):
-    return one / (one + np.exp(-v))
+    return one / (one + exp_data(-v))
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -44,27 +47,40 @@ def _scalar(value, like):
     return np.full(1, value, like.dtype)[0]
 
 
+# The cell loops run over one row's gate blocks taken as 1-D slices: an index such as hid + k
+# that LLVM cannot prove non-negative keeps Numba's wraparound select, which stops vectorization.
+@njit(cache=True, error_model="numpy", inline="always")
+def _sigmoid_row(src, dst, shift, one):
+    for k in range(src.size):
+        dst[k] = _sigmoid(src[k] + shift, one)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _tanh_row(src, dst, one):
+    for k in range(src.size):
+        dst[k] = _tanh(src[k], one)
+
+
 @njit(cache=True, error_model="numpy")
 def lstm_unit(x, c_prev, forget_bias):
     """x [N, 4H] pre-activations, c_prev [N, H] -> (c, h, gate): gate holds the activated [i, f, o, j]."""
     n, hid = c_prev.shape
-    one, fb = _scalar(1, x), _scalar(forget_bias, x)
+    one, zero, fb = _scalar(1, x), _scalar(0, x), _scalar(forget_bias, x)
     c = np.empty_like(c_prev)
     h = np.empty_like(c_prev)
     gate = np.empty_like(x)
     for b in range(n):
+        xr, gr = x[b], gate[b]
+        gi, gf, go, gj = gr[:hid], gr[hid:2 * hid], gr[2 * hid:3 * hid], gr[3 * hid:4 * hid]
+        _sigmoid_row(xr[:hid], gi, zero, one)
+        _sigmoid_row(xr[hid:2 * hid], gf, fb, one)
+        _sigmoid_row(xr[2 * hid:3 * hid], go, zero, one)
+        _tanh_row(xr[3 * hid:4 * hid], gj, one)
+        cpr, cr, hr = c_prev[b], c[b], h[b]
         for k in range(hid):
-            i = _sigmoid(x[b, k], one)
-            f = _sigmoid(x[b, hid + k] + fb, one)
-            o = _sigmoid(x[b, 2 * hid + k], one)
-            j = _tanh(x[b, 3 * hid + k], one)
-            cv = f * c_prev[b, k] + i * j
-            c[b, k] = cv
-            h[b, k] = o * _tanh(cv, one)
-            gate[b, k] = i
-            gate[b, hid + k] = f
-            gate[b, 2 * hid + k] = o
-            gate[b, 3 * hid + k] = j
+            cv = gf[k] * cpr[k] + gi[k] * gj[k]
+            cr[k] = cv
+            hr[k] = go[k] * _tanh(cv, one)
     return c, h, gate
 
 
@@ -76,19 +92,20 @@ def lstm_unit_grad(gate, c_prev, c, dh, dc):
     dx = np.empty_like(gate)
     dcp = np.empty_like(c_prev)
     for b in range(n):
+        gr, dxr = gate[b], dx[b]
+        gi, gf, go, gj = gr[:hid], gr[hid:2 * hid], gr[2 * hid:3 * hid], gr[3 * hid:4 * hid]
+        di, df, do, dj = dxr[:hid], dxr[hid:2 * hid], dxr[2 * hid:3 * hid], dxr[3 * hid:4 * hid]
+        cpr, cr, dhr, dcr, dcpr = c_prev[b], c[b], dh[b], dc[b], dcp[b]
         for k in range(hid):
-            i = gate[b, k]
-            f = gate[b, hid + k]
-            o = gate[b, 2 * hid + k]
-            j = gate[b, 3 * hid + k]
-            tc = _tanh(c[b, k], one)
+            i, f, o, j = gi[k], gf[k], go[k], gj[k]
+            tc = _tanh(cr[k], one)
             # the cell's total gradient: directly, and through h = o * tanh(c)
-            g = dc[b, k] + dh[b, k] * o * (one - tc * tc)
-            dx[b, k] = g * j * i * (one - i)
-            dx[b, hid + k] = g * c_prev[b, k] * f * (one - f)
-            dx[b, 2 * hid + k] = dh[b, k] * tc * o * (one - o)
-            dx[b, 3 * hid + k] = g * i * (one - j * j)
-            dcp[b, k] = g * f
+            g = dcr[k] + dhr[k] * o * (one - tc * tc)
+            di[k] = g * j * i * (one - i)
+            df[k] = g * cpr[k] * f * (one - f)
+            do[k] = dhr[k] * tc * o * (one - o)
+            dj[k] = g * i * (one - j * j)
+            dcpr[k] = g * f
     return dx, dcp
 
 

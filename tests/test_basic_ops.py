@@ -22,6 +22,19 @@ def test_mul(xd):
              attrs={"x_num_col_dims": xd}, wrt=("X", "Y"))
 
 
+def test_mul_overflow_gives_inf_without_numpy_warnings():
+    """A run reports inf/NaN in its values, not as NumPy RuntimeWarnings, and a user's
+    np.seterr(all='raise') does not turn them into exceptions."""
+    import warnings
+
+    x = np.full((2, 3), 3e38, np.float32)
+    y = np.full((3, 2), 3e38, np.float32)
+    with warnings.catch_warnings(), np.errstate(all="raise"):
+        warnings.simplefilter("error")
+        got = run_op("mul", {"X": x, "Y": y})["Out"]
+    assert np.isinf(got).all() and got.dtype == np.float32
+
+
 def test_sum_of_three():
     xs = [rng.standard_normal((3, 2)) for _ in range(3)]
     check_op("sum", lambda dt: {"X": [a.astype(dt) for a in xs]}, lambda X: X[0] + X[1] + X[2])

@@ -58,3 +58,12 @@ def test_target_table_reads_ratios_against_the_peer_alone_and_the_import_order_s
     assert rows["mlp_step: fluidlite's time, torch first / fluidlite first"] == {"torch first": (9.0 / 8.0, None)}
     ratios = bench.ratio_rows(results, alone)
     assert ratios[("mlp_step", "vs numpy alone (1 threads)")] == {"fluidlite first": 2.0, "torch first": 2.25}
+
+
+def test_each_order_keeps_its_faster_process_per_result():
+    from fluidlite import bench
+
+    first = [{"name": "a", "peers_ms": {"fluidlite": 5.0}}, {"name": "b", "peers_ms": {"fluidlite": 1.0}}]
+    second = [{"name": "a", "peers_ms": {"fluidlite": 4.0}}, {"name": "b", "peers_ms": {"fluidlite": 2.0}}]
+    kept = {r["name"]: r["peers_ms"]["fluidlite"] for r in bench.faster_process([first, second])}
+    assert kept == {"a": 4.0, "b": 1.0}

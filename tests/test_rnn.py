@@ -4,6 +4,7 @@ import pytest
 
 import fluidlite as fl
 from fluidlite import layers
+from fluidlite.kernels import rnn as K
 from op_test import check_forward, check_op, run_op
 
 rng = np.random.default_rng(0)
@@ -97,6 +98,30 @@ def test_lstm_unit_op(forget_bias):
     check_op("lstm_unit", lambda dt: {"X": x.astype(dt), "C_prev": c.astype(dt)},
              lambda X, C_prev: lstm_ref(X, C_prev, forget_bias), attrs={"forget_bias": forget_bias},
              wrt=("X", "C_prev"), outputs=("C", "H", "Gate"), grad_outputs=("C", "H"))
+
+
+def test_float32_lstm_unit_and_grad_near_float64_with_saturated_gates():
+    # the float32 kernels use the vectorizing expf_; H = 37 leaves a remainder after the SIMD lanes
+    n, h = 5, 37
+    x, c = 8 * rng.standard_normal((n, 4 * h)), 4 * rng.standard_normal((n, h))
+    dh, dc = rng.standard_normal((n, h)), rng.standard_normal((n, h))
+    f32 = np.float32
+    got = run_op("lstm_unit", {"X": x.astype(f32), "C_prev": c.astype(f32)}, {"forget_bias": 1.0},
+                 outputs=("C", "H", "Gate"))
+    want = lstm_ref(x.astype(f32).astype(float), c.astype(f32).astype(float), 1.0)
+    for slot in ("C", "H", "Gate"):
+        np.testing.assert_allclose(got[slot], want[slot], rtol=4e-7, atol=4e-7, err_msg=slot)
+    # backward from the float64 gates, by the chain rule written out in NumPy
+    i, f, o, j = np.split(want["Gate"], 4, axis=1)
+    tc = np.tanh(want["C"])
+    g = dc + dh * o * (1 - tc ** 2)
+    want_dx = np.concatenate([g * j * i * (1 - i), g * c.astype(f32) * f * (1 - f), dh * tc * o * (1 - o),
+                              g * i * (1 - j ** 2)], axis=1)
+    gates = {s: v.astype(f32) for s, v in got.items()}
+    dx, dcp = K.lstm_unit_grad(gates["Gate"], c.astype(f32), gates["C"], dh.astype(f32), dc.astype(f32))
+    assert dx.dtype == dcp.dtype == np.float32
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(dcp, g * f, rtol=1e-5, atol=2e-6)
 
 
 def test_lstm_unit_infer_and_errors():
