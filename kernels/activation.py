@@ -9,8 +9,7 @@ import math
 import numpy as np
 from numba import literal_unroll, njit, prange
 
-from .vecmath32 import expf_, fmaf
-from .vecmath_fma import erfc_fma
+from .vecmath_fma import erfc_fma, expf_fma, fmaf
 
 RELU, SIGMOID, EXP, LOG, SQUARE, SQRT, ABS, GELU, GELU_TANH, LEAKY_RELU, GELU_VEC = range(11)
 _CODES = (RELU, SIGMOID, EXP, LOG, SQUARE, SQRT, ABS, GELU, GELU_TANH, LEAKY_RELU, GELU_VEC)
@@ -153,9 +152,9 @@ def _gelu_vec_grad_el(v, g, a):
     t = _F32(1) / fmaf(_F32(0.5), z, _F32(1))
     p = fmaf(fmaf(fmaf(fmaf(fmaf(_E9, t, _E8), t, _E7), t, _E6), t, _E5), t, _E4)
     p = fmaf(fmaf(fmaf(fmaf(p, t, _E3), t, _E2), t, _E1), t, _E0)
-    e = t * expf_(fmaf(-z, z, p))  # erfc(|v| / sqrt 2)
+    e = t * expf_fma(fmaf(-z, z, p))  # erfc(|v| / sqrt 2)
     phi_ = _F32(0.5) * e if x <= 0 else fmaf(_F32(-0.5), e, _F32(1))  # Phi(v) = erfc(-v / sqrt 2) / 2
-    return g * fmaf(x * _F32(_RSQRT2PI), expf_(_F32(-0.5) * x * x), phi_)
+    return g * fmaf(x * _F32(_RSQRT2PI), expf_fma(_F32(-0.5) * x * x), phi_)
 
 
 @njit(cache=True, error_model="numpy", inline="always")

@@ -3,15 +3,15 @@
 
 Rows go in three passes, each its own function so each carries its own float flags: the row maxima
 and the row sums/scaling are compiled with reassociation (LLVM vectorises those reductions; NaN and
-Inf keep their meaning, no nnan/ninf), the exponentials without it. float32 rows use vecmath32's
-expf_ (16 lanes, within 2 ulp; a libm call per element was 8x slower), float64 rows libm's exp.
+Inf keep their meaning, no nnan/ninf), the exponentials without it. float32 rows use expf32's
+expf_ (vectorizes; a libm call per element was 8x slower), float64 rows libm's exp.
 Each reduction loop only reads: a loop that also stores gets a runtime overlap check whose scalar
 fallback sums in another order, and results would depend on where the arrays live.
 """
 import numpy as np
 from numba import njit, prange
 
-from .vecmath32 import expf_
+from .expf32 import exp_data
 
 _FAST = ("reassoc", "nsz", "arcp", "contract", "afn")
 _BLOCK = 4096  # elements per parallel task: rows stay whole, so results do not depend on the thread count
@@ -31,17 +31,11 @@ def _row_max(x2, m):
 # flags, and reassociation would fold expf_'s rounding to an integer away.
 @njit(cache=True, error_model="numpy", fastmath=False)
 def _row_exp(x2, o2, m):
-    """o2 = exp(x2 - m[:, None])."""
-    if o2.itemsize == 4:
-        for p in range(x2.shape[0]):
-            mm = m[p]
-            for j in range(x2.shape[1]):
-                o2[p, j] = expf_(x2[p, j] - mm)
-    else:
-        for p in range(x2.shape[0]):
-            mm = m[p]
-            for j in range(x2.shape[1]):
-                o2[p, j] = np.exp(x2[p, j] - mm)
+    """o2 = exp(x2 - m[:, None]): float32 through expf32's vectorizing expf_, float64 through libm."""
+    for p in range(x2.shape[0]):
+        mm = m[p]
+        for j in range(x2.shape[1]):
+            o2[p, j] = exp_data(x2[p, j] - mm)
 
 
 @njit(cache=True, error_model="numpy", fastmath=set(_FAST))
