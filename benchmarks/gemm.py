@@ -2,13 +2,15 @@
 
     python benchmarks/gemm.py [--quick] [--import-torch-first] [--json]
 
-- `numba`: `np.dot` inside a Numba kernel, which reaches SciPy's OpenBLAS;
-- `numpy`: `np.matmul`, NumPy's own OpenBLAS (what fluidlite's `mul` and its gradient call);
+- `numba`: `np.dot` inside a Numba kernel, which reaches SciPy's OpenBLAS (what fluidlite calls);
+- `numpy`: `np.matmul`, NumPy's own OpenBLAS;
 - `torch`: `torch.matmul` (MKL), when torch imports.
 
 Shapes (m, k, n; `nt`: a @ b.T, `tn`: a.T @ b) are those of the MLP, LSTM and Transformer steps'
-forward and backward products. Each library runs its calls in a block of its own, after a pause:
-interleaving single calls would make three spinning thread pools fight for the cores.
+forward and backward products; the LSTM's recurrent dX appears as `nt` (through W's transposed view)
+and `nn` (through a row-major copy of W^T, what the batch_grad pass makes). Each library runs its
+calls in a block of its own, after a pause: interleaving single calls would make three spinning
+thread pools fight for the cores.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ if _harness.early_imports(__name__):
 
 CASES = (("nn", 128, 784, 1024), ("nt", 128, 1024, 784), ("tn", 784, 128, 1024), ("nn", 128, 1024, 1024),
          ("nt", 128, 1024, 1024), ("tn", 1024, 128, 1024),  # MLP 784-1024-1024, batch 128
-         ("nn", 32, 256, 1024), ("nt", 32, 1024, 256), ("nn", 1600, 256, 1024), ("tn", 256, 1600, 1024),  # LSTM
+         ("nn", 32, 256, 1024), ("nt", 32, 1024, 256), ("nn", 32, 1024, 256), ("nn", 1600, 256, 1024), ("tn", 256, 1600, 1024),  # LSTM
          ("nn", 2048, 128, 128), ("tn", 128, 2048, 128), ("nn", 2048, 128, 512), ("nt", 2048, 512, 128),
          ("tn", 128, 2048, 512))  # Transformer, 2048 tokens, d 128, ffn 512
 
@@ -95,7 +97,7 @@ def main(argv=None):
     r = run(args.quick)
     if args.json:
         return _harness.emit_json(r)
-    print("fastest call, us (GFLOP/s); numba = SciPy's OpenBLAS via np.dot in a kernel, numpy = np.matmul")
+    print("fastest call, us (GFLOP/s); numba = SciPy's OpenBLAS via np.dot in a kernel (fluidlite), numpy = np.matmul")
     for row in r["rows"]:
         flop = 2 * row["m"] * row["k"] * row["n"]
         cells = "  ".join(f"{name} {us:8.0f} ({flop / us / 1e3:4.0f})" for name, us in row["us"].items())

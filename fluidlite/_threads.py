@@ -12,18 +12,21 @@ code) is left alone. Nothing here writes environment variables.
 Numba's workqueue must not launch parallel kernels from two threads at once (it aborts the
 process), so while it is the layer, plans run one at a time per process (`RunGuard`).
 
-fluidlite's products run on OpenBLAS: NumPy's (np.matmul in `mul`) and SciPy's (np.dot inside
-Numba kernels). Their idle threads spin. When another job holds a core, a two-thread product waits
-for a descheduled partner: an LSTM step burnt 830 ms of CPU for 86 ms of work, and a
-(2048, 128) x (128, 128) product took 8 ms instead of 0.7 ms with one other busy process on 2
-cores. So while a plan runs, both OpenBLAS copies (found by threadpoolctl under NumPy's and SciPy's
-directories) and Numba's thread count for the calling thread (the prange kernels wait for their
-partner the same way) are limited to the cores free right now (`free_cores`: the cores minus the
-median of the last three samples of other processes' running threads; not the load average, which
-counts fluidlite's own threads), and restored when the run ends. The machine is sampled at
-most once a second; torch's pool is never touched, and NumPy's only while a plan runs.
+BLAS calls inside kernels (np.dot) go to SciPy's OpenBLAS, whose idle threads spin. When another
+job holds a core, a two-thread product waits for a descheduled partner: an LSTM step burnt 830 ms of
+CPU for 86 ms of work, and a (2048, 128) x (128, 128) product took 8 ms instead of 0.7 ms with one
+other busy process on 2 cores. So while a plan runs, that OpenBLAS (found by threadpoolctl, only the
+copy under SciPy's directory) and Numba's thread count for the calling thread (the prange kernels
+wait for their partner the same way) are limited to the cores free right now (`free_cores`: the
+cores minus the median of the last three samples of other processes' running threads; not the load
+average, which counts fluidlite's own threads), and restored afterwards. The machine is sampled at
+most once a second; other libraries' pools (NumPy's OpenBLAS, torch's) are never touched.
 FLUIDLITE_FIXED_THREADS=1 turns the limit off: a product's last bits can depend on its thread
 count, so only fixed counts repeat bit for bit.
+
+Every product of a plan goes to that one OpenBLAS: calling NumPy's (np.matmul) for `mul` as well
+made an LSTM step 3x slower, as each pool's worker spins for a while after a call and starves the
+other pool and Numba's workers (benchmarks/gemm.py times the libraries one at a time).
 """
 from __future__ import annotations
 
@@ -55,9 +58,9 @@ def choose_layer() -> str:
     return _chosen
 
 
-def _own_blas() -> list:
-    """threadpoolctl controllers of the BLAS libraries loaded from NumPy's and SciPy's directories (what
-    np.matmul and np.dot in a Numba kernel call); empty without threadpoolctl."""
+def _scipy_blas() -> list:
+    """threadpoolctl controllers of the BLAS libraries loaded from SciPy's directory (what np.dot in a
+    Numba kernel calls); empty without threadpoolctl."""
     import sys
 
     first = "threadpoolctl" not in sys.modules and "KMP_DUPLICATE_LIB_OK" not in os.environ
@@ -70,10 +73,8 @@ def _own_blas() -> list:
     finally:
         if first:  # threadpoolctl's import sets KMP_DUPLICATE_LIB_OK for the whole process: not through us
             os.environ.pop("KMP_DUPLICATE_LIB_OK", None)
-    import numpy
-
-    mine = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(m.__file__))), d)
-                 for m in (scipy, numpy) for d in (m.__name__, m.__name__ + ".libs"))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(scipy.__file__)))
+    mine = (os.path.join(root, "scipy"), os.path.join(root, "scipy.libs"))
     return [lib for lib in ThreadpoolController().lib_controllers
             if lib.user_api == "blas" and os.path.abspath(lib.filepath).startswith(mine)]
 
@@ -121,8 +122,8 @@ def oversubscribed() -> bool:
 
 
 class RunGuard:
-    """Held while a plan runs: serialises plans under workqueue, and limits NumPy's and SciPy's OpenBLAS
-    and Numba's threads to the free cores while the machine is oversubscribed."""
+    """Held while a plan runs: serialises plans under workqueue, and limits SciPy's OpenBLAS and Numba's
+    threads to the free cores while the machine is oversubscribed."""
 
     RECHECK_S = 1.0
     SAMPLES = 3
@@ -139,7 +140,7 @@ class RunGuard:
     def _check(self, now):
         self._next_check = now + self.RECHECK_S
         if self._libs is None:
-            self._libs = _own_blas()
+            self._libs = _scipy_blas()
         # the median of the last three samples: a job seen in two of them counts (a busy one is in
         # all), a process that ran for a moment does not
         self._recent = (self._recent + [_others_running()])[-self.SAMPLES:]

@@ -125,8 +125,8 @@ class Plan:
         if scope not in self._checked_scopes:
             self._check_scope(scope)
         try:
-            # NumPy's floating-point warnings (np.matmul in `mul`) silenced as Numba kernels never warn:
-            # a diverging run reports NaN/inf through check_nan_inf or the values, not stderr noise
+            # NumPy calls in lowered ops must not warn where Numba kernels never do: a diverging run
+            # reports NaN/inf through check_nan_inf or its values, and a user's seterr("raise") stays theirs
             with np.errstate(all="ignore"):
                 return (step or self._step)(feed, scope.arrays)
         except NanInfError:

@@ -65,9 +65,20 @@ def tanh_grad(out, dout):
 
 
 @njit(cache=True, error_model="numpy")
+def matmul2d(a, b):
+    return np.dot(a, b)
+
+
+@njit(cache=True, error_model="numpy")
 def matmul2d_tn(a, b):
     """a.T @ b (the transpose goes to BLAS as an F-ordered view, no copy)"""
     return np.dot(a.T, b)
+
+
+@njit(cache=True, error_model="numpy")
+def matmul2d_nt(a, b):
+    """a @ b.T"""
+    return np.dot(a, b.T)
 
 
 @njit(cache=True, error_model="numpy")

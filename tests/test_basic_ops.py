@@ -23,8 +23,8 @@ def test_mul(xd):
 
 
 def test_mul_overflow_gives_inf_without_numpy_warnings():
-    """mul runs on np.matmul; like the Numba kernels, a run reports inf/NaN in its values, not as
-    RuntimeWarnings, and a user's np.seterr(all='raise') does not turn them into exceptions."""
+    """A run reports inf/NaN in its values, not as NumPy RuntimeWarnings, and a user's
+    np.seterr(all='raise') does not turn them into exceptions."""
     import warnings
 
     x = np.full((2, 3), 3e38, np.float32)

@@ -138,20 +138,22 @@ def test_fixed_threads_keeps_the_counts_on_a_busy_machine(monkeypatch):
         assert numba.get_num_threads() == before
 
 
-def test_busy_machine_limits_numpys_and_scipys_openblas_during_a_run_only(monkeypatch):
-    """`mul` runs on NumPy's OpenBLAS and Numba kernels on SciPy's: both are limited while a plan runs
-    on a busy machine and get their thread counts back afterwards."""
+def test_busy_machine_limits_scipys_openblas_during_a_run_only_and_never_numpys(monkeypatch):
+    """Numba kernels' np.dot runs on SciPy's OpenBLAS: it is limited while a plan runs on a busy machine
+    and gets its thread count back afterwards; NumPy's own OpenBLAS is the user's and is not touched."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
     import fluidlite._threads as T
 
-    libs = T._own_blas()
-    homes = {os.path.basename(os.path.dirname(lib.filepath)) for lib in libs}
-    assert "numpy.libs" in homes or any("numpy" in lib.filepath for lib in libs), [lib.filepath for lib in libs]
+    libs = T._scipy_blas()
+    assert libs and all("scipy" in lib.filepath for lib in libs), [lib.filepath for lib in libs]
+    others = [lib for lib in threadpoolctl.ThreadpoolController().lib_controllers
+              if lib.user_api == "blas" and lib.filepath not in {m.filepath for m in libs}]
     monkeypatch.setattr(T, "_cores", lambda: 2)
-    monkeypatch.setattr(T.os, "getloadavg", lambda: (3.0, 3.0, 3.0))
+    monkeypatch.setattr(T, "_others_running", lambda: 1)
     monkeypatch.delenv("FLUIDLITE_FIXED_THREADS", raising=False)
     with threadpoolctl.threadpool_limits(2, user_api="blas"):
-        before = {lib.filepath: lib.get_num_threads() for lib in libs}
+        before = {lib.filepath: lib.get_num_threads() for lib in libs + others}
         with T.RunGuard():
             assert all(lib.get_num_threads() == 1 for lib in libs)
-        assert {lib.filepath: lib.get_num_threads() for lib in libs} == before
+            assert all(lib.get_num_threads() == before[lib.filepath] for lib in others)
+        assert {lib.filepath: lib.get_num_threads() for lib in libs + others} == before

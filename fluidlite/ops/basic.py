@@ -1,6 +1,4 @@
 """scale, tanh, mul, mean, sum and sum_grad: the ops the backward builder and `fc` rely on."""
-import numpy as np
-
 from ..kernels import basic as K
 from ..registry import Attr, Elementwise, defop
 from ..shapes import dims_match, numel
@@ -50,15 +48,12 @@ def _as2d(shape, ndims):
     return (numel(shape[:ndims]), numel(shape[ndims:]))
 
 
-# 2-D products go to NumPy's own OpenBLAS (np.matmul) rather than np.dot in a Numba kernel (SciPy's):
-# as fast or a few per cent faster on the benchmarks' shapes (benchmarks/gemm.py), and a user's own
-# NumPy products then share one thread pool with fluidlite's instead of meeting a second spinning one.
 def _lower_mul(ctx):
     xs, ys = ctx.shape("X"), ctx.shape("Y")
     xd, yd = ctx.attrs["x_num_col_dims"], ctx.attrs["y_num_col_dims"]
     x2, y2 = _as2d(xs, xd), _as2d(ys, yd)
     out_shape = xs[:xd] + ys[yd:]
-    return lambda x, y: np.matmul(x.reshape(x2), y.reshape(y2)).reshape(out_shape)
+    return lambda x, y: K.matmul2d(x.reshape(x2), y.reshape(y2)).reshape(out_shape)
 
 
 def _lower_mul_grad(ctx):
@@ -69,10 +64,10 @@ def _lower_mul_grad(ctx):
     want_x, want_y = ctx.has_output("X@GRAD"), ctx.has_output("Y@GRAD")
 
     def dx(dout, y):
-        return np.matmul(dout.reshape(o2), y.reshape(y2).T).reshape(xs)
+        return K.matmul2d_nt(dout.reshape(o2), y.reshape(y2)).reshape(xs)
 
     def dy(x, dout):
-        return np.matmul(x.reshape(x2).T, dout.reshape(o2)).reshape(ys)
+        return K.matmul2d_tn(x.reshape(x2), dout.reshape(o2)).reshape(ys)
 
     if want_x and want_y:
         return lambda x, y, dout: (dx(dout, y), dy(x, dout))

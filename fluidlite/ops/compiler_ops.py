@@ -2,6 +2,7 @@
 gradient of a recurrent product (compiler/batch_grad.py)."""
 import numpy as np
 
+from ..kernels import basic as K
 from ..registry import NO_GRAD, defop
 
 
@@ -31,11 +32,11 @@ def _tn_sum_infer(ctx):
 
 def _lower_tn_sum(ctx):
     n = len(ctx.metas("X"))
-    # one [M, sum B_k] @ [sum B_k, N] product instead of n products with K = B_k; NumPy's OpenBLAS, as `mul`
+    # one [M, sum B_k] @ [sum B_k, N] product instead of n products with K = B_k
     if _stacked_y(ctx.metas("X"), ctx.metas("Y")):
         cols = ctx.shape("Y")[2]
-        return lambda *args: np.matmul(np.concatenate(args[:n]).T, args[n].reshape(-1, cols))
-    return lambda *args: np.matmul(np.concatenate(args[:n]).T, np.concatenate(args[n:]))
+        return lambda *args: K.matmul2d_tn(np.concatenate(args[:n]), args[n].reshape(-1, cols))
+    return lambda *args: K.matmul2d_tn(np.concatenate(args[:n]), np.concatenate(args[n:]))
 
 
 defop("matmul_tn_sum", inputs=("X", "Y"), duplicable=("X", "Y"), infer=_tn_sum_infer, lower=_lower_tn_sum,

@@ -3,6 +3,7 @@ and gru_unit: the norm op gives the [B] squared norms of the per-example gradien
 sum_b Scale[b] * g_b, both from the forward's values and the gradients backward made."""
 import numpy as np
 
+from ..kernels import basic as KB
 from ..kernels import privacy as K
 from ..registry import NO_GRAD, Attr, defop
 from ..shapes import numel
@@ -50,7 +51,7 @@ def _lower_conv_sum(ctx):
         parts = []
         for a, gk in _unfold(ctx, x, g):
             gs = K.scale_rows(gk.reshape(1, gk.shape[0], -1), c).reshape(-1, gk.shape[2])
-            parts.append(np.matmul(a.reshape(-1, a.shape[2]).T, gs).T)  # [F/groups, C/groups*kh*kw]
+            parts.append(KB.matmul2d_tn(a.reshape(-1, a.shape[2]), gs).T)  # [F/groups, C/groups*kh*kw]
         return np.ascontiguousarray(np.concatenate(parts) if len(parts) > 1 else parts[0]).reshape(shape)
 
     return run
@@ -121,7 +122,7 @@ def _gru_sum(*arrays):
     out = []
     for a, g in blocks:
         gs = K.scale_rows(g.reshape(reps, c.shape[0], g.shape[1]), c).reshape(g.shape)
-        out.append(np.matmul(a.T, gs))
+        out.append(KB.matmul2d_tn(a, gs))
     return np.concatenate(out, axis=1)
 
 

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from ..kernels import basic as KB
 from ..kernels import privacy as K
 from ..random_state import STATE_DTYPE, STATE_SHAPE, fresh_state, stream_key
 from ..registry import NO_GRAD, Attr, defop
@@ -90,7 +91,7 @@ def _lower_linear_sum(ctx):
             rows_g.append(g2 * dtype.type(s) if s != 1.0 else g2)
         if len(rows_a) > 1:  # every use's rows in one product (a weight shared by T steps: one BLAS call)
             rows_a, rows_g = [np.concatenate(rows_a)], [np.concatenate(rows_g)]
-        out = np.matmul(rows_a[0].T, rows_g[0])
+        out = KB.matmul2d_tn(rows_a[0], rows_g[0])
         return np.ascontiguousarray(out.T) if transpose else out
 
     return run
