@@ -121,6 +121,16 @@ def test_sum_grad_shares_one_array_and_infers_each_output():
     assert len(block.ops) == n_ops and "gc" not in block.vars and "gd" not in block.vars
 
 
+def test_summing_the_shared_gradients_of_one_sum_again_counts_each_once():
+    # sums([x, x, x]): x@GRAD is the sum of three names for one array; accumulating in place into the
+    # first would add the running total to itself (4 instead of 3; found by test_fuzz_programs)
+    x = fl.layers.data("x", [2], dtype="float32", stop_gradient=False)
+    loss = fl.layers.mean(fl.layers.sums([x, x, x]))
+    dx, = fl.gradients([loss], [x])
+    got, = fl.Executor().run(feed={"x": np.ones((1, 2), np.float32)}, fetch_list=[dx])
+    np.testing.assert_array_equal(got, np.full((1, 2), 1.5, np.float32))
+
+
 def test_an_in_place_error_clip_on_one_sum_gradient_leaves_the_shared_others_alone():
     # a@GRAD and x's own part are one shared array; the clip on a@GRAD must not write into it in place
     x = fl.layers.data("x", [4], dtype="float64", stop_gradient=False)
