@@ -88,24 +88,11 @@ def _rows_grad(o2, g2, d2):
             d2[p, j] = o2[p, j] * (g2[p, j] - s)
 
 
+# No prange twin: one multiply-add pass per element, memory-bound; threads made it slower on 2 cores.
 @njit(cache=True, error_model="numpy", fastmath=False)
 def softmax_grad_rows(out, dout, pre, n):
     dx = np.empty_like(out)
     _rows_grad(out.reshape(pre, n), dout.reshape(pre, n), dx.reshape(pre, n))
-    return dx
-
-
-@njit(cache=True, error_model="numpy", fastmath=False, parallel=True)
-def softmax_grad_rows_parallel(out, dout, pre, n):
-    dx = np.empty_like(out)
-    o2 = out.reshape(pre, n)
-    g2 = dout.reshape(pre, n)
-    d2 = dx.reshape(pre, n)
-    step = max(1, _BLOCK // n)
-    for c in prange((pre + step - 1) // step):
-        a = c * step
-        b = min(pre, a + step)
-        _rows_grad(o2[a:b], g2[a:b], d2[a:b])
     return dx
 
 

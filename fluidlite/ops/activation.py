@@ -103,8 +103,7 @@ def _lower_softmax_grad(ctx):
     pre, n, post = _pnp(ctx.shape("Out"), ctx.attrs["axis"])
     large = is_large(ctx.meta("Out")) and pre > 1
     if post == 1:
-        kernel = S.softmax_grad_rows_parallel if large else S.softmax_grad_rows
-        return lambda out, g: kernel(out, g, pre, n)
+        return lambda out, g: S.softmax_grad_rows(out, g, pre, n)
     kernel = S.softmax_grad_parallel if large else S.softmax_grad
     return lambda out, g: kernel(out, g, pre, n, post)
 

@@ -129,10 +129,9 @@ def _lower_grad(ctx):
             return g, g
     elif op == K.ADD and form[0] == "pnp" and form[3] == 1:  # a bias row: dOut, and its column sums
         _, pre, n, _, small_is_y = form
-        col_sum = K.col_sum_parallel if large else K.col_sum
 
         def run(x, y, g):
-            ds = col_sum(g.reshape(pre, n))
+            ds = K.col_sum(g.reshape(pre, n))
             return (g, ds) if small_is_y else (ds, g)
     elif form[0] == "same":
         kernel = K.grad_same_parallel if large else K.grad_same
