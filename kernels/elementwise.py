@@ -245,6 +245,32 @@ def grad_pnp_parallel(big, small, dout, op, small_is_y):
     return dbig, part.sum(axis=0).astype(big.dtype)
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _col_sum_block(g2, acc, p0, p1):
+    for p in range(p0, p1):
+        for j in range(g2.shape[1]):
+            acc[j] += g2[p, j]
+
+
+# The gradient of a bias row added to (pre, n): its column sums, accumulated in float64 in row order as
+# grad_pnp(_parallel) does for ADD (same bits); the big operand's gradient is dOut itself (no copy).
+@njit(cache=True, error_model="numpy")
+def col_sum(g2):
+    acc = np.zeros(g2.shape[1])
+    _col_sum_block(g2, acc, 0, g2.shape[0])
+    return acc.astype(g2.dtype)
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def col_sum_parallel(g2):
+    pre = g2.shape[0]
+    chunks = min(pre, 32)
+    part = np.zeros((chunks, g2.shape[1]))
+    for c in prange(chunks):
+        _col_sum_block(g2, part[c], c * pre // chunks, (c + 1) * pre // chunks)
+    return part.sum(axis=0).astype(g2.dtype)
+
+
 @njit(cache=True, error_model="numpy")
 def grad_strided(x, y, dout, shape, xst, yst, op):
     """(dx, dy) shaped like x and y; broadcast dims (stride 0) accumulate."""

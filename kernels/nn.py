@@ -4,22 +4,21 @@ from numba import njit, prange
 
 
 @njit(cache=True, error_model="numpy")
-def _mm(a, b, ta, tb):
-    # np.dot takes C- and F-ordered operands straight to BLAS, so transposes cost no copy
+def _mm_into(a, b, ta, tb, alpha, out):
+    """out = alpha * op(a) @ op(b), the product written straight into out (a C-contiguous 2-D view);
+    np.dot takes C- and F-ordered operands straight to BLAS, so transposes cost no copy."""
     if ta and tb:
-        return np.dot(a.T, b.T)
-    if ta:
-        return np.dot(a.T, b)
-    if tb:
-        return np.dot(a, b.T)
-    return np.dot(a, b)
-
-
-@njit(cache=True, error_model="numpy")
-def _store(out, r, alpha):
-    for i in range(r.shape[0]):
-        for j in range(r.shape[1]):
-            out[i, j] = r[i, j] * alpha
+        np.dot(a.T, b.T, out)
+    elif ta:
+        np.dot(a.T, b, out)
+    elif tb:
+        np.dot(a, b.T, out)
+    else:
+        np.dot(a, b, out)
+    if alpha != 1:
+        for i in range(out.shape[0]):
+            for j in range(out.shape[1]):
+                out[i, j] *= alpha
 
 
 @njit(cache=True, error_model="numpy")
@@ -29,7 +28,7 @@ def bmm(a, b, ai, bi, ta, tb, alpha):
     n = b.shape[1] if tb else b.shape[2]
     out = np.empty((ai.size, m, n), a.dtype)
     for k in range(ai.size):
-        _store(out[k], _mm(a[ai[k]], b[bi[k]], ta, tb), alpha)
+        _mm_into(a[ai[k]], b[bi[k]], ta, tb, alpha, out[k])
     return out
 
 
@@ -40,7 +39,7 @@ def bmm_parallel(a, b, ai, bi, ta, tb, alpha):
     n = b.shape[1] if tb else b.shape[2]
     out = np.empty((ai.size, m, n), a.dtype)
     for k in prange(ai.size):
-        _store(out[k], _mm(a[ai[k]], b[bi[k]], ta, tb), alpha)
+        _mm_into(a[ai[k]], b[bi[k]], ta, tb, alpha, out[k])
     return out
 
 

@@ -101,3 +101,46 @@ def test_sum_of_many_and_of_large_inputs():
     check_op("sum", lambda dt: {"X": [a.astype(dt) for a in xs]}, lambda X: np.sum(X, axis=0).astype(X[0].dtype))
     big = [rng.standard_normal(PARALLEL_MIN).astype(np.float32) for _ in range(3)]
     check_forward("sum", {"X": big}, lambda X: (X[0] + X[1]) + X[2])
+
+
+def test_sum_grad_shares_one_array_and_infers_each_output():
+    g = rng.standard_normal((3, 2))
+    for dt in ("float32", "float64"):
+        got = run_op("sum_grad", {"Out@GRAD": g.astype(dt)}, {"n": 1}, outputs=("X@GRAD",))["X@GRAD"]
+        np.testing.assert_array_equal(got, g.astype(dt))
+        assert got.dtype == dt
+    block = fl.default_main_program().global_block()
+    og = block.create_var(name="og", shape=(-1, 2), dtype="float32")
+    block.append_op("sum_grad", {"Out@GRAD": og}, {"X@GRAD": ["ga", "gb"]}, {"n": 2})
+    assert block.var("ga").shape == block.var("gb").shape == (-1, 2) and block.var("gb").dtype == np.float32
+    n_ops = len(block.ops)
+    with pytest.raises(ValueError, match="sum_grad.*'n'"):
+        block.append_op("sum_grad", {"Out@GRAD": og}, {"X@GRAD": ["gc"]}, {"n": 0})
+    with pytest.raises(ValueError, match="sum_grad"):
+        block.append_op("sum_grad", {"Out@GRAD": og}, {"X@GRAD": ["gd"]}, {"n": 2})  # n says 2 outputs
+    assert len(block.ops) == n_ops and "gc" not in block.vars and "gd" not in block.vars
+
+
+def test_summing_the_shared_gradients_of_one_sum_again_counts_each_once():
+    # sums([x, x, x]): x@GRAD is the sum of three names for one array; accumulating in place into the
+    # first would add the running total to itself (4 instead of 3; found by test_fuzz_programs)
+    x = fl.layers.data("x", [2], dtype="float32", stop_gradient=False)
+    loss = fl.layers.mean(fl.layers.sums([x, x, x]))
+    dx, = fl.gradients([loss], [x])
+    got, = fl.Executor().run(feed={"x": np.ones((1, 2), np.float32)}, fetch_list=[dx])
+    np.testing.assert_array_equal(got, np.full((1, 2), 1.5, np.float32))
+
+
+def test_an_in_place_error_clip_on_one_sum_gradient_leaves_the_shared_others_alone():
+    # a@GRAD and x's own part are one shared array; the clip on a@GRAD must not write into it in place
+    x = fl.layers.data("x", [4], dtype="float64", stop_gradient=False)
+    a = fl.layers.scale(x, 2.0)
+    a.error_clip = fl.clip.ErrorClipByValue(0.1)
+    s = fl.layers.sums([a, x])
+    loss = fl.layers.mean(fl.layers.elementwise_mul(s, s))
+    fl.append_backward(loss, parameter_list=[x], callback=fl.clip.error_clip_callback)
+    xv = rng.standard_normal((3, 4))
+    got, = fl.Executor().run(feed={"x": xv}, fetch_list=[fl.grad_var_name("x")])
+    ds = 2 * (3 * xv) / xv.size
+    assert np.abs(ds).max() > 0.1  # the clip matters for this data
+    np.testing.assert_allclose(got, 2 * np.clip(ds, -0.1, 0.1) + ds, rtol=1e-12)

@@ -292,6 +292,11 @@ def test_batch_grad_makes_the_recurrent_weight_gradient_one_product(dtype):
     # one dX per step but the first, whose h_prev (the initial memory) needs no gradient
     assert sum(s.op.type == "mul" and s.in_names[1] == "w_hh@TRANSPOSED" for s in plan_on.steps) == 5
     assert all(op.type != "matmul_tn_sum" for op in fl.default_main_program().global_block().ops)  # program untouched
+    # the product reads the dOut_t the input projection's gradient stacks already (one array [T, B, 4H])
+    tn, = [s for s in plan_on.steps if s.op.type == "matmul_tn_sum"]
+    stack, = [s for s in plan_on.steps if s.op.type == "stack"]
+    assert tn.op.inputs["Y"] == stack.op.outputs["Out"] and len(tn.op.inputs["X"]) == 6
+    assert [s.op.type for s in plan_on.steps].index("matmul_tn_sum") > [s.op.type for s in plan_on.steps].index("stack")
     np.testing.assert_array_equal(on[0], off[0])
     # the same additions in another order: float rounding only
     tol = dict(rtol=1e-5, atol=1e-7) if dtype == "float32" else dict(rtol=1e-12, atol=1e-14)
@@ -312,3 +317,17 @@ def test_matmul_tn_sum_op_against_numpy():
     np.testing.assert_allclose(out, sum(x.T @ y for x, y in zip(xs, ys)), rtol=1e-12)
     with pytest.raises(ValueError, match="matmul_tn_sum"):
         b.append_op("matmul_tn_sum", {"X": xv[:2], "Y": yv[:1]}, {"Out": "bad"})
+    # Y as one stacked array [len(X), B, N]
+    ys3 = rng.standard_normal((3, 2, 5))
+    prog = fl.Program()
+    b = prog.global_block()
+    x2 = [b.create_var(name=f"xs{i}", shape=(2, 3), dtype="float64") for i in range(3)]
+    y3 = b.create_var(name="y3", shape=ys3.shape, dtype="float64")
+    b.append_op("matmul_tn_sum", {"X": x2, "Y": y3}, {"Out": "out3"})
+    assert b.var("out3").shape == (3, 5)
+    xs2 = [rng.standard_normal((2, 3)) for _ in range(3)]
+    out3, = fl.Executor().run(prog, feed={**{f"xs{i}": x for i, x in enumerate(xs2)}, "y3": ys3}, fetch_list=["out3"])
+    np.testing.assert_allclose(out3, sum(x.T @ y for x, y in zip(xs2, ys3)), rtol=1e-12)
+    with pytest.raises(ValueError, match=r"matmul_tn_sum.*stacked Y must be \[2, B, N\]"):
+        b.append_op("matmul_tn_sum", {"X": x2[:2], "Y": y3}, {"Out": "bad3"})
+    assert "bad3" not in b.vars

@@ -212,3 +212,20 @@ def test_division_by_zero_gives_inf_and_nan_like_numpy(dtype):
     y = np.zeros(3, dtype)
     with np.errstate(divide="ignore", invalid="ignore"):
         check_forward("elementwise_div", {"X": x, "Y": y}, lambda X, Y: X / Y)
+
+
+def test_add_gradients_that_are_dout_itself_stay_correct_when_summed_and_reused():
+    """elementwise_add's dX and dY are dOut's own buffer (no copy); x used three times and y twice
+    must still get exact gradients: w = (x + x + x) * (x + x) = 6 x^2."""
+    main = fl.Program()
+    with fl.program_guard(main, fl.Program()):
+        x = layers.data("x", [4], dtype="float32")
+        x.stop_gradient = False
+        y = layers.elementwise_add(x, x)
+        z = layers.elementwise_add(y, x)
+        loss = layers.reduce_sum(layers.elementwise_mul(z, y))
+        dx, dy = fl.gradients([loss], [x, y])
+    xv = np.arange(8, dtype=np.float32).reshape(2, 4)
+    got_dx, got_dy = fl.Executor().run(main, feed={"x": xv}, fetch_list=[dx, dy])
+    np.testing.assert_array_equal(got_dx, 12 * xv)
+    np.testing.assert_array_equal(got_dy, 5 * xv)  # z + y

@@ -173,7 +173,7 @@ def _png_size(path):
 @pytest.mark.parametrize("lstm,steps", [(True, 20), (False, 100)])
 def test_big_rnn_programs_render_quickly_and_readably(tmp_path, lstm, steps):
     main, *_ = _rnn_training(steps, hidden=32, lstm=lstm)
-    assert len(main.global_block().ops) > 150
+    assert len(main.global_block().ops) > 140  # 148 for the LSTM (one sum_grad per step, not two scale copies)
     t0 = time.perf_counter()
     graphviz.draw(main, tmp_path / "g.png", timeout=60)
     seconds = time.perf_counter() - t0

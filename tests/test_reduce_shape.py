@@ -4,7 +4,7 @@ import pytest
 
 import fluidlite as fl
 from fluidlite import layers
-from op_test import check_op
+from op_test import check_forward, check_op
 
 rng = np.random.default_rng(3)
 X234 = rng.standard_normal((2, 3, 4))
@@ -199,7 +199,7 @@ def test_transpose(perm):
 
 
 def test_transpose_of_attention_heads_copies_rows():
-    """[B, T, H, dh] -> [B, H, T, dh] and back (the last axis stays: the row-copy kernel), also on a view."""
+    """[B, T, H, dh] -> [B, H, T, dh] and back (the last axis stays: a contiguous inner loop), also on a view."""
     x = rng.standard_normal((2, 5, 3, 4))
     check_op("transpose", lambda dt: {"X": x.astype(dt)}, lambda X: X.transpose(0, 2, 1, 3),
              attrs={"axis": (0, 2, 1, 3)})
@@ -212,6 +212,13 @@ def test_transpose_of_attention_heads_copies_rows():
     h, b = fl.Executor().run(main, feed={"v": xs}, fetch_list=[heads, back])
     np.testing.assert_array_equal(h, xs.reshape(2, 5, 3, 4).transpose(0, 2, 1, 3))
     np.testing.assert_array_equal(b, xs)
+
+
+@pytest.mark.parametrize("perm", [(0, 3, 1, 2, 4), (4, 0, 3, 1, 2)])
+def test_transpose_of_rank_5_keeping_or_moving_the_last_axis(perm):
+    """Ranks above 4 take the general kernels (rows, or element by element)."""
+    x = rng.standard_normal((2, 3, 1, 2, 3))
+    check_forward("transpose", {"X": x}, lambda X: np.transpose(X, perm), attrs={"axis": perm})
 
 
 def test_transpose_infer_and_errors():

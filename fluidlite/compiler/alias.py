@@ -1,9 +1,9 @@
 """Pass `alias`: for each step, the input slots whose buffers its kernel may overwrite.
 
 A persistable may be updated in place by an op writing the same name (optimizer state). Any other
-buffer only if a step of this plan made it, it is not fed or fetched, and neither it nor anything
-sharing memory with it (through a view-returning op) is read after this step. Off: no step may
-overwrite anything (every kernel allocates its outputs).
+buffer only if a step of this plan made it, it is not fed or fetched, neither it nor anything
+sharing memory with it (through a view-returning op) is read after this step, and no other input of
+this step shares its memory. Off: no step may overwrite anything (every kernel allocates its outputs).
 """
 from __future__ import annotations
 
@@ -44,6 +44,8 @@ def alias(ir: PlanIR, options) -> PlanIR:
     for i, step in enumerate(ir.steps):
         op = step.op
         outs = set(step.out_names)
+        seen = [find(n) for n in step.in_names]
+        shared = {g for g in seen if seen.count(g) > 1}  # one buffer under two input names (a sum_grad's outputs)
         slots = set()
         for slot, names in op.inputs.items():
             ok = True
@@ -52,7 +54,7 @@ def alias(ir: PlanIR, options) -> PlanIR:
                     ok &= n in outs
                 else:
                     g = find(n)
-                    ok &= (n in made_here and n not in ir.feed and g not in fetched
+                    ok &= (n in made_here and n not in ir.feed and g not in fetched and g not in shared
                            and (last_read[g] == i or (n in outs and g not in aliased)) and names.count(n) == 1
                            and sum(n in ns for ns in op.inputs.values()) == 1)
             if ok and names:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import activation as K
+from ..kernels import softmax as S
 from ..registry import Attr, Elementwise, defop
 from ..shapes import numel
 from .common import PARALLEL_MIN, batch_elementwise, float_same_as, is_large
@@ -92,15 +93,19 @@ def _lower_softmax(ctx):
     pre, n, post = _pnp(ctx.shape("X"), ctx.attrs["axis"])
     large = is_large(ctx.meta("X")) and pre > 1
     if post == 1:  # the last axis: contiguous rows
-        kernel = K.softmax_rows_parallel if large else K.softmax_rows
+        kernel = S.softmax_rows_parallel if large else S.softmax_rows
         return lambda x: kernel(x, pre, n)
-    kernel = K.softmax_parallel if large else K.softmax
+    kernel = S.softmax_parallel if large else S.softmax
     return lambda x: kernel(x, pre, n, post)
 
 
 def _lower_softmax_grad(ctx):
     pre, n, post = _pnp(ctx.shape("Out"), ctx.attrs["axis"])
-    kernel = K.softmax_grad_parallel if is_large(ctx.meta("Out")) and pre > 1 else K.softmax_grad
+    large = is_large(ctx.meta("Out")) and pre > 1
+    if post == 1:
+        kernel = S.softmax_grad_rows_parallel if large else S.softmax_grad_rows
+        return lambda out, g: kernel(out, g, pre, n)
+    kernel = S.softmax_grad_parallel if large else S.softmax_grad
     return lambda out, g: kernel(out, g, pre, n, post)
 
 

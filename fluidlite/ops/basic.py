@@ -1,8 +1,8 @@
-"""scale, tanh, mul, mean and sum: the ops the backward builder and `fc` rely on."""
+"""scale, tanh, mul, mean, sum and sum_grad: the ops the backward builder and `fc` rely on."""
 from ..kernels import basic as K
 from ..registry import Attr, Elementwise, defop
 from ..shapes import dims_match, numel
-from .common import PARALLEL_MIN, batch_elementwise, float_same_as, grad_op, is_large
+from .common import PARALLEL_MIN, batch_elementwise, float_same_as, grad_op, is_large, positive
 
 
 def _scale_bias(attrs):
@@ -106,6 +106,10 @@ def _sum_infer(ctx):
     return {"Out": (shape, first.dtype)}
 
 
+def _wanted(names):
+    return [n for n in names if n is not None]
+
+
 def _lower_sum(ctx):
     """One kernel per dtype whatever the number of inputs (a varargs kernel compiled once per count)."""
     metas = ctx.metas("X")
@@ -126,6 +130,20 @@ def _lower_sum(ctx):
 
 defop("sum", inputs=("X",), duplicable=("X",), infer=_sum_infer, lower=_lower_sum,
       fold=lambda ctx: K.add_into_parallel if is_large(ctx.meta("X")) else K.add_into,
-      grad=lambda g: [grad_op("scale", g, {"X": g.og("Out")}, {"Out": [n]}, {"scale": 1.0})
-                      for n in g.ig("X") if n is not None],
+      grad=lambda g: [grad_op("sum_grad", g, {"Out@GRAD": g.og("Out")}, {"X@GRAD": _wanted(g.ig("X"))},
+                              {"n": len(_wanted(g.ig("X")))})],
       doc="Out = X[0] + X[1] + ... (same shapes); also accumulates a gradient's contributions.")
+
+
+def _lower_sum_grad(ctx):
+    n = ctx.attrs["n"]
+    return (lambda g: g) if n == 1 else (lambda g: (g,) * n)
+
+
+# Every X[k]@GRAD is Out@GRAD itself, not a copy (an unrolled RNN's fc([x_t, h_prev]) has one sum per
+# step); returns_view keeps the alias pass from letting a kernel overwrite one while another is read.
+defop("sum_grad", inputs=("Out@GRAD",), outputs=("X@GRAD",), duplicable=("X@GRAD",), returns_view=True,
+      attrs={"n": Attr(int, 1, positive)},
+      infer=lambda ctx: {"X@GRAD": [(ctx.shape("Out@GRAD"), ctx.dtype("Out@GRAD"))] * ctx.attrs["n"]},
+      lower=_lower_sum_grad, batch_poly=True,
+      doc="X@GRAD[k] = Out@GRAD for every k: the same array, shared (the gradient of `sum`).")

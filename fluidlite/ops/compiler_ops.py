@@ -6,11 +6,23 @@ from ..kernels import basic as K
 from ..registry import NO_GRAD, defop
 
 
+def _stacked_y(xs, ys) -> bool:
+    """Y is one [len(X), B, N] array (its k-th slice pairs with X[k]) rather than one [B_k, N] per X."""
+    return len(ys) == 1 and len(ys[0].shape) == 3
+
+
 def _tn_sum_infer(ctx):
     xs, ys = ctx.metas("X"), ctx.metas("Y")
     dtype = ctx.expect_dtype("X", "Y")
-    if len(xs) != len(ys) or not xs:
-        raise ctx.error(f"needs as many X as Y, got {len(xs)} and {len(ys)}", "X", "Y")
+    if not xs or not ys:
+        raise ctx.error("needs at least one X and one Y", "X", "Y")
+    if _stacked_y(xs, ys):
+        y = ys[0].shape
+        if y[0] != len(xs) or any(len(x.shape) != 2 or x.shape != xs[0].shape or x.shape[0] != y[1] for x in xs):
+            raise ctx.error(f"a stacked Y must be [{len(xs)}, B, N] with every X [B, M]", "X", "Y")
+        return {"Out": ((xs[0].shape[1], y[2]), dtype)}
+    if len(xs) != len(ys):
+        raise ctx.error(f"needs as many X as Y (or one stacked Y), got {len(xs)} and {len(ys)}", "X", "Y")
     for x, y in zip(xs, ys):
         if len(x.shape) != 2 or len(y.shape) != 2 or x.shape[0] != y.shape[0] or x.shape[1:] != xs[0].shape[1:] \
                 or y.shape[1:] != ys[0].shape[1:]:
@@ -20,13 +32,13 @@ def _tn_sum_infer(ctx):
 
 def _lower_tn_sum(ctx):
     n = len(ctx.metas("X"))
-
-    def run(*args):
-        # one [M, sum B_k] @ [sum B_k, N] product instead of n products with K = B_k
-        return K.matmul2d_tn(np.concatenate(args[:n]), np.concatenate(args[n:]))
-
-    return run
+    # one [M, sum B_k] @ [sum B_k, N] product instead of n products with K = B_k
+    if _stacked_y(ctx.metas("X"), ctx.metas("Y")):
+        cols = ctx.shape("Y")[2]
+        return lambda *args: K.matmul2d_tn(np.concatenate(args[:n]), args[n].reshape(-1, cols))
+    return lambda *args: K.matmul2d_tn(np.concatenate(args[:n]), np.concatenate(args[n:]))
 
 
 defop("matmul_tn_sum", inputs=("X", "Y"), duplicable=("X", "Y"), infer=_tn_sum_infer, lower=_lower_tn_sum,
-      grad=NO_GRAD, doc="Out = sum_k X_k^T @ Y_k, computed as one product of the row-stacked X_k and Y_k.")
+      grad=NO_GRAD, doc="Out = sum_k X_k^T @ Y_k, computed as one product of the row-stacked X_k and Y_k; "
+                        "Y may also be one array [len(X), B, N] holding the Y_k already stacked.")

@@ -124,7 +124,17 @@ def _lower_grad(ctx):
     xs, ys = ctx.shape("X"), ctx.shape("Y")
     form = canonical(xs, ys, ctx.attrs["axis"])
     large = is_large(ctx.meta("Out@GRAD"))
-    if form[0] == "same":
+    if op == K.ADD and form[0] == "same":  # both gradients are dOut itself (grad_returns_view)
+        def run(x, y, g):
+            return g, g
+    elif op == K.ADD and form[0] == "pnp" and form[3] == 1:  # a bias row: dOut, and its column sums
+        _, pre, n, _, small_is_y = form
+        col_sum = K.col_sum_parallel if large else K.col_sum
+
+        def run(x, y, g):
+            ds = col_sum(g.reshape(pre, n))
+            return (g, ds) if small_is_y else (ds, g)
+    elif form[0] == "same":
         kernel = K.grad_same_parallel if large else K.grad_same
 
         def run(x, y, g):
@@ -175,5 +185,5 @@ _DOCS = {"add": "X + Y", "sub": "X - Y", "mul": "X * Y", "div": "X / Y",
 for _name, _formula in _DOCS.items():
     defop(f"elementwise_{_name}", inputs=("X", "Y"), attrs=_ATTRS, infer=_infer, lower=_lower, batch=batch_binary,
           elementwise=_elementwise, grad_reads=("X", "Y"), grad_lower=_lower_grad, grad_picks=False,
-          grad_elementwise=_elementwise_grad,
+          grad_elementwise=_elementwise_grad, grad_returns_view=_name == "add",  # add's dX/dY may be dOut itself
           doc=f"Out = {_formula}, broadcasting Y per `axis` (Paddle) or NumPy when axis=-1.")

@@ -211,6 +211,11 @@ def _lower_transpose(ctx):
     xs, perm = ctx.shape("X"), ctx.attrs["axis"]
     strides = [numel(xs[i + 1:]) for i in range(len(xs))]
     out_shape = tuple(xs[p] for p in perm)
+    if 1 <= len(xs) <= 4:  # padded with leading 1s to one 4-D loop nest
+        pad = 4 - len(xs)
+        dims = (1,) * pad + out_shape
+        st = (0,) * pad + tuple(strides[p] for p in perm)
+        return lambda x: K.permute4(np.ascontiguousarray(x), *dims, *st).reshape(out_shape)
     if perm and perm[-1] == len(xs) - 1 and xs[-1] > 1:  # the last axis stays: copy whole rows
         shape = np.array(out_shape[:-1], np.int64)
         st = np.array([strides[p] for p in perm[:-1]], np.int64)
