@@ -112,8 +112,46 @@ def run(quick: bool = False) -> dict:
         if not np.isclose(mine, theirs, rtol=1e-3, atol=1e-4):
             raise AssertionError(f"step {step}: fluidlite loss {mine} != torch loss {theirs}")
     ms, best = _harness.time_ms({"fluidlite": fl_step, "torch": lambda: t_step(tx, tl)}, warmup, repeats)
-    return {**result, "ms": ms["fluidlite"], "peers_ms": ms, "min_ms": best,
-            "ratios": {"vs_torch": ms["fluidlite"] / ms["torch"]}}
+    floor, _ = _harness.time_ms({"products": products_fn()}, warmup, repeats)
+    return {**result, "ms": ms["fluidlite"], "peers_ms": ms, "min_ms": best, "products_ms": floor["products"],
+            "floor_ratio_vs_torch": floor["products"] / ms["torch"], "ratios": {"vs_torch": ms["fluidlite"] / ms["torch"]}}
+
+
+def products_fn():
+    """The step's matrix products alone, through fluidlite's own BLAS path (np.dot in Numba kernels): per
+    layer the q, k, v, o and feed-forward projections forward, their weight gradients and input
+    gradients (none for the first layer's q, k, v input, which is data), the attention scores and
+    weighted values per head with their two gradients each; then the classifier. No step that computes
+    them can take less."""
+    from fluidlite.kernels import basic as KB
+    from fluidlite.kernels import nn as KN
+
+    rng = np.random.default_rng(0)
+    rows, dh, bh = BATCH * SEQ, D // HEADS, BATCH * HEADS
+    shapes = [(D, D)] * 4 + [(D, FFN), (FFN, D)]
+    xs = {n: rng.random((rows, n), dtype=np.float32) for n in (D, FFN, CLASSES)}
+    ws = {s: rng.random(s, dtype=np.float32) for s in shapes + [(D, CLASSES)]}
+    q, p = rng.random((bh, SEQ, dh), dtype=np.float32), rng.random((bh, SEQ, SEQ), dtype=np.float32)
+    idx, one = np.arange(bh), np.float32(1.0)
+
+    def fc(shape, dx=True):
+        KB.matmul2d(xs[shape[0]], ws[shape])
+        KB.matmul2d_tn(xs[shape[0]], xs[shape[1]])
+        if dx:
+            KB.matmul2d_nt(xs[shape[1]], ws[shape])
+
+    def products():
+        for layer in range(LAYERS):
+            for i, shape in enumerate(shapes):
+                fc(shape, dx=layer > 0 or i >= 3)
+            KN.bmm_parallel(q, q, idx, idx, False, True, one)  # scores = q k^T
+            KN.bmm_parallel(p, q, idx, idx, False, False, one)  # weighted values = p v
+            for ta, tb in ((False, False), (True, False)):  # the gradients of both: dq, dk and dp, dv
+                KN.bmm_parallel(p, q, idx, idx, ta, tb, one)
+                KN.bmm_parallel(p if ta else q, q, idx, idx, ta, not ta, one)
+        fc((D, CLASSES))
+
+    return products
 
 
 def _random_params(rng):
@@ -157,6 +195,9 @@ def main(argv=None):
         print(f"  {name:10s} {ms:8.2f} ms/step (median; min {r.get('min_ms', r['peers_ms'])[name]:.2f})")
     for name, ratio in r["ratios"].items():
         print(f"  fluidlite {name}: {ratio:.2f}x the time")
+    if "products_ms" in r:
+        print(f"  the matrix products alone (fluidlite's BLAS path): {r['products_ms']:.2f} ms = "
+              f"{r['floor_ratio_vs_torch']:.2f}x the torch step (a floor for fluidlite)")
 
 
 if __name__ == "__main__":

@@ -129,10 +129,11 @@ def target_rows(results, alone) -> list:
         if "floor_ratio_vs_numpy" in rs[0]:
             rows.append(("MLP floor: its matrix products alone (NumPy) / the NumPy step", "-",
                          {order: (rs[0]["floor_ratio_vs_numpy"], None)}))
-    for order, rs in results.get("rnn_step", {}).items():
-        if "floor_ratio_vs_torch" in rs[0]:
-            rows.append(("LSTM floor: its matrix products alone (fluidlite's BLAS) / the torch step", "-",
-                         {order: (rs[0]["floor_ratio_vs_torch"], None)}))
+    for bench, label in (("rnn_step", "LSTM"), ("transformer_step", "Transformer")):
+        for order, rs in results.get(bench, {}).items():
+            if "floor_ratio_vs_torch" in rs[0]:
+                rows.append((f"{label} floor: its matrix products alone (fluidlite's BLAS) / the torch step", "-",
+                             {order: (rs[0]["floor_ratio_vs_torch"], None)}))
     for order, rs in results.get("executor_overhead", {}).items():
         r = rs[0]
         floors = (f"loop {r['loop_us_per_op']:.2f}, dispatchers {r['dispatcher_loop_us_per_op']:.2f}, "
