@@ -128,7 +128,8 @@ class Plan:
             # NumPy calls in lowered ops must not warn where Numba kernels never do: a diverging run
             # reports NaN/inf through check_nan_inf or its values, and a user's seterr("raise") stays theirs
             with np.errstate(all="ignore"):
-                return (step or self._step)(feed, scope.arrays)
+                results = (step or self._step)(feed, scope.arrays)
+            return _distinct(results) if len(results) > 1 else results
         except NanInfError:
             raise  # already names its op
         except Exception as exc:
@@ -148,6 +149,17 @@ class Plan:
                 return self._line_to_op.get(tb.tb_lineno)
             tb = tb.tb_next
         return None
+
+
+def _distinct(results: list) -> list:
+    """Fetched values that share one array (the gradients `sum` hands its inputs) come back as copies,
+    so writing into one fetched array never changes another."""
+    seen = set()
+    for i, value in enumerate(results):
+        if id(value) in seen:
+            results[i] = value.copy()
+        seen.add(id(value))
+    return results
 
 
 class Executor:

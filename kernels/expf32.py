@@ -14,26 +14,11 @@ Callers must not be compiled with fastmath "reassoc": rounding to an integer add
 1.5 * 2^23, which reassociation would fold away.
 """
 import numpy as np
-from numba import njit, types
-from numba.extending import intrinsic
+from numba import njit
+
+from .vecmath import bits_f32, f32_bits
 
 _F = np.float32
-
-
-@intrinsic
-def _f32_bits(typingctx, x):
-    """The bits of a float32 as an int32 (a bit cast, no conversion)."""
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.int32))
-    return types.int32(types.float32), codegen
-
-
-@intrinsic
-def _bits_f32(typingctx, n):
-    """An int32's bits as a float32."""
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float32))
-    return types.float32(types.int32), codegen
 
 
 _LOG2E = _F(1.4426950408889634)
@@ -59,10 +44,10 @@ def expf_(p):
     q = q * r + _F(0.5)
     q = q * r + _F(1.0)
     q = q * r + _F(1.0)
-    ki = _f32_bits(t) - _SHIFT_BITS  # k as an integer
+    ki = f32_bits(t) - _SHIFT_BITS  # k as an integer
     k1 = ki >> np.int32(1)
-    s1 = _bits_f32((k1 + np.int32(127)) << np.int32(23))  # 2^k1
-    s2 = _bits_f32((ki - k1 + np.int32(127)) << np.int32(23))  # 2^(k - k1)
+    s1 = bits_f32((k1 + np.int32(127)) << np.int32(23))  # 2^k1
+    s2 = bits_f32((ki - k1 + np.int32(127)) << np.int32(23))  # 2^(k - k1)
     return (q * s1) * s2
 
 

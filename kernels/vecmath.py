@@ -21,20 +21,21 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 
-@intrinsic
-def _f64_bits(typingctx, x):
-    """The bits of a float64 as an int64 (a bit cast, no conversion)."""
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.int64))
-    return types.int64(types.float64), codegen
+def _bitcast(name, source, target):
+    """An intrinsic reinterpreting a `source` value's bits as `target` (its argument is converted to
+    `source` first, as any typed call converts)."""
+    def typer(typingctx, x):
+        def codegen(context, builder, sig, args):
+            return builder.bitcast(args[0], context.get_value_type(target))
+        return target(source), codegen
+    typer.__name__ = typer.__qualname__ = name
+    return intrinsic(typer)
 
 
-@intrinsic
-def _bits_f64(typingctx, n):
-    """An int64's bits as a float64."""
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float64))
-    return types.float64(types.int64), codegen
+f64_bits = _bitcast("f64_bits", types.float64, types.int64)
+bits_f64 = _bitcast("bits_f64", types.int64, types.float64)
+f32_bits = _bitcast("f32_bits", types.float32, types.int32)
+bits_f32 = _bitcast("bits_f32", types.int32, types.float32)
 
 
 _LOG2E = 1.4426950408889634
@@ -62,7 +63,7 @@ def exp_(p):
     q = q * r + 0.5
     q = q * r + 1.0
     q = q * r + 1.0
-    scale = _bits_f64(((_f64_bits(t) - _SHIFT_BITS) + 1023) << 52)  # 2^k
+    scale = bits_f64(((f64_bits(t) - _SHIFT_BITS) + 1023) << 52)  # 2^k
     q *= scale
     return 0.0 if p0 < -708.0 else q
 

@@ -14,8 +14,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from . import expf32 as _f32
-from .expf32 import _bits_f32, _f32_bits
-from .vecmath import _bits_f64, _f64_bits
+from .vecmath import bits_f32, bits_f64, f32_bits, f64_bits
 
 
 @intrinsic
@@ -63,7 +62,7 @@ def exp_fma(p):
     q = fma(q, r, 0.5)
     q = fma(q, r, 1.0)
     q = fma(q, r, 1.0)
-    q *= _bits_f64(((_f64_bits(t) - _SHIFT_BITS) + 1023) << 52)  # 2^k
+    q *= bits_f64(((f64_bits(t) - _SHIFT_BITS) + 1023) << 52)  # 2^k
     return 0.0 if p0 < -708.0 else q
 
 
@@ -108,8 +107,8 @@ def expf_fma(p):
     q = fmaf(q, r, _F(0.5))
     q = fmaf(q, r, _F(1.0))
     q = fmaf(q, r, _F(1.0))
-    ki = _f32_bits(t) - _f32._SHIFT_BITS  # k as an integer
+    ki = f32_bits(t) - _f32._SHIFT_BITS  # k as an integer
     k1 = ki >> np.int32(1)
-    s1 = _bits_f32((k1 + np.int32(127)) << np.int32(23))  # 2^k1
-    s2 = _bits_f32((ki - k1 + np.int32(127)) << np.int32(23))  # 2^(k - k1)
+    s1 = bits_f32((k1 + np.int32(127)) << np.int32(23))  # 2^k1
+    s2 = bits_f32((ki - k1 + np.int32(127)) << np.int32(23))  # 2^(k - k1)
     return (q * s1) * s2

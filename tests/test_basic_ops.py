@@ -35,6 +35,20 @@ def test_mul_overflow_gives_inf_without_numpy_warnings():
     assert np.isinf(got).all() and got.dtype == np.float32
 
 
+def test_fetched_gradients_of_sum_are_distinct_arrays():
+    """sum's gradient hands every input the same array; fetched, they must not alias each other."""
+    a = fl.layers.create_parameter([3], "float32", name="pa")
+    b = fl.layers.create_parameter([3], "float32", name="pb")
+    loss = fl.layers.mean(fl.layers.sums([a, b]))
+    grads = dict((p.name, g) for p, g in fl.append_backward(loss))
+    exe = fl.Executor()
+    exe.run(fl.default_startup_program())
+    ga, gb = exe.run(fetch_list=[grads["pa"], grads["pb"]])
+    np.testing.assert_allclose(ga, np.full(3, 1 / 3, np.float32))
+    ga[:] = 7.0
+    np.testing.assert_allclose(gb, np.full(3, 1 / 3, np.float32))
+
+
 def test_sum_of_three():
     xs = [rng.standard_normal((3, 2)) for _ in range(3)]
     check_op("sum", lambda dt: {"X": [a.astype(dt) for a in xs]}, lambda X: X[0] + X[1] + X[2])
