@@ -36,6 +36,7 @@ f64_bits = _bitcast("f64_bits", types.float64, types.int64)
 bits_f64 = _bitcast("bits_f64", types.int64, types.float64)
 f32_bits = _bitcast("f32_bits", types.float32, types.int32)
 bits_f32 = _bitcast("bits_f32", types.int32, types.float32)
+del _bitcast  # kernel modules hold Numba functions only (test_registry)
 
 
 _LOG2E = 1.4426950408889634
