@@ -135,7 +135,7 @@ def _gelu_tanh_grad_el(v, g, a):
 
 
 _F32 = np.float32
-# Numerical Recipes' erfcc coefficients (as vecmath.erfc_), highest degree first, in float32
+# Numerical Recipes' erfcc coefficients (as vecmath_fma.erfc_fma), highest degree first, in float32
 (_E9, _E8, _E7, _E6, _E5, _E4, _E3, _E2, _E1, _E0) = (
     _F32(c) for c in (0.17087277, -0.82215223, 1.48851587, -1.13520398, 0.27886807, -0.18628806, 0.09678418,
                       0.37409196, 1.00002368, -1.26551223))

@@ -1,6 +1,6 @@
 """A float32 exp in plain float32 arithmetic, so that loops calling it vectorize 8 lanes wide.
 
-`expf_(p)` is vecmath.exp_'s method in float32: p = k ln 2 + r with |r| <= ln 2 / 2 (ln 2 split in
+`expf_(p)` is vecmath_fma.exp_fma's method in float32: p = k ln 2 + r with |r| <= ln 2 / 2 (ln 2 split in
 two so k * the high part is exact), a degree-7 Taylor polynomial in r, and 2^k built in the exponent
 bits as 2^(k//2) * 2^(k - k//2), so both factors stay normal numbers over the whole range. Within
 about 1.5 ulp of exp for normal results; results below the smallest normal come out as subnormals

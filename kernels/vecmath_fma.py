@@ -1,6 +1,16 @@
-"""Fused multiply-adds (`fma` for float64, `fmaf` for float32: llvm.fma, one rounding), and vecmath's
-exp_ and erfc_ written with them: the same range reduction, polynomials and bounds (see
-kernels/vecmath.py). On this machine (AVX-512,
+"""Fused multiply-adds (`fma` for float64, `fmaf` for float32: llvm.fma, one rounding), and an exp and
+erfc written with them in plain arithmetic, so loops calling them vectorize (Numba has no vector
+math library here: np.exp and math.erf become one scalar libm call per element).
+
+- `exp_fma(p)`: exp of a float64 by range reduction (p = k ln 2 + r, |r| <= ln 2 / 2) and a degree-9
+  Taylor polynomial (relative error below 1e-11); 2^k built in the exponent bits. Below -708: 0,
+  above 709: exp(709); NaN stays NaN.
+- `erfc_fma(z)`: t exp(-z^2 + P(t)), t = 1 / (1 + |z| / 2), the Chebyshev fit of Numerical Recipes
+  ("erfcc", fractional error below 1.2e-7 for every z), which keeps its relative accuracy in the
+  small tail where 1 - erf(z) would cancel.
+- `expf_fma(p)`: expf32.expf_'s method in float32 with fmaf.
+
+On this machine (AVX-512,
 two FMA pipes) that is 1.5x faster than separate multiplies and adds, and LLVM may not contract them
 itself unless the whole kernel allows fastmath "contract". float32 gelu and its gradient use these.
 
@@ -46,7 +56,7 @@ _SHIFT_BITS = 0x4338000000000000
 
 @njit(cache=True, error_model="numpy", inline="always")
 def exp_fma(p):
-    """exp of a float64 (as vecmath.exp_: relative error below 1e-11; 0 below -708, exp(709) above 709)."""
+    """exp of a float64 (relative error below 1e-11; 0 below -708, exp(709) above 709)."""
     p0 = p
     p = -708.0 if p < -708.0 else p
     p = 709.0 if p > 709.0 else p
@@ -68,7 +78,7 @@ def exp_fma(p):
 
 @njit(cache=True, error_model="numpy", inline="always")
 def erfc_fma(z):
-    """erfc of a float64 (as vecmath.erfc_: Numerical Recipes' erfcc fit, fractional error below 1.2e-7)."""
+    """erfc of a float64 (Numerical Recipes' erfcc fit, fractional error below 1.2e-7)."""
     a = abs(z)
     t = 1.0 / fma(0.5, a, 1.0)
     p = fma(t, 0.17087277, -0.82215223)

@@ -1,45 +1,11 @@
-"""kernels/vecmath.py: the vectorizing exp and erfc against libm (math.exp, math.erfc), and the float32
-gelu built on them against a float64 reference, in its tails too."""
+"""The float32 gelu built on the vectorizing exp and erfc (kernels/vecmath_fma.py, tested against libm in
+test_vecmath_fma.py) against a float64 reference, in its tails too."""
 import math
 
 import numpy as np
-from numba import njit
 
 import fluidlite as fl
 from fluidlite import layers
-from fluidlite.kernels.vecmath import erfc_, exp_
-
-
-@njit(cache=False)
-def _exp_all(p):
-    out = np.empty_like(p)
-    for i in range(p.size):
-        out[i] = exp_(p[i])
-    return out
-
-
-@njit(cache=False)
-def _erfc_all(z):
-    out = np.empty_like(z)
-    for i in range(z.size):
-        out[i] = erfc_(z[i])
-    return out
-
-
-def test_exp_matches_libm_and_keeps_nan():
-    p = np.concatenate([np.linspace(-700, 700, 20001), [0.0, -0.0, 1e-300, -1e-300]])
-    want = np.array([math.exp(v) for v in p])
-    np.testing.assert_allclose(_exp_all(p), want, rtol=1e-11, atol=0)
-    got = _exp_all(np.array([np.nan, -np.inf, -750.0]))
-    assert np.isnan(got[0]) and got[1] == 0 and got[2] == 0
-
-
-def test_erfc_relative_error_below_the_fit_bound_including_its_tail():
-    z = np.linspace(-6, 26, 32001)
-    want = np.array([math.erfc(v) for v in z])
-    np.testing.assert_allclose(_erfc_all(z), want, rtol=1.3e-7, atol=0)
-    got = _erfc_all(np.array([np.nan, np.inf, -np.inf]))
-    assert np.isnan(got[0]) and got[1] == 0 and got[2] == 2
 
 
 def _gelu_run(x):
