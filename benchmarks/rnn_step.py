@@ -98,13 +98,7 @@ def products_ms(cfg, repeats=10) -> float:
         KB.matmul2d_tn(hs, dgates)
         KB.matmul2d_tn(x, dgates)
 
-    products()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        products()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
+    return _harness.time_ms({"products": products}, 1, repeats, rounds=1)[0]["products"]
 
 
 def run_torch(cfg, weights, data):
