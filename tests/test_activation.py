@@ -82,7 +82,7 @@ def test_softmax_is_stable_for_large_logits():
 
 def test_softmax_row_kernels_serial_and_parallel_agree_bit_for_bit_and_with_numpy():
     """The forward's twins agree bit for bit; both and the (serial) gradient agree with NumPy."""
-    from kernels.softmax import softmax_grad_rows, softmax_rows, softmax_rows_parallel
+    from fluidlite.kernels.softmax import softmax_grad_rows, softmax_rows, softmax_rows_parallel
 
     x = (rng.standard_normal((700, 9)) * 30).astype(np.float32)  # exp spans most of float32's range
     g = rng.standard_normal((700, 9)).astype(np.float32)
@@ -97,7 +97,7 @@ def test_softmax_row_kernels_serial_and_parallel_agree_bit_for_bit_and_with_nump
 
 _ADDRESS_SWEEP = """
 import numpy as np
-from kernels.softmax import softmax_rows
+from fluidlite.kernels.softmax import softmax_rows
 rng = np.random.default_rng(0)
 x0 = rng.standard_normal((3, 9)).astype(np.float32)
 first, spacers, other_bits = softmax_rows(x0, 3, 9), [], 0

@@ -113,7 +113,7 @@ def test_parallel_update_rms_has_the_same_bits_at_any_thread_count():
     thread count would make a run's bits follow the load."""
     import numba
 
-    from kernels.optim import update_rms_parallel
+    from fluidlite.kernels.optim import update_rms_parallel
 
     rng = np.random.default_rng(7)
     g, v = rng.standard_normal(600_001), rng.uniform(0, 0.1, 600_001)

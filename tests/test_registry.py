@@ -182,3 +182,16 @@ def test_the_checks_above_can_fail():
     assert any("unknown input slot Oops" in p for p in problems)
     assert any("required input slot Out" in p for p in problems)
     assert _is_grad_op("tanh_grad") and not _is_grad_op("tanh")
+
+
+def test_kernels_refuse_a_second_module_name(tmp_path, monkeypatch):
+    # imported as top-level `kernels` (a checkout on sys.path), a kernel's disk-cache entry would name a module
+    # that fluidlite.kernels cannot load later
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(kernels.__file__).parent.parent))
+    monkeypatch.delitem(sys.modules, "kernels", raising=False)
+    with pytest.raises(ImportError, match="fluidlite.kernels"):
+        importlib.import_module("kernels")
+    assert "kernels" not in sys.modules
