@@ -128,10 +128,10 @@ def batch_norm_grad_parallel(x3, dy3, scale, saved, is_test):
 # vectorizes them (a running sum is a chain of dependent adds; 8 hand-interleaved scalar sums did not
 # vectorize: 10x slower than a copy). Their loops only read, so no run-time overlap check picks
 # another order: the bits depend on the row length only, neither on addresses nor on thread count.
-_REASSOC = {"reassoc", "nsz"}
+_REASSOC = ("reassoc", "nsz")
 
 
-@njit(cache=True, error_model="numpy", fastmath=_REASSOC)
+@njit(cache=True, error_model="numpy", fastmath=set(_REASSOC))
 def _row_moments(xs):
     """(mean, biased variance) of a row, two passes in float64."""
     d = xs.size
@@ -146,7 +146,7 @@ def _row_moments(xs):
     return mu, v / d
 
 
-@njit(cache=True, error_model="numpy", fastmath=_REASSOC)
+@njit(cache=True, error_model="numpy", fastmath=set(_REASSOC))
 def _row_grad_sums(xs, gs, scale, mu, inv):
     """sum(dxhat) and sum(dxhat * xhat) of a row, dxhat = dy * scale, xhat = (x - mu) * inv."""
     s1 = 0.0
