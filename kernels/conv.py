@@ -23,29 +23,44 @@ def _valid(pad, off, stride, size, n_out):
     return min(lo, n_out), max(min(hi, n_out), min(lo, n_out))
 
 
+# im2col and col2im index flat arrays with unsigned offsets (a signed index is tested and wrapped on every
+# access: the (64, 20, 12, 12) 5x5 unrolling took 3.2 ms that way). Offsets inside the valid output range
+# [lo, hi) of a kernel tap are never negative.
+
 @njit(cache=True, error_model="numpy")
 def _im2col(x, col, n, base, c0, cg, geo):
     """col[(c, i, j), (n - base, oh, ow)] = x[n, c0 + c, oh*sh - ph + i*dh, ow*sw - pw + j*dw] (0 outside)."""
     kh, kw, sh, sw, ph, pw, dh, dw, ho, wo = geo
     h, w = x.shape[2], x.shape[3]
-    hw = ho * wo
+    xf, cf = x.reshape(-1), col.reshape(-1)
+    ncol, uwo, usw = np.uint64(col.shape[1]), np.uint64(wo), np.uint64(sw)
+    zero = cf.dtype.type(0)
     for c in range(cg):
+        plane = (n * x.shape[1] + c0 + c) * h * w
         for i in range(kh):
             hlo, hhi = _valid(ph, i * dh, sh, h, ho)
             for j in range(kw):
                 wlo, whi = _valid(pw, j * dw, sw, w, wo)
-                dst = col[(c * kh + i) * kw + j, (n - base) * hw:(n - base + 1) * hw]
-                dst[:hlo * wo] = 0
-                dst[hhi * wo:] = 0
+                row = np.uint64((c * kh + i) * kw + j) * ncol + np.uint64((n - base) * ho * wo)
+                for t in range(row, row + np.uint64(hlo * wo)):
+                    cf[t] = zero
+                for t in range(row + np.uint64(hhi * wo), row + np.uint64(ho * wo)):
+                    cf[t] = zero
+                run = np.uint64(whi - wlo)
                 for oh in range(hlo, hhi):
-                    src = x[n, c0 + c, oh * sh - ph + i * dh]
-                    o = oh * wo
-                    dst[o:o + wlo] = 0
-                    dst[o + whi:o + wo] = 0
-                    iw = wlo * sw - pw + j * dw
-                    for ow in range(wlo, whi):
-                        dst[o + ow] = src[iw]
-                        iw += sw
+                    o = row + np.uint64(oh * wo)
+                    for t in range(o, o + np.uint64(wlo)):
+                        cf[t] = zero
+                    for t in range(o + np.uint64(whi), o + uwo):
+                        cf[t] = zero
+                    dst = o + np.uint64(wlo)
+                    src = np.uint64(plane + (oh * sh - ph + i * dh) * w + wlo * sw - pw + j * dw)
+                    if sw == 1:
+                        for t in range(run):
+                            cf[dst + t] = xf[src + t]
+                    else:
+                        for t in range(run):
+                            cf[dst + t] = xf[src + t * usw]
 
 
 @njit(cache=True, error_model="numpy")
@@ -53,20 +68,25 @@ def _col2im(dcol, dx, n, base, c0, cg, geo):
     """The transpose of _im2col for image n: dx[n, c0 + c, ...] += every column entry that read it."""
     kh, kw, sh, sw, ph, pw, dh, dw, ho, wo = geo
     h, w = dx.shape[2], dx.shape[3]
-    hw = ho * wo
+    gf, cf = dx.reshape(-1), dcol.reshape(-1)
+    ncol, usw = np.uint64(dcol.shape[1]), np.uint64(sw)
     for c in range(cg):
+        plane = (n * dx.shape[1] + c0 + c) * h * w
         for i in range(kh):
             hlo, hhi = _valid(ph, i * dh, sh, h, ho)
             for j in range(kw):
                 wlo, whi = _valid(pw, j * dw, sw, w, wo)
-                src = dcol[(c * kh + i) * kw + j, (n - base) * hw:(n - base + 1) * hw]
+                row = np.uint64((c * kh + i) * kw + j) * ncol + np.uint64((n - base) * ho * wo)
+                run = np.uint64(whi - wlo)
                 for oh in range(hlo, hhi):
-                    dst = dx[n, c0 + c, oh * sh - ph + i * dh]
-                    o = oh * wo
-                    iw = wlo * sw - pw + j * dw
-                    for ow in range(wlo, whi):
-                        dst[iw] += src[o + ow]
-                        iw += sw
+                    src = row + np.uint64(oh * wo + wlo)
+                    dst = np.uint64(plane + (oh * sh - ph + i * dh) * w + wlo * sw - pw + j * dw)
+                    if sw == 1:
+                        for t in range(run):
+                            gf[dst + t] += cf[src + t]
+                    else:
+                        for t in range(run):
+                            gf[dst + t * usw] += cf[src + t]
 
 
 @njit(cache=True, error_model="numpy")
