@@ -17,10 +17,13 @@ job holds a core, a two-thread product waits for a descheduled partner: an LSTM 
 CPU for 86 ms of work, and a (2048, 128) x (128, 128) product took 8 ms instead of 0.7 ms with one
 other busy process on 2 cores. So while a plan runs, that OpenBLAS (found by threadpoolctl, only the
 copy under SciPy's directory) and Numba's thread count for the calling thread (the prange kernels
-wait for their partner the same way) are limited to the cores free right now (`free_cores`: the
-cores minus the median of the last three samples of other processes' running threads; not the load
-average, which counts fluidlite's own threads), and restored afterwards. The machine is sampled at
-most once a second; other libraries' pools (NumPy's OpenBLAS, torch's) are never touched.
+wait for their partner the same way) are limited to the cores other processes leave free, and
+restored afterwards. What other processes use is read at most once a second from /proc's CPU time
+counters: all CPUs' busy time minus this process's own, averaged over the time since the last read
+(`OtherLoad`). Not the load average, which counts fluidlite's own threads (an idle 2-core MLP run
+throttled itself to one thread); not a count of runnable threads at one instant, which a process
+running for a moment (a shell's polling loop) turned into a phantom job often enough to throttle
+some runs to one thread. Other libraries' pools (NumPy's OpenBLAS, torch's) are never touched.
 FLUIDLITE_FIXED_THREADS=1 turns the limit off: a product's last bits can depend on its thread
 count, so only fixed counts repeat bit for bit.
 
@@ -86,39 +89,43 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _running_elsewhere() -> int:
-    """/proc/stat's runnable threads minus this process's (its BLAS threads may still be spinning)."""
+def _cpu_ticks():
+    """(clock ticks every CPU spent busy, ticks this process spent) so far, from /proc."""
     with open("/proc/stat", "rb") as f:
-        total = next(int(line.split()[1]) for line in f if line.startswith(b"procs_running"))
-    own = 0
-    for tid in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{tid}/stat", "rb") as f:
-            own += f.read().rsplit(b")", 1)[1].split()[0] == b"R"
-    return max(0, total - own)
+        ticks = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    with open("/proc/self/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()  # from field 3 (state) on
+    return sum(ticks) - ticks[3] - ticks[4], int(fields[11]) + int(fields[12])  # utime + stime
 
 
-def _others_running(samples: int = 3) -> int:
-    """Threads of other processes runnable right now; 0 where /proc is missing. The least of a few
-    back-to-back samples: this process's own threads change state between the two reads of one
-    sample, which showed as a phantom other job, while a real one stays runnable."""
-    try:
-        return min(_running_elsewhere() for _ in range(samples))
-    except (OSError, StopIteration, ValueError, IndexError):
-        return 0
+class OtherLoad:
+    """Cores that other processes kept busy, on average, since the previous call (0.0 on the first call
+    and where /proc is missing). An average: a process that runs for a moment barely counts, a
+    steady job counts fully."""
+
+    def __init__(self, read=None, clock=time.monotonic):
+        self._read, self._clock = read or _cpu_ticks, clock
+        self._last = None
+
+    def __call__(self) -> float:
+        try:
+            now = (self._clock(), *self._read())
+        except (OSError, ValueError, IndexError):
+            return 0.0
+        last, self._last = self._last, now
+        if last is None or now[0] <= last[0]:
+            return 0.0
+        others = (now[1] - last[1]) - (now[2] - last[2])
+        return max(0.0, others / _TICKS_PER_S / (now[0] - last[0]))
 
 
-def free_cores(others: int | None = None) -> int:
-    """Cores this process can use without a partner thread waiting for a descheduled one: the cores
-    minus `others`, the other processes' running threads (default: a sample taken now).
-
-    Not the load average: it counts this process's own threads, so a run alone on an idle machine
-    kept it near the core count and throttled itself (a 2-core MLP run ran on one thread for most
-    of 100 s); and it lags a minute behind another job's start or end."""
-    return max(1, _cores() - (_others_running() if others is None else others))
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def oversubscribed() -> bool:
-    return free_cores() < _cores()
+def free_cores(others: float) -> int:
+    """The cores this process can use without a partner thread waiting for a descheduled one: the
+    cores minus those other processes keep busy (`others`, rounded: half a core counts)."""
+    return max(1, _cores() - int(others + 0.5))
 
 
 class RunGuard:
@@ -126,7 +133,6 @@ class RunGuard:
     threads to the free cores while the machine is oversubscribed."""
 
     RECHECK_S = 1.0
-    SAMPLES = 3
 
     def __init__(self):
         self._lock = _lock if _chosen == "workqueue" else None
@@ -135,16 +141,13 @@ class RunGuard:
         self._limit = 0  # threads allowed while the machine is busy; 0: no limit
         self._saved = ()
         self._numba_threads = 1
-        self._recent = []  # the last samples of other processes' running threads
+        self._others = OtherLoad()
 
     def _check(self, now):
         self._next_check = now + self.RECHECK_S
         if self._libs is None:
             self._libs = _scipy_blas()
-        # the median of the last three samples: a job seen in two of them counts (a busy one is in
-        # all), a process that ran for a moment does not
-        self._recent = (self._recent + [_others_running()])[-self.SAMPLES:]
-        free = free_cores(sorted(self._recent)[len(self._recent) // 2])
+        free = free_cores(self._others())
         # A BLAS product's bits can follow its thread count ((128, 784) x (784, 1024) float32 does in
         # OpenBLAS): FLUIDLITE_FIXED_THREADS=1 keeps the counts, so runs repeat bit for bit.
         fixed = os.environ.get("FLUIDLITE_FIXED_THREADS", "") not in ("", "0")

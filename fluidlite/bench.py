@@ -1,9 +1,11 @@
 """`fluidlite bench`: the benchmarks as one table of ratios against the peers, and the speed targets.
 
 Every benchmark runs in fresh processes, one per import order (fluidlite first, torch first), so the
-table shows whether the order matters. With `--full` each order runs twice, in the order A B B A so
-that neither always goes first (a first process meets cold file caches), and each order's faster
-process counts. Every peer is also timed at its best: in processes
+table shows whether the order matters. With `--full` each order runs twice (`--repeat N`: N times), in
+the order A B B A A B ... so that neither always goes first (a first process meets cold file caches),
+and each order's fastest process counts: on a shared machine one process can run 1.3x slower than the
+next for no reason of its own. The spread rows compare the orders twice: fluidlite's time, and its
+ratio to the peer timed in the same process (noise that slows a whole process cancels there). Every peer is also timed at its best: in processes
 of its own where fluidlite is never imported, with its default threads and with one thread, the
 faster kept (`benchmarks/_harness.py`). The last table holds each target of issue #13 against what
 was measured: `fluidlite bench --full` gives every figure the README quotes in one go.
@@ -54,12 +56,12 @@ def _mine(result: dict):
     return peers.get("fluidlite", result.get("fluidlite_ms", result.get("ms")))
 
 
-def run_all(names, full: bool, log=print):
+def run_all(names, full: bool, log=print, repeat: int | None = None):
     """results[name][order] = [result, ...] and alone[name] = {(result name, peer): (ms, threads)}."""
     from .benchmarks import _harness
 
     quick = [] if full else ["--quick"]
-    sequence = ORDERS + ORDERS[::-1] if full else ORDERS
+    sequence = order_sequence(repeat or (2 if full else 1))
     results, alone = {}, {}
     for name in names:
         path = importlib.util.find_spec(f"fluidlite.benchmarks.{name}").origin
@@ -78,6 +80,11 @@ def run_all(names, full: bool, log=print):
         except (RuntimeError, ValueError, OSError) as exc:
             log(f"  {name} FAILED: {str(exc)[-1500:]}")
     return results, alone
+
+
+def order_sequence(repeat: int) -> list:
+    """Each import order `repeat` times, as A B B A A B ...: neither order always runs first."""
+    return [pair for i in range(repeat) for pair in (ORDERS if i % 2 == 0 else ORDERS[::-1])]
 
 
 def faster_process(outs: list) -> list:
@@ -142,11 +149,21 @@ def target_rows(results, alone) -> list:
                      {order: (r["executor_us_per_op"], None)}))
     for name, by_order in results.items():
         times = {o: _mine(rs[0]) for o, rs in by_order.items()}
+        same = {o: _vs_same_process(rs[0]) for o, rs in by_order.items()}
         a, b = times.get(ORDERS[0][0]), times.get(ORDERS[1][0])
         if a and b:
+            sa, sb = same.get(ORDERS[0][0]), same.get(ORDERS[1][0])
             rows.append((f"{name}: fluidlite's time, torch first / fluidlite first", f"<= {ORDER_SPREAD_GOAL:.2f}x",
-                         {ORDERS[1][0]: (b / a, None)}))
+                         {ORDERS[1][0]: (b / a, sb / sa if sa and sb else None)}))
     return rows
+
+
+def _vs_same_process(result: dict):
+    """fluidlite's time / the first peer's in the same process, or None without one."""
+    peers = result.get("peers_ms", {})
+    others = [ms for key, ms in peers.items() if not key.startswith("fluidlite") and ms]
+    mine = _mine(result)
+    return mine / others[0] if mine and others else None
 
 
 def _fmt(cell):
@@ -170,7 +187,8 @@ def print_tables(rows, targets, missing=()):
     print(f"\n{'target (issue #13)':<{twidth}}  {'goal':>9}  {'fluidlite first':>15}  {'torch first':>13}")
     for label, goal, cells in targets:
         print(f"{label:<{twidth}}  {goal:>9}  {_fmt(cells.get(ORDERS[0][0])):>15}  {_fmt(cells.get(ORDERS[1][0])):>13}")
-    print("target cells: ratio against the peer alone at its best (in parentheses: against the peer in the same process)")
+    print("target cells: ratio against the peer alone at its best (in parentheses: against the peer in the same process;\n"
+          "in the spread rows: the ratio of those same-process ratios, torch first / fluidlite first)")
     load = os.getloadavg()
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores (uptime) at the end")
     if missing:
@@ -181,6 +199,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fluidlite bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)})")
     parser.add_argument("--full", action="store_true", help="the full profile instead of the quick one")
+    parser.add_argument("--repeat", type=int, metavar="N", help="processes per import order (default: 2 with "
+                        "--full, else 1); the fastest counts")
     parser.add_argument("--save", metavar="FILE", help="also write every result (both orders, peers alone) as JSON")
     args = parser.parse_args(argv)
     names = args.names or list(BENCHMARKS)
@@ -190,7 +210,9 @@ def main(argv=None) -> int:
     load = os.getloadavg()
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the start; profile "
           f"{'full' if args.full else 'quick'}", flush=True)
-    results, alone = run_all(names, args.full, log=lambda m: print(m, flush=True))
+    if args.repeat is not None and args.repeat < 1:
+        parser.error(f"--repeat must be at least 1, got {args.repeat}")
+    results, alone = run_all(names, args.full, log=lambda m: print(m, flush=True), repeat=args.repeat)
     if args.save:
         import json
 

@@ -55,7 +55,7 @@ def test_target_table_reads_ratios_against_the_peer_alone_and_the_import_order_s
     rows = {label: cells for label, _, cells in bench.target_rows(results, alone)}
     assert rows["MLP step / hand-written NumPy"] == {"fluidlite first": (2.0, 0.8), "torch first": (2.25, 0.45)}
     assert rows["clip by value, persistable out / torch clamp_"] == {"fluidlite first": (2.0, 1.5)}
-    assert rows["mlp_step: fluidlite's time, torch first / fluidlite first"] == {"torch first": (9.0 / 8.0, None)}
+    assert rows["mlp_step: fluidlite's time, torch first / fluidlite first"] == {"torch first": (9.0 / 8.0, (9.0 / 20.0) / (8.0 / 10.0))}
     ratios = bench.ratio_rows(results, alone)
     assert ratios[("mlp_step", "vs numpy alone (1 threads)")] == {"fluidlite first": 2.0, "torch first": 2.25}
 
@@ -67,3 +67,11 @@ def test_each_order_keeps_its_faster_process_per_result():
     second = [{"name": "a", "peers_ms": {"fluidlite": 4.0}}, {"name": "b", "peers_ms": {"fluidlite": 2.0}}]
     kept = {r["name"]: r["peers_ms"]["fluidlite"] for r in bench.faster_process([first, second])}
     assert kept == {"a": 4.0, "b": 1.0}
+
+
+def test_repeated_orders_alternate_which_runs_first():
+    from fluidlite import bench
+
+    names = [order for order, _ in bench.order_sequence(3)]
+    a, b = (order for order, _ in bench.ORDERS)
+    assert names == [a, b, b, a, a, b]

@@ -198,6 +198,13 @@ def test_transpose(perm):
     check_op("transpose", lambda dt: {"X": X234.astype(dt)}, lambda X: np.transpose(X, perm), attrs={"axis": perm})
 
 
+@pytest.mark.parametrize("shape, perm", [((70, 45), (1, 0)), ((3, 40, 37), (2, 1, 0)), ((2, 33, 3, 65), (0, 3, 2, 1))])
+def test_transpose_larger_than_a_tile(shape, perm):
+    """Moving the last axis copies in 32 x 32 tiles: full and partial tiles, several per matrix."""
+    x = rng.standard_normal(shape)
+    check_forward("transpose", {"X": x}, lambda X: np.transpose(X, perm), attrs={"axis": perm})
+
+
 def test_transpose_of_attention_heads_copies_rows():
     """[B, T, H, dh] -> [B, H, T, dh] and back (the last axis stays: a contiguous inner loop), also on a view."""
     x = rng.standard_normal((2, 5, 3, 4))

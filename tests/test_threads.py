@@ -77,45 +77,61 @@ def test_free_cores_counts_other_jobs_and_the_guard_limits_then_restores(monkeyp
 
     from fluidlite import _threads as T
 
-    assert T._others_running() >= 0
     monkeypatch.setattr(T, "_cores", lambda: 2)
-    monkeypatch.setattr(T, "_others_running", lambda: 0)
-    assert T.free_cores() == 2 and not T.oversubscribed()
-    monkeypatch.setattr(T, "_others_running", lambda: 1)
-    assert T.free_cores() == 1 and T.oversubscribed()
-    assert T.free_cores(others=5) == 1 and T.free_cores(others=0) == 2
+    assert [T.free_cores(o) for o in (0.0, 0.4, 0.6, 1.0, 5.0)] == [2, 2, 1, 1, 1]
+    monkeypatch.delenv("FLUIDLITE_FIXED_THREADS", raising=False)
     before = numba.get_num_threads()
     guard = T.RunGuard()
-    guard._libs = []
+    guard._libs, guard._others = [], lambda: 1.0
     with guard:
         assert numba.get_num_threads() == 1
     assert numba.get_num_threads() == before
 
 
-def test_the_guard_ignores_the_load_average_and_remembers_a_few_samples(monkeypatch):
-    """fluidlite's own threads keep the load average near the cores on an idle machine: it must not
-    throttle itself. Another job seen in two of the last three samples counts."""
-    import numba
-
+def test_other_load_averages_cpu_time_and_leaves_out_this_process(monkeypatch):
+    """Other processes' CPU time per second of wall time: a blip of a process (30 ms in a second) and
+    this process's own threads do not count, a steady job does; the load average is not read."""
     from fluidlite import _threads as T
 
     monkeypatch.setattr(T, "_cores", lambda: 2)
     monkeypatch.setattr(T.os, "getloadavg", lambda: (2.3, 2.2, 2.0))
     monkeypatch.delenv("FLUIDLITE_FIXED_THREADS", raising=False)
-    samples = iter([0, 1, 0, 1, 1, 0, 0])
-    monkeypatch.setattr(T, "_others_running", lambda: next(samples))
+    hz = T._TICKS_PER_S
+    # (all CPUs' busy ticks, this process's ticks) after each second: this process busy on both cores
+    # throughout, plus another job's blip, a steady job for two seconds, nothing
+    other = [0, 0.03, 1.0, 1.0, 0.0]
+    own = [0, 2.0, 2.0, 2.0, 2.0]
+    ticks = iter([(round(hz * sum(other[:i + 1]) + hz * sum(own[:i + 1])), round(hz * sum(own[:i + 1])))
+                  for i in range(len(other))])
+    clock = iter(range(len(other)))
     guard = T.RunGuard()
-    guard._libs = []
+    guard._libs, guard._others = [], T.OtherLoad(read=lambda: next(ticks), clock=lambda: float(next(clock)))
     seen = []
-    for now in range(7):
+    for now in range(len(other)):
         guard._check(float(now))
         seen.append(guard._limit)
-    # 0: no limit; 1: one thread while two of the last three samples saw another job
-    assert seen == [0, 1, 0, 1, 1, 1, 0]
-    monkeypatch.setattr(T, "_others_running", lambda: 0)
-    before = numba.get_num_threads()
-    with guard:
-        assert numba.get_num_threads() == before
+    assert seen == [0, 0, 1, 1, 0]
+
+
+def test_other_load_sees_another_busy_process():
+    """Read from /proc: a child spinning for a second shows as at least half a core."""
+    import subprocess
+    import time
+
+    from fluidlite import _threads as T
+
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("no /proc here: the guard reads no load and never limits")
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt = time.monotonic() + 1.6\n"
+                              "while time.monotonic() < t: pass"])
+    try:
+        time.sleep(0.3)  # the child's start-up is done
+        load = T.OtherLoad()
+        load()
+        time.sleep(1.0)
+        assert load() >= 0.5
+    finally:
+        child.wait(timeout=30)
 
 
 def test_fixed_threads_keeps_the_counts_on_a_busy_machine(monkeypatch):
@@ -126,13 +142,11 @@ def test_fixed_threads_keeps_the_counts_on_a_busy_machine(monkeypatch):
     import fluidlite._threads as T
 
     monkeypatch.setattr(T, "_cores", lambda: 2)
-    monkeypatch.setattr(T.os, "getloadavg", lambda: (3.0, 3.0, 3.0))
-    monkeypatch.setattr(T, "_others_running", lambda: 1)
     before = numba.get_num_threads()
     for fixed, want in (("1", before), ("0", 1)):
         monkeypatch.setenv("FLUIDLITE_FIXED_THREADS", fixed)
         guard = T.RunGuard()
-        guard._libs = []
+        guard._libs, guard._others = [], lambda: 1.0
         with guard:
             assert numba.get_num_threads() == want
         assert numba.get_num_threads() == before
@@ -149,11 +163,12 @@ def test_busy_machine_limits_scipys_openblas_during_a_run_only_and_never_numpys(
     others = [lib for lib in threadpoolctl.ThreadpoolController().lib_controllers
               if lib.user_api == "blas" and lib.filepath not in {m.filepath for m in libs}]
     monkeypatch.setattr(T, "_cores", lambda: 2)
-    monkeypatch.setattr(T, "_others_running", lambda: 1)
     monkeypatch.delenv("FLUIDLITE_FIXED_THREADS", raising=False)
+    guard = T.RunGuard()
+    guard._others = lambda: 1.0
     with threadpoolctl.threadpool_limits(2, user_api="blas"):
         before = {lib.filepath: lib.get_num_threads() for lib in libs + others}
-        with T.RunGuard():
+        with guard:
             assert all(lib.get_num_threads() == 1 for lib in libs)
             assert all(lib.get_num_threads() == before[lib.filepath] for lib in others)
         assert {lib.filepath: lib.get_num_threads() for lib in libs + others} == before

@@ -76,7 +76,8 @@ defop("sgd", inputs=("Param", "Grad", "LearningRate", "SkipUpdate"), outputs=("P
 
 def _lower_momentum(ctx):
     kernel = K.momentum_parallel if is_large(ctx.meta("Param")) else K.momentum
-    mu, nesterov = ctx.attrs["mu"], ctx.attrs["use_nesterov"]
+    # mu in Param's precision: float32 arithmetic vectorizes twice as wide (as Paddle's and torch's kernels compute)
+    mu, nesterov = ctx.dtype("Param").type(ctx.attrs["mu"]), ctx.attrs["use_nesterov"]
     ip, iv = _buffers(ctx, ("Param", "Velocity"))
     return _gated(ctx, lambda p, g, v, lr: kernel(p, g, v, lr, mu, nesterov, _out(ip, p), _out(iv, v)), (0, 2))
 
