@@ -94,6 +94,30 @@ def test_pool2d_forward_and_gradient(xs, k, s, p, kind, excl, ceil):
              attrs=attrs)
 
 
+@pytest.mark.parametrize("parallel_min", [0, 1 << 40])
+def test_max_pool_gradient_goes_to_the_first_maximum_of_overlapping_windows(monkeypatch, parallel_min):
+    """Ties (ReLU zeros) in 3x3 windows with stride 2: each window's gradient lands on its first maximum in
+    row-major order, summed where windows overlap; reference written here."""
+    monkeypatch.setattr(conv_ops, "_POOL_PARALLEL_MIN", parallel_min)
+    x = np.maximum(rng.standard_normal((2, 3, 7, 8)), 0.0)
+    x[0, 0, :3, :3] = 1.5  # a whole window tied
+    dout = rng.standard_normal((2, 3, 3, 3))
+    want = np.zeros_like(x)
+    for n, c, oh, ow in np.ndindex(dout.shape):
+        win = x[n, c, 2 * oh:2 * oh + 3, 2 * ow:2 * ow + 3]
+        i, j = np.unravel_index(np.argmax(win), win.shape)  # argmax: the first maximum
+        want[n, c, 2 * oh + i, 2 * ow + j] += dout[n, c, oh, ow]
+    main = fl.Program()
+    with fl.program_guard(main, fl.Program()):
+        xv = layers.data("x", [3, 7, 8], dtype="float64")
+        xv.stop_gradient = False
+        out = layers.pool2d(xv, 3, pool_stride=2)
+        g = layers.data("g", [3, 3, 3], dtype="float64")
+        fl.append_backward(layers.reduce_sum(out * g), parameter_list=[xv])
+    got, = fl.Executor().run(main, feed={"x": x, "g": dout}, fetch_list=[fl.grad_var_name("x")])
+    np.testing.assert_array_equal(got, want)
+
+
 def test_global_pooling_and_parallel_planes(monkeypatch):
     x = rng.standard_normal((3, 4, 5, 6))
     monkeypatch.setattr(conv_ops, "_POOL_PARALLEL_MIN", 0)

@@ -10,12 +10,16 @@ import numpy as np
 from ..kernels import conv as K
 from ..registry import Attr, defop
 
-# work (multiply-adds) from which a conv unrolls a block's images on threads; below it one thread is
-# faster than waking the pool
-_PARALLEL_FLOPS = 1 << 22
-# column-matrix elements per batch block: the serial kernel keeps a block's columns in cache while
-# BLAS reads them; the parallel one takes bigger blocks (fewer, larger products for BLAS to thread)
+# work (multiply-adds) from which a conv unrolls a block's images on threads. The unrolling is memory-bound
+# and BLAS already threads the products: on 2 cores the LeNet convs of benchmarks/cnn_step.py ran as fast
+# or faster on one thread at every block size
+_PARALLEL_FLOPS = 1 << 30
+# a serial block's images: few enough that the column block (about _BLOCK_COLS elements) stays in cache
+# while BLAS reads it, enough that the product has _MIN_PRODUCT_COLS columns. (64, 20, 12, 12) with 5x5
+# filters: 1 image per block took 4.2 + 8.1 ms forward + backward, 8 images 2.9 + 5.0 ms; (64, 1, 28, 28):
+# 2 images 0.74 + 0.74 ms, all 64 at once 4.5 + 1.8 ms
 _BLOCK_COLS = 1 << 15
+_MIN_PRODUCT_COLS = 512
 _PARALLEL_BLOCK_COLS = 1 << 20
 _POOL_PARALLEL_MIN = 1 << 17  # pooled input elements from which the planes run on threads
 
@@ -85,7 +89,10 @@ def _conv_plan(ctx):
     groups = ctx.attrs["groups"]
     n, k, hw = xs[0], ws[1] * ws[2] * ws[3], int(geo[8] * geo[9])
     parallel = n > 1 and numba.get_num_threads() > 1 and n * ws[0] * hw * k >= _PARALLEL_FLOPS
-    per_block = max(1, (_PARALLEL_BLOCK_COLS if parallel else _BLOCK_COLS) // max(1, k * hw))
+    if parallel:
+        per_block = max(1, _PARALLEL_BLOCK_COLS // max(1, k * hw))
+    else:
+        per_block = max(1, _BLOCK_COLS // max(1, k * hw), -(-_MIN_PRODUCT_COLS // max(1, hw)))
     return parallel, (groups, ws[0] // groups, k), geo, max(1, min(-(-n // per_block), n))
 
 
