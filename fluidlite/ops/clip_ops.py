@@ -5,17 +5,42 @@ Global-norm clipping is two ops: `global_norm` (one parallel pass over every ten
 float64 accumulation) writes a fetchable [1] norm; `scale_by_global_norm` rescales every tensor in
 one more pass, in place where the executor allows it and not at all when nothing is clipped.
 """
+import glob
 import math
+import platform
 from itertools import repeat
 
 import numpy as np
 from ..kernels import clip as K
+from ..kernels import clip_stream as KS
 from ..registry import NO_GRAD, REQUIRED, Attr, Elementwise, defop
 from ..shapes import numel
 from .common import PARALLEL_MIN, float_same_as, grad_op, is_large, positive
 
 CHUNK = 1 << 18  # elements per parallel work item of the multi-tensor kernels (measured: 2^16 is 5% slower)
 INF = float("inf")
+
+
+def _last_level_cache_bytes():
+    """The largest CPU cache (Linux sysfs); 32 MiB where it cannot be read."""
+    sizes = []
+    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+            sizes.append(int(text[:-1]) * {"K": 1 << 10, "M": 1 << 20}[text[-1]] if text[-1] in "KM" else int(text))
+        except (OSError, ValueError):
+            pass
+    return max(sizes, default=32 << 20)
+
+
+# a separate output larger than this is written by streaming stores (kernels/stream.py): below it the
+# output may still be in the cache for its reader, and streaming would evict it. x86 only (sfence).
+STREAM_MIN_BYTES = _last_level_cache_bytes() if platform.machine().lower() in ("x86_64", "amd64") else math.inf
+
+
+def _streams(metas, dtype, inplace):
+    return not inplace and sum(numel(m.shape) for m in metas) * np.dtype(dtype).itemsize > STREAM_MIN_BYTES
 
 
 def _norm_type(v):
@@ -48,9 +73,11 @@ def _bounds(ctx):
 
 
 def _lower_clip(ctx):
-    kernel = K.clip_into_parallel if is_large(ctx.meta("X")) else K.clip_into
-    lo, hi = _bounds(ctx)
     inplace = "X" in ctx.overwritable
+    kernel = K.clip_into_parallel if is_large(ctx.meta("X")) else K.clip_into
+    if _streams([ctx.meta("X")], ctx.dtype("X"), inplace):
+        kernel = KS.clip_into_streamed
+    lo, hi = _bounds(ctx)
     return lambda x, out=None: kernel(x, x if inplace else _dest(out, 0, x), lo, hi)
 
 
@@ -81,7 +108,8 @@ def _lower_clip_by_norm(ctx):
     inplace = "X" in ctx.overwritable
     dtype = ctx.dtype("X")
     if is_large(ctx.meta("X")):  # the global norm's parallel passes, on a group of one
-        norm, scale = group_norm([ctx.meta("X")], inf_norm), group_scale([ctx.meta("X")])
+        norm = group_norm([ctx.meta("X")], inf_norm)
+        scale = group_scale([ctx.meta("X")], _streams([ctx.meta("X")], dtype, inplace))
         like = np.empty(0, dtype)
         sizes = sizes_of([ctx.meta("X")])
 
@@ -199,10 +227,12 @@ def group_tensor_norms(metas, inf_norm):
     return norms
 
 
-def group_scale(metas):
-    """scale(addrs, out_addrs, like, s, zero): out = x * s (or 0) over a group, one pass."""
+def group_scale(metas, stream=False):
+    """scale(addrs, out_addrs, like, s, zero): out = x * s (or 0) over a group, one pass; `stream`:
+    separate outputs are written by streaming stores."""
     table = chunk_table([m.shape for m in metas])
     kernel = K.multi_scale if _is_large_group(metas) else K.multi_scale_serial
+    kernel = KS.multi_scale_streamed if stream else kernel
     return lambda addrs, out_addrs, like, s, zero: kernel(addrs, out_addrs, like, *table, s, zero)
 
 
@@ -283,11 +313,11 @@ def group_scale_factor(gn, c):
 
 def _lower_scale(ctx):
     metas = ctx.metas("X")
-    scale = group_scale(metas)
     dtype = ctx.dtype("X")
+    inplace = "X" in ctx.overwritable
+    scale = group_scale(metas, _streams(metas, dtype, inplace))
     like = np.empty(0, dtype)
     sizes = sizes_of(metas)
-    inplace = "X" in ctx.overwritable
     zero_bad = ctx.attrs["nonfinite"] == "zero"
     n = len(metas)
     attr_c = ctx.attrs["clip_norm"]
