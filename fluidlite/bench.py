@@ -7,8 +7,9 @@ and each order's fastest process counts: on a shared machine one process can run
 next for no reason of its own. The spread rows compare the orders twice: fluidlite's time, and its
 ratio to the peer timed in the same process (noise that slows a whole process cancels there). Every
 peer is also timed at its best: in processes of its own where fluidlite is never imported, with its
-default threads and with one thread, the faster kept (`benchmarks/_harness.py`). The last table holds each target of issue #13 against what
-was measured: `fluidlite bench --full` gives every figure the README quotes in one go.
+default threads and with one thread, the faster kept (`benchmarks/_harness.py`). The last table holds
+each target of issue #13 against what was measured: `fluidlite bench --full` gives every figure the
+README quotes in one go.
 """
 from __future__ import annotations
 
