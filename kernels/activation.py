@@ -163,20 +163,31 @@ def _gelu_vec_el(v, a):
     return x * fmaf(_F32(-0.5) * t, ex, _F32(1))
 
 
+# exp(P) for P(t) in [-1.27, 0]: exp(_PC) times a degree-8 Taylor polynomial in P - _PC (|P - _PC| <= 0.64,
+# truncation below 1e-7 relative): cheaper than a second full exp with its range reduction
+_PC = -0.6328
+_EXP_PC = _F32(math.exp(_PC))
+(_Q0, _Q1, _Q2, _Q3, _Q4, _Q5, _Q6, _Q7, _Q8) = (_F32(1 / math.factorial(k)) for k in range(9))
+
+
 @njit(cache=True, error_model="numpy", inline="always")
 def _gelu_vec_grad_el(v, g, a):
-    """Phi(v) + v phi(v), times g, in float32 fused multiply-adds (16 lanes; float64 took 2x longer).
-    Within 2e-7 absolute of the exact value (measured: 1.95e-7 near v = 0.19, about 3 ulp of the value
-    there): float32 rounding in exp's argument costs relative accuracy only in the tails, where the
-    values are small."""
+    """Phi(v) + v phi(v), times g, in float32 fused multiply-adds with one full exp: E = exp(-v^2 / 2)
+    gives phi, and erfc(|v| / sqrt 2) = t exp(P(t)) E. Within 3e-7 absolute of the exact value
+    (2.4e-7 measured over 5M points, near v = 0.03: 4 ulp of the value there); 1.35x faster than
+    two full exps. float32 rounding in exp's argument costs relative accuracy only in the
+    tails, where the values are small."""
     x = _F32(v)
-    z = abs(x) * _F32(_RSQRT2)
-    t = _F32(1) / fmaf(_F32(0.5), z, _F32(1))
+    e2 = expf_fma(_F32(-0.5) * x * x)
+    t = _F32(1) / fmaf(_F32(0.5 * _RSQRT2), abs(x), _F32(1))
     p = fmaf(fmaf(fmaf(fmaf(fmaf(_E9, t, _E8), t, _E7), t, _E6), t, _E5), t, _E4)
     p = fmaf(fmaf(fmaf(fmaf(p, t, _E3), t, _E2), t, _E1), t, _E0)
-    e = t * expf_fma(fmaf(-z, z, p))  # erfc(|v| / sqrt 2)
+    u = p - _F32(_PC)
+    q = fmaf(fmaf(fmaf(fmaf(_Q8, u, _Q7), u, _Q6), u, _Q5), u, _Q4)
+    q = fmaf(fmaf(fmaf(fmaf(q, u, _Q3), u, _Q2), u, _Q1), u, _Q0)
+    e = (t * (q * _EXP_PC)) * e2  # erfc(|v| / sqrt 2)
     phi_ = _F32(0.5) * e if x <= 0 else fmaf(_F32(-0.5), e, _F32(1))  # Phi(v) = erfc(-v / sqrt 2) / 2
-    return g * fmaf(x * _F32(_RSQRT2PI), expf_fma(_F32(-0.5) * x * x), phi_)
+    return g * fmaf(x * _F32(_RSQRT2PI), e2, phi_)
 
 
 @njit(cache=True, error_model="numpy", inline="always")

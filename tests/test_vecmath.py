@@ -1,6 +1,6 @@
 """The float32 gelu in float32 arithmetic on the vectorizing exp (kernels/vecmath_fma.py, tested against
 libm in test_vecmath_fma.py) against a float64 reference, in its tails too: the forward within 7 ulp (its
-documented bound; 6.5 measured), the gradient within 2e-7 absolute."""
+documented bound; 6.5 measured), the gradient within 3e-7 absolute."""
 import math
 
 import numpy as np
@@ -29,4 +29,4 @@ def test_float32_gelu_within_7_ulp_of_float64_in_both_tails():
     ulps = np.abs(out - want)[normal] / np.spacing(np.abs(want[normal]).astype(np.float32))
     assert ulps.max() <= 7, ulps.max()
     want_dx = phi + xd * np.exp(-0.5 * xd * xd) / math.sqrt(2 * math.pi)
-    np.testing.assert_allclose(dx, want_dx, rtol=0, atol=2e-7)
+    np.testing.assert_allclose(dx, want_dx, rtol=0, atol=3e-7)
