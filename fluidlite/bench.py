@@ -5,10 +5,11 @@ table shows whether the order matters. With `--full` each order runs twice (`--r
 the order A B B A A B ... so that neither always goes first (a first process meets cold file caches),
 and each order's fastest process counts: on a shared machine one process can run 1.3x slower than the
 next for no reason of its own. The spread rows compare the orders twice: fluidlite's time, and its
-ratio to the peer timed in the same process (noise that slows a whole process cancels there). Every peer is also timed at its best: in processes
-of its own where fluidlite is never imported, with its default threads and with one thread, the
-faster kept (`benchmarks/_harness.py`). The last table holds each target of issue #13 against what
-was measured: `fluidlite bench --full` gives every figure the README quotes in one go.
+ratio to the peer timed in the same process (noise that slows a whole process cancels there). Every
+peer is also timed at its best: in processes of its own where fluidlite is never imported, with its
+default threads and with one thread, the faster kept (`benchmarks/_harness.py`). The last table holds
+each target of issue #13 against what was measured: `fluidlite bench --full` gives every figure the
+README quotes in one go.
 """
 from __future__ import annotations
 

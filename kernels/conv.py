@@ -210,7 +210,8 @@ def _window(o, stride, pad, k, size):
 
 
 @njit(cache=True, error_model="numpy")
-def _max_plane(x, out, geo):
+def _pool_plane_of(x, out, geo, is_max, exclusive):
+    """One plane's max or average pooling (the average sums in float64)."""
     kh, kw, sh, sw, ph, pw = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5]
     h, w, ho, wo = x.shape[0], x.shape[1], out.shape[0], out.shape[1]
     xf, of, uw = x.reshape(-1), out.reshape(-1), np.uint64(w)
@@ -219,29 +220,11 @@ def _max_plane(x, out, geo):
         h0, h1 = _window(oh, sh, ph, kh, h)
         for ow in range(wo):
             w0, w1 = _window(ow, sw, pw, kw, w)
-            m = xf[h0 * uw + w0]
+            acc = np.float64(xf[h0 * uw + w0]) if is_max else 0.0
             for i in range(h0, h1):
                 for j in range(i * uw + w0, i * uw + w1):
-                    m = max(m, xf[j])
-            of[o] = m
-            o += np.uint64(1)
-
-
-@njit(cache=True, error_model="numpy")
-def _avg_plane(x, out, geo, exclusive):
-    kh, kw, sh, sw, ph, pw = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5]
-    h, w, ho, wo = x.shape[0], x.shape[1], out.shape[0], out.shape[1]
-    xf, of, uw = x.reshape(-1), out.reshape(-1), np.uint64(w)
-    o = np.uint64(0)
-    for oh in range(ho):
-        h0, h1 = _window(oh, sh, ph, kh, h)
-        for ow in range(wo):
-            w0, w1 = _window(ow, sw, pw, kw, w)
-            s = 0.0
-            for i in range(h0, h1):
-                for j in range(i * uw + w0, i * uw + w1):
-                    s += xf[j]
-            of[o] = s / ((h1 - h0) * (w1 - w0) if exclusive else kh * kw)
+                    acc = max(acc, xf[j]) if is_max else acc + xf[j]
+            of[o] = acc if is_max else acc / ((h1 - h0) * (w1 - w0) if exclusive else kh * kw)
             o += np.uint64(1)
 
 
@@ -289,10 +272,7 @@ def _avg_plane_grad(dout, dx, geo, exclusive):
 @njit(cache=True, error_model="numpy")
 def _pool_plane(x, out, p, geo, is_max, exclusive):
     n, c = p // x.shape[1], p % x.shape[1]
-    if is_max:
-        _max_plane(x[n, c], out[n, c], geo)
-    else:
-        _avg_plane(x[n, c], out[n, c], geo, exclusive)
+    _pool_plane_of(x[n, c], out[n, c], geo, is_max, exclusive)
 
 
 @njit(cache=True, error_model="numpy")
