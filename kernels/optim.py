@@ -122,6 +122,31 @@ def adam_parallel(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, coeff, p_out, m
     return p_out, m1_out, m2_out, b1p_out, b2p_out
 
 
+# In-place twins (outputs are the inputs): with four arrays instead of seven, LLVM's run-time alias
+# checks stay within its limit and the loop vectorizes (4x faster on the Transformer's parameters).
+@njit(cache=True, error_model="numpy")
+def adam_inplace(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, coeff):
+    decay = 1.0 - lr[0] * coeff
+    rate = _adam_rate(lr, b1p, b2p, beta1, beta2, b1p, b2p)
+    pf, gf, af, bf = p.reshape(-1), g.reshape(-1), m1.reshape(-1), m2.reshape(-1)
+    for i in range(pf.size):
+        _adam_at(pf, gf, af, bf, pf, af, bf, rate, beta1, beta2, eps, i, decay)
+    return p, m1, m2, b1p, b2p
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def adam_inplace_parallel(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, coeff):
+    decay = 1.0 - lr[0] * coeff
+    rate = _adam_rate(lr, b1p, b2p, beta1, beta2, b1p, b2p)
+    pf = p.reshape(-1)
+    gf = g.reshape(-1)
+    af = m1.reshape(-1)
+    bf = m2.reshape(-1)
+    for i in prange(pf.size):
+        _adam_at(pf, gf, af, bf, pf, af, bf, rate, beta1, beta2, eps, i, decay)
+    return p, m1, m2, b1p, b2p
+
+
 @njit(cache=True, error_model="numpy")
 def sign(x):
     out = np.empty_like(x)

@@ -459,3 +459,30 @@ def test_clip_comes_before_weight_decay():
     expected = np.clip(raw, -0.01, 0.01) + 0.5 * 2.0
     np.testing.assert_allclose(grad, expected, rtol=1e-12)
     np.testing.assert_allclose(fl.fetch_var("w"), 2.0 - 0.1 * expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype,n", [("float32", 7), ("float64", 7), ("float64", PARALLEL_MIN)])
+def test_adam_in_place_kernels_update_the_scopes_arrays_like_numpy(dtype, n):
+    """Outputs named like the inputs take the in-place kernels (serial, and parallel for large Param)."""
+    main = fl.Program()
+    block = main.global_block()
+    names = ("p", "g", "lr", "m1", "m2", "b1p", "b2p")
+    shapes = (n, n, 1, n, n, 1, 1)
+    vs = {k: block.create_var(name=k, shape=[s], dtype=dtype, persistable=True) for k, s in zip(names, shapes)}
+    slots = ("Param", "Grad", "LearningRate", "Moment1", "Moment2", "Beta1Pow", "Beta2Pow")
+    block.append_op("adam", dict(zip(slots, (vs[k] for k in names))),
+                    {"ParamOut": vs["p"], "Moment1Out": vs["m1"], "Moment2Out": vs["m2"],
+                     "Beta1PowOut": vs["b1p"], "Beta2PowOut": vs["b2p"]}, {"beta1": 0.9, "beta2": 0.999})
+    vals = [rng.standard_normal(n), rng.standard_normal(n), [0.01], rng.standard_normal(n), rng.random(n),
+            [0.9 ** 2], [0.999 ** 2]]
+    vals = [np.asarray(v, dtype) for v in vals]
+    scope = fl.Scope()
+    for k, v in zip(names, vals):
+        scope.set_array(k, v.copy())
+    held = scope.get_array("p")
+    fl.Executor().run(main, scope=scope)
+    want = np_adam(*(v.astype(np.float64) for v in vals), 0.9, 0.999, 1e-8)
+    tol = 1e-6 if dtype == "float32" else 1e-12
+    for k, w in zip(("p", "m1", "m2", "b1p", "b2p"), want):
+        np.testing.assert_allclose(scope.get_array(k), w, rtol=tol, atol=tol, err_msg=k)
+    assert scope.get_array("p") is held  # updated in place

@@ -99,6 +99,10 @@ def _lower_adam(ctx):
     b1, b2, eps = ctx.attrs["beta1"], ctx.attrs["beta2"], ctx.attrs["epsilon"]
     coeff = ctx.attrs.get("coeff", 0.0)  # adamw's decoupled weight decay
     ip, i1, i2, ib1, ib2 = _buffers(ctx, ("Param",) + _ADAM_STATE + _ADAM_POWS)
+    if ip and i1 and i2 and ib1 and ib2:  # the usual case: a kernel that vectorizes (fewer arrays to alias)
+        inplace = K.adam_inplace_parallel if is_large(ctx.meta("Param")) else K.adam_inplace
+        return _gated(ctx, lambda p, g, lr, m1, m2, b1p, b2p: inplace(p, g, lr, m1, m2, b1p, b2p, b1, b2, eps, coeff),
+                      (0, 3, 4, 5, 6))
 
     def run(p, g, lr, m1, m2, b1p, b2p):
         return kernel(p, g, lr, m1, m2, b1p, b2p, b1, b2, eps, coeff,
