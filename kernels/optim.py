@@ -74,14 +74,24 @@ def momentum_parallel(p, g, v, lr, mu, nesterov, p_out, v_out):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _adam_at(pf, gf, af, bf, pof, aof, bof, rate, beta1, beta2, eps, i, decay=1.0):
-    """One element of Adam; `decay` < 1 is AdamW's decoupled weight decay (p * decay before the step)."""
+def _adam_at(pf, gf, af, bf, pof, aof, bof, rate, c, i):
+    """One element of Adam; c = (decay, beta1, 1 - beta1, beta2, 1 - beta2, eps) in Param's dtype
+    (`_adam_c`); decay < 1 is AdamW's decoupled weight decay (p * decay before the step)."""
+    decay, beta1, nbeta1, beta2, nbeta2, eps = c
     gi = gf[i]
-    a = beta1 * af[i] + (1.0 - beta1) * gi
-    b = beta2 * bf[i] + (1.0 - beta2) * gi * gi
+    a = beta1 * af[i] + nbeta1 * gi
+    b = beta2 * bf[i] + nbeta2 * gi * gi
     aof[i] = a
     bof[i] = b
     pof[i] = pf[i] * decay - rate * a / (np.sqrt(b) + eps)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _adam_c(p, lr, beta1, beta2, eps, coeff):
+    """Adam's constants in Param's dtype: float32 arithmetic vectorizes twice as wide (as torch's and
+    Paddle's float32 kernels compute); float64 Params compute as before, bit for bit."""
+    t = p.dtype.type
+    return t(1.0 - lr[0] * coeff), t(beta1), t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(eps)
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -97,19 +107,19 @@ def _adam_rate(lr, b1p, b2p, beta1, beta2, b1p_out, b2p_out):
 def adam(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, coeff, p_out, m1_out, m2_out, b1p_out, b2p_out):
     """Adam, or AdamW with `coeff` > 0: p <- p * (1 - lr * coeff) before the step (1.0 exactly when
     coeff is 0, so Adam's rounding is unchanged)."""
-    decay = 1.0 - lr[0] * coeff
-    rate = _adam_rate(lr, b1p, b2p, beta1, beta2, b1p_out, b2p_out)
+    c = _adam_c(p, lr, beta1, beta2, eps, coeff)
+    rate = p.dtype.type(_adam_rate(lr, b1p, b2p, beta1, beta2, b1p_out, b2p_out))
     pf, gf, af, bf = p.reshape(-1), g.reshape(-1), m1.reshape(-1), m2.reshape(-1)
     pof, aof, bof = p_out.reshape(-1), m1_out.reshape(-1), m2_out.reshape(-1)
     for i in range(pf.size):
-        _adam_at(pf, gf, af, bf, pof, aof, bof, rate, beta1, beta2, eps, i, decay)
+        _adam_at(pf, gf, af, bf, pof, aof, bof, rate, c, i)
     return p_out, m1_out, m2_out, b1p_out, b2p_out
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def adam_parallel(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, coeff, p_out, m1_out, m2_out, b1p_out, b2p_out):
-    decay = 1.0 - lr[0] * coeff
-    rate = _adam_rate(lr, b1p, b2p, beta1, beta2, b1p_out, b2p_out)
+    c = _adam_c(p, lr, beta1, beta2, eps, coeff)
+    rate = p.dtype.type(_adam_rate(lr, b1p, b2p, beta1, beta2, b1p_out, b2p_out))
     pf = p.reshape(-1)
     gf = g.reshape(-1)
     af = m1.reshape(-1)
@@ -118,7 +128,7 @@ def adam_parallel(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, coeff, p_out, m
     aof = m1_out.reshape(-1)
     bof = m2_out.reshape(-1)
     for i in prange(pf.size):
-        _adam_at(pf, gf, af, bf, pof, aof, bof, rate, beta1, beta2, eps, i, decay)
+        _adam_at(pf, gf, af, bf, pof, aof, bof, rate, c, i)
     return p_out, m1_out, m2_out, b1p_out, b2p_out
 
 
@@ -126,24 +136,24 @@ def adam_parallel(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, coeff, p_out, m
 # checks stay within its limit and the loop vectorizes (4x faster on the Transformer's parameters).
 @njit(cache=True, error_model="numpy")
 def adam_inplace(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, coeff):
-    decay = 1.0 - lr[0] * coeff
-    rate = _adam_rate(lr, b1p, b2p, beta1, beta2, b1p, b2p)
+    c = _adam_c(p, lr, beta1, beta2, eps, coeff)
+    rate = p.dtype.type(_adam_rate(lr, b1p, b2p, beta1, beta2, b1p, b2p))
     pf, gf, af, bf = p.reshape(-1), g.reshape(-1), m1.reshape(-1), m2.reshape(-1)
     for i in range(pf.size):
-        _adam_at(pf, gf, af, bf, pf, af, bf, rate, beta1, beta2, eps, i, decay)
+        _adam_at(pf, gf, af, bf, pf, af, bf, rate, c, i)
     return p, m1, m2, b1p, b2p
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def adam_inplace_parallel(p, g, lr, m1, m2, b1p, b2p, beta1, beta2, eps, coeff):
-    decay = 1.0 - lr[0] * coeff
-    rate = _adam_rate(lr, b1p, b2p, beta1, beta2, b1p, b2p)
+    c = _adam_c(p, lr, beta1, beta2, eps, coeff)
+    rate = p.dtype.type(_adam_rate(lr, b1p, b2p, beta1, beta2, b1p, b2p))
     pf = p.reshape(-1)
     gf = g.reshape(-1)
     af = m1.reshape(-1)
     bf = m2.reshape(-1)
     for i in prange(pf.size):
-        _adam_at(pf, gf, af, bf, pf, af, bf, rate, beta1, beta2, eps, i, decay)
+        _adam_at(pf, gf, af, bf, pf, af, bf, rate, c, i)
     return p, m1, m2, b1p, b2p
 
 
