@@ -2,40 +2,67 @@
 (pre, n, post) view, with their gradients.
 
 Rows go in three passes, each its own function so each carries its own float flags: the row maxima
-and the row sums/scaling are compiled with reassociation (LLVM vectorises those reductions; NaN and
-Inf keep their meaning, no nnan/ninf), the exponentials without it. float32 rows use expf32's
-expf_ (vectorizes; a libm call per element was 8x slower), float64 rows libm's exp.
+(an integer max over the floats' ordered bits) and the row sums/scaling are compiled with
+reassociation (LLVM vectorises those reductions; NaN and Inf keep their meaning, no nnan/ninf), the
+exponentials without it. float32 rows use vecmath_fma's expf_fma (vectorizes; a libm call per
+element was 8x slower), float64 rows libm's exp.
 Each reduction loop only reads: a loop that also stores gets a runtime overlap check whose scalar
 fallback sums in another order, and results would depend on where the arrays live.
 """
 import numpy as np
 from numba import njit, prange
 
-from .expf32 import exp_data
+from .vecmath import bits_f32, bits_f64, f32_bits, f64_bits
+from .vecmath_fma import expf_fma
 
 _FAST = ("reassoc", "nsz", "arcp", "contract", "afn")
 _BLOCK = 4096  # elements per parallel task: rows stay whole, so results do not depend on the thread count
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _max_bits(xs, v0):
+    """max(xs) through the floats' bits read as integers that order like the floats (a negative
+    float's magnitude bits flipped): an integer max vectorizes (3x faster), a float one not without
+    assuming no NaN. A NaN comes out as the max or is passed over; either way its row's exponentials
+    sum to NaN, as with a float max."""
+    if isinstance(v0, np.float32):  # resolved at compile time
+        k = np.int32(-2147483648)
+        for j in range(xs.size):
+            b = f32_bits(xs[j])
+            key = b ^ ((b >> np.int32(31)) & np.int32(0x7FFFFFFF))
+            k = key if key > k else k
+        return bits_f32(k ^ ((k >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+    k = np.int64(-9223372036854775808)
+    for j in range(xs.size):
+        b = f64_bits(xs[j])
+        key = b ^ ((b >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))
+        k = key if key > k else k
+    return bits_f64(k ^ ((k >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
+
+
 @njit(cache=True, error_model="numpy", fastmath=set(_FAST))
 def _row_max(x2, m):
     for p in range(x2.shape[0]):
-        mm = x2[p, 0]
-        for j in range(1, x2.shape[1]):
-            v = x2[p, j]
-            mm = v if v > mm else mm
-        m[p] = mm
+        m[p] = _max_bits(x2[p], x2[p, 0])
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _exp(v):
+    if isinstance(v, np.float32):  # resolved at compile time: the other branch is pruned
+        return expf_fma(v)
+    return np.exp(v)
 
 
 # fastmath stated off: Numba compiles a callee whose decorator leaves it unset with its caller's
 # flags, and reassociation would fold expf_'s rounding to an integer away.
 @njit(cache=True, error_model="numpy", fastmath=False)
 def _row_exp(x2, o2, m):
-    """o2 = exp(x2 - m[:, None]): float32 through expf32's vectorizing expf_, float64 through libm."""
+    """o2 = exp(x2 - m[:, None]): float32 through vecmath_fma's vectorizing expf_fma (1.4x faster than
+    expf32's expf_ here), float64 through libm."""
     for p in range(x2.shape[0]):
         mm = m[p]
         for j in range(x2.shape[1]):
-            o2[p, j] = exp_data(x2[p, j] - mm)
+            o2[p, j] = _exp(x2[p, j] - mm)
 
 
 @njit(cache=True, error_model="numpy", fastmath=set(_FAST))

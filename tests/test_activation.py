@@ -210,3 +210,20 @@ def test_gelu_leaky_relu_errors_name_op_and_variable():
         layers.gelu(xf, approximate="yes")
     with pytest.raises(TypeError, match="leaky_relu.*alpha"):
         layers.leaky_relu(xf, alpha="big")
+
+
+
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+def test_softmax_rows_max_through_ordered_bits_keeps_nan_inf_and_sign_cases(dt):
+    """The row max is an integer max over the floats' bits: negative rows, -0.0, huge magnitudes,
+    and rows holding NaN or +-inf must come out as NumPy's softmax does (NaN rows all NaN)."""
+    x = np.array([[1, 2, 3, 4], [-4, -3, -2, -1], [-0.0, 0.0, -0.0, -1], [1000, 999, -1000, 0],
+                  [-5e30, -6e30, -7e30, -4e30], [-np.inf, 0, -np.inf, 1], [np.nan, 1, 2, 3],
+                  [1, 2, -np.nan, 3], [np.inf, 1, 2, 3], [-np.inf] * 4], dt)
+
+    def ref(X):
+        with np.errstate(invalid="ignore"):
+            return _softmax_ref(-1)(X.astype(np.float64)).astype(dt)
+
+    out = check_forward("softmax", {"X": x}, ref)["Out"]
+    assert np.all(out[:6].argmax(-1) == [3, 3, 0, 0, 3, 3]) and np.isnan(out[6:]).all()
