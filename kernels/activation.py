@@ -158,9 +158,8 @@ def _gelu_vec_el(v, a):
     err = (p - (s - r)) - (h + r)  # s + err = p - h exactly (Knuth's two-sum)
     ex = expf_fma(s)
     ex = fmaf(ex, err - lo, ex)  # erfc(|x| / sqrt 2) / t; t multiplies last, as t * ex can be subnormal
-    if x <= 0:
-        return (_F32(0.5) * x * t) * ex
-    return x * fmaf(_F32(-0.5) * t, ex, _F32(1))
+    # one select, not two returns: the prange loop of unary_parallel vectorized only this way
+    return (_F32(0.5) * x * t) * ex if x <= 0 else x * fmaf(_F32(-0.5) * t, ex, _F32(1))
 
 
 # exp(P) for P(t) in [-1.27, 0]: exp(_PC) times a degree-8 Taylor polynomial in P - _PC (|P - _PC| <= 0.64,
