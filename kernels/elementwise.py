@@ -257,6 +257,27 @@ def col_sum(g2):
     return acc.astype(g2.dtype)
 
 
+@njit(cache=True, error_model="numpy", fastmath={"reassoc", "nsz"})
+def _run_sum(v):
+    """A contiguous run's float64 sum, reassociated so it vectorizes (a running sum is a chain of
+    dependent adds); the bits depend on the run's length only."""
+    a = 0.0
+    for q in range(v.size):
+        a += np.float64(v[q])
+    return a
+
+
+@njit(cache=True, error_model="numpy")
+def plane_sum(g3):
+    """Sums of a (pre, n, post) view over pre and post (a channel bias's gradient), in float64."""
+    pre, n, post = g3.shape
+    acc = np.zeros(n)
+    for p in range(pre):
+        for j in range(n):
+            acc[j] += _run_sum(g3[p, j])
+    return acc.astype(g3.dtype)
+
+
 @njit(cache=True, error_model="numpy")
 def grad_strided(x, y, dout, shape, xst, yst, op):
     """(dx, dy) shaped like x and y; broadcast dims (stride 0) accumulate."""

@@ -127,11 +127,11 @@ def _lower_grad(ctx):
     if op == K.ADD and form[0] == "same":  # both gradients are dOut itself (grad_returns_view)
         def run(x, y, g):
             return g, g
-    elif op == K.ADD and form[0] == "pnp" and form[3] == 1:  # a bias row: dOut, and its column sums
-        _, pre, n, _, small_is_y = form
+    elif op == K.ADD and form[0] == "pnp":  # a bias row or channel bias: dOut, and its sums
+        _, pre, n, post, small_is_y = form
 
         def run(x, y, g):
-            ds = K.col_sum(g.reshape(pre, n))
+            ds = K.col_sum(g.reshape(pre, n)) if post == 1 else K.plane_sum(g.reshape(pre, n, post))
             return (g, ds) if small_is_y else (ds, g)
     elif form[0] == "same":
         kernel = K.grad_same_parallel if large else K.grad_same
