@@ -2,7 +2,9 @@
 
     python benchmarks/gemm.py [--quick] [--import-torch-first] [--json]
 
-- `numba`: `np.dot` inside a Numba kernel, which reaches SciPy's OpenBLAS (what fluidlite calls);
+- `fluidlite`: the kernels' products (kernels/blas.py: NumPy's OpenBLAS when it exports a 64-bit CBLAS,
+  else SciPy's);
+- `scipy`: `np.dot` inside a Numba kernel, which reaches SciPy's OpenBLAS (what fluidlite called before);
 - `numpy`: `np.matmul`, NumPy's own OpenBLAS;
 - `torch`: `torch.matmul` (MKL), when torch imports.
 
@@ -59,8 +61,11 @@ def _numba_products():
 
 
 def _calls(kind, a, b):
+    from fluidlite.kernels import basic as KB
+
     numba = _numba_products()[kind]
-    calls = {"numba": lambda: numba(a, b),
+    ours = {"nn": KB.matmul2d, "nt": KB.matmul2d_nt, "tn": KB.matmul2d_tn}[kind]
+    calls = {"fluidlite": lambda: ours(a, b), "scipy": lambda: numba(a, b),
              "numpy": {"nn": lambda: a @ b, "nt": lambda: a @ b.T, "tn": lambda: a.T @ b}[kind]}
     try:
         import torch
@@ -97,7 +102,10 @@ def main(argv=None):
     r = run(args.quick)
     if args.json:
         return _harness.emit_json(r)
-    print("fastest call, us (GFLOP/s); numba = SciPy's OpenBLAS via np.dot in a kernel (fluidlite), numpy = np.matmul")
+    from fluidlite.kernels import blas
+
+    print(f"fastest call, us (GFLOP/s); fluidlite = kernels/blas.py ({blas.BACKEND}'s BLAS), "
+          "scipy = np.dot in a Numba kernel (SciPy's OpenBLAS), numpy = np.matmul")
     for row in r["rows"]:
         flop = 2 * row["m"] * row["k"] * row["n"]
         cells = "  ".join(f"{name} {us:8.0f} ({flop / us / 1e3:4.0f})" for name, us in row["us"].items())

@@ -12,24 +12,24 @@ code) is left alone. Nothing here writes environment variables.
 Numba's workqueue must not launch parallel kernels from two threads at once (it aborts the
 process), so while it is the layer, plans run one at a time per process (`RunGuard`).
 
-BLAS calls inside kernels (np.dot) go to SciPy's OpenBLAS, whose idle threads spin. When another
-job holds a core, a two-thread product waits for a descheduled partner: an LSTM step burnt 830 ms of
-CPU for 86 ms of work, and a (2048, 128) x (128, 128) product took 8 ms instead of 0.7 ms with one
-other busy process on 2 cores. So while a plan runs, that OpenBLAS (found by threadpoolctl, only the
-copy under SciPy's directory) and Numba's thread count for the calling thread (the prange kernels
-wait for their partner the same way) are limited to the cores other processes leave free, and
-restored afterwards. What other processes use is read at most once a second from /proc's CPU time
-counters: all CPUs' busy time minus this process's own, averaged over the time since the last read
-(`OtherLoad`). Not the load average, which counts fluidlite's own threads (an idle 2-core MLP run
-throttled itself to one thread); not a count of runnable threads at one instant, which a process
-running for a moment (a shell's polling loop) turned into a phantom job often enough to throttle
-some runs to one thread. Other libraries' pools (NumPy's OpenBLAS, torch's) are never touched.
-FLUIDLITE_FIXED_THREADS=1 turns the limit off: a product's last bits can depend on its thread
-count, so only fixed counts repeat bit for bit.
+BLAS calls inside kernels go to one OpenBLAS (kernels/blas.py: NumPy's copy, else SciPy's), whose
+idle threads spin. When another job holds a core, a two-thread product waits for a descheduled
+partner: an LSTM step burnt 830 ms of CPU for 86 ms of work, and a (2048, 128) x (128, 128) product
+took 8 ms instead of 0.7 ms with one other busy process on 2 cores. So while a plan runs, that
+OpenBLAS (found by threadpoolctl from the directory it was loaded from) and Numba's thread count for
+the calling thread (the prange kernels wait for their partner the same way) are limited to the cores
+other processes leave free, and restored afterwards. What other processes use is read at most once a
+second from /proc's CPU time counters: all CPUs' busy time minus this process's own, averaged over
+the time since the last read (`OtherLoad`). Not the load average, which counts fluidlite's own
+threads (an idle 2-core MLP run throttled itself to one thread); not a count of runnable threads at
+one instant, which a process running for a moment (a shell's polling loop) turned into a phantom job
+often enough to throttle some runs to one thread. Other pools (torch's, a second OpenBLAS copy) are
+never touched. FLUIDLITE_FIXED_THREADS=1 turns the limit off: a product's last bits can depend on
+its thread count, so only fixed counts repeat bit for bit.
 
-Every product of a plan goes to that one OpenBLAS: calling NumPy's (np.matmul) for `mul` as well
-made an LSTM step 3x slower, as each pool's worker spins for a while after a call and starves the
-other pool and Numba's workers (benchmarks/gemm.py times the libraries one at a time).
+Every product of a plan goes to that one OpenBLAS: calling NumPy's (np.matmul) for `mul` while the
+kernels used SciPy's made an LSTM step 3x slower, as each pool's worker spins for a while after a
+call and starves the other pool and Numba's workers.
 """
 from __future__ import annotations
 
@@ -61,23 +61,24 @@ def choose_layer() -> str:
     return _chosen
 
 
-def _scipy_blas() -> list:
-    """threadpoolctl controllers of the BLAS libraries loaded from SciPy's directory (what np.dot in a
-    Numba kernel calls); empty without threadpoolctl."""
+def _kernel_blas() -> list:
+    """threadpoolctl controllers of the BLAS library the kernels call (kernels/blas.py: NumPy's or SciPy's
+    copy, told apart by the directory it was loaded from); empty without threadpoolctl."""
     import sys
+
+    from .kernels import blas
 
     first = "threadpoolctl" not in sys.modules and "KMP_DUPLICATE_LIB_OK" not in os.environ
     try:
-        import scipy
-        import scipy.linalg.cython_blas  # noqa: F401  (loads it, as Numba does)
         from threadpoolctl import ThreadpoolController
     except ImportError:
         return []
     finally:
         if first:  # threadpoolctl's import sets KMP_DUPLICATE_LIB_OK for the whole process: not through us
             os.environ.pop("KMP_DUPLICATE_LIB_OK", None)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(scipy.__file__)))
-    mine = (os.path.join(root, "scipy"), os.path.join(root, "scipy.libs"))
+    package = __import__(blas.BACKEND)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(package.__file__)))
+    mine = tuple(os.path.join(root, blas.BACKEND + tail) for tail in ("", ".libs", os.sep + ".dylibs"))
     return [lib for lib in ThreadpoolController().lib_controllers
             if lib.user_api == "blas" and os.path.abspath(lib.filepath).startswith(mine)]
 
@@ -129,7 +130,7 @@ def free_cores(others: float) -> int:
 
 
 class RunGuard:
-    """Held while a plan runs: serialises plans under workqueue, and limits SciPy's OpenBLAS and Numba's
+    """Held while a plan runs: serialises plans under workqueue, and limits the kernels' BLAS and Numba's
     threads to the free cores while the machine is oversubscribed."""
 
     RECHECK_S = 1.0
@@ -146,7 +147,7 @@ class RunGuard:
     def _check(self, now):
         self._next_check = now + self.RECHECK_S
         if self._libs is None:
-            self._libs = _scipy_blas()
+            self._libs = _kernel_blas()
         free = free_cores(self._others())
         # A BLAS product's bits can follow its thread count ((128, 784) x (784, 1024) float32 does in
         # OpenBLAS): FLUIDLITE_FIXED_THREADS=1 keeps the counts, so runs repeat bit for bit.

@@ -2,6 +2,8 @@
 import numpy as np
 from numba import njit, prange
 
+from . import blas
+
 
 # Per-element functions (`_scale_el`, `_tanh_el`, ...) are what the kernels below and the fuse pass's
 # generated kernels both call (OpDef.elementwise), so a fused chain rounds exactly as the ops do.
@@ -66,19 +68,25 @@ def tanh_grad(out, dout):
 
 @njit(cache=True, error_model="numpy")
 def matmul2d(a, b):
-    return np.dot(a, b)
+    return blas.dot(a, b)
 
 
 @njit(cache=True, error_model="numpy")
 def matmul2d_tn(a, b):
-    """a.T @ b (the transpose goes to BLAS as an F-ordered view, no copy)"""
-    return np.dot(a.T, b)
+    """a.T @ b (the transpose goes to BLAS as a flag, no copy)"""
+    return blas.dot(a.T, b)
+
+
+@njit(cache=True, error_model="numpy")
+def matmul_acc(a, b, out):
+    """out += a @ b"""
+    blas.gemm(a, b, out, 1.0, 1.0)
 
 
 @njit(cache=True, error_model="numpy")
 def matmul2d_nt(a, b):
     """a @ b.T"""
-    return np.dot(a, b.T)
+    return blas.dot(a, b.T)
 
 
 @njit(cache=True, error_model="numpy")

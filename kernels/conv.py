@@ -3,12 +3,14 @@
 Geometry travels as one int64 array `geo` = (kh, kw, sh, sw, ph, pw, dh, dw, ho, wo) so the
 serial and parallel twins share their signatures and helpers. A conv kernel splits the batch into
 `nblk` contiguous blocks of images; each block unrolls its images' windows into a column matrix
-col[(c, i, j), (image, oh, ow)] and multiplies it by the filter matrix with one np.dot (SciPy's
-BLAS), per group. The parallel twins unroll (and scatter back) the images of a block in prange,
+col[(c, i, j), (image, oh, ow)] and multiplies it by the filter matrix with one BLAS product
+(kernels/blas.py), per group. The parallel twins unroll (and scatter back) the images of a block in prange,
 each image writing its own columns. Pool kernels run one (image, channel) plane per iteration.
 """
 import numpy as np
 from numba import njit, prange
+
+from . import blas
 
 
 @njit(cache=True, error_model="numpy")
@@ -109,7 +111,7 @@ def _block(n, nblk, b):
 
 
 # The twins differ only in range / prange over the images of a block. BLAS is called from the
-# calling thread only, one product per block and group (SciPy's OpenBLAS threads it; calling it from
+# calling thread only, one product per block and group (the BLAS threads it; calling it from
 # several threads at once made a step ten times slower on a busy machine).
 
 @njit(cache=True, error_model="numpy")
@@ -124,7 +126,7 @@ def conv2d(x, w3, geo, nblk):
         for g in range(groups):
             for i in range(n0, n1):
                 _im2col(x, col, i, n0, g * cg, cg, geo)
-            r = np.dot(w3[g], col)
+            r = blas.dot(w3[g], col)
             for i in range(n0, n1):
                 _put(r, out3, i, n0, g * fg)
     return out3
@@ -141,7 +143,7 @@ def conv2d_parallel(x, w3, geo, nblk):
         for g in range(groups):
             for i in prange(n0, n1):
                 _im2col(x, col, i, n0, g * cg, cg, geo)
-            r = np.dot(w3[g], col)
+            r = blas.dot(w3[g], col)
             for i in prange(n0, n1):
                 _put(r, out3, i, n0, g * fg)
     return out3
@@ -164,9 +166,9 @@ def conv2d_grad(x, w3, dout3, geo, nblk, need_dx, need_dw):
             if need_dw:
                 for i in range(n0, n1):
                     _im2col(x, col, i, n0, g * cg, cg, geo)
-                dw3[g] += np.dot(d, col.T)
+                blas.gemm(d, col.T, dw3[g], 1.0, 1.0)
             if need_dx:
-                dcol = np.dot(w3[g].T, d)
+                dcol = blas.dot(w3[g].T, d)
                 for i in range(n0, n1):
                     _col2im(dcol, dx, i, n0, g * cg, cg, geo)
     return dx, dw3
@@ -188,9 +190,9 @@ def conv2d_grad_parallel(x, w3, dout3, geo, nblk, need_dx, need_dw):
             if need_dw:
                 for i in prange(n0, n1):
                     _im2col(x, col, i, n0, g * cg, cg, geo)
-                dw3[g] += np.dot(d, col.T)
+                blas.gemm(d, col.T, dw3[g], 1.0, 1.0)
             if need_dx:
-                dcol = np.dot(w3[g].T, d)
+                dcol = blas.dot(w3[g].T, d)
                 for i in prange(n0, n1):
                     _col2im(dcol, dx, i, n0, g * cg, cg, geo)
     return dx, dw3

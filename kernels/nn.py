@@ -1,24 +1,15 @@
-"""Kernels for matmul (batched, BLAS through np.dot), lookup_table and dropout."""
+"""Kernels for matmul (batched, kernels/blas.py), lookup_table and dropout."""
 import numpy as np
 from numba import njit, prange
+
+from . import blas
 
 
 @njit(cache=True, error_model="numpy")
 def _mm_into(a, b, ta, tb, alpha, out):
-    """out = alpha * op(a) @ op(b), the product written straight into out (a C-contiguous 2-D view);
-    np.dot takes C- and F-ordered operands straight to BLAS, so transposes cost no copy."""
-    if ta and tb:
-        np.dot(a.T, b.T, out)
-    elif ta:
-        np.dot(a.T, b, out)
-    elif tb:
-        np.dot(a, b.T, out)
-    else:
-        np.dot(a, b, out)
-    if alpha != 1:
-        for i in range(out.shape[0]):
-            for j in range(out.shape[1]):
-                out[i, j] *= alpha
+    """out = alpha * op(a) @ op(b), written straight into out (a 2-D view with contiguous rows);
+    transposes reach BLAS as flags, no copy."""
+    blas.gemm(a.T if ta else a, b.T if tb else b, out, alpha, 0.0)
 
 
 @njit(cache=True, error_model="numpy")

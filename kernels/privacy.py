@@ -9,6 +9,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from . import blas
+
 
 @njit(cache=True, error_model="numpy")
 def _sq(x):
@@ -26,8 +28,8 @@ def _example_sq_norm(a, g):
     if s == 1:
         return _sq(a[0]) * _sq(g[0])
     if s * (i + o) <= i * o:
-        return np.sum(np.dot(a, a.T) * np.dot(g, g.T))
-    return _sq(np.dot(a.T, g))
+        return np.sum(blas.dot(a, a.T) * blas.dot(g, g.T))
+    return _sq(blas.dot(a.T, g))
 
 
 @njit(cache=True, error_model="numpy", parallel=True)

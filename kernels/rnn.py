@@ -6,6 +6,8 @@ GRU gate layout: [u, r, c] (update gate, reset gate, candidate).
 import numpy as np
 from numba import njit
 
+from . import blas
+
 from .expf32 import exp_data
 
 
@@ -118,7 +120,7 @@ def gru_unit(inp, h_prev, w, bias, origin_mode):
     gate holds the activated [u, r, c]; h = u*h_prev + (1-u)*c with origin_mode, else (1-u)*h_prev + u*c."""
     n, hid = h_prev.shape
     one = _scalar(1, inp)
-    pre = np.dot(h_prev, w[:, :2 * hid].copy())
+    pre = blas.dot(h_prev, w[:, :2 * hid])
     gate = np.empty_like(inp)
     rh = np.empty_like(h_prev)
     for b in range(n):
@@ -126,7 +128,7 @@ def gru_unit(inp, h_prev, w, bias, origin_mode):
             gate[b, k] = _sigmoid(inp[b, k] + bias[k] + pre[b, k], one)
         for k in range(hid):
             rh[b, k] = gate[b, hid + k] * h_prev[b, k]
-    cand = np.dot(rh, w[:, 2 * hid:].copy())
+    cand = blas.dot(rh, w[:, 2 * hid:])
     h = np.empty_like(h_prev)
     for b in range(n):
         for k in range(hid):
@@ -160,19 +162,19 @@ def gru_unit_grad(h_prev, w, gate, rh, dh, origin_mode):
                 dhp[b, k] = dh[b, k] * (one - u)
             dg[b, k] = du * u * (one - u)
             dg[b, 2 * hid + k] = dcv * (one - cv * cv)
-    wc = w[:, 2 * hid:].copy()
-    dgc = dg[:, 2 * hid:].copy()
-    drh = np.dot(dgc, wc.T.copy())
+    wc = w[:, 2 * hid:]
+    dgc = dg[:, 2 * hid:]
+    drh = blas.dot(dgc, wc.T)
     for b in range(n):
         for k in range(hid):
             r = gate[b, hid + k]
             dg[b, hid + k] = drh[b, k] * h_prev[b, k] * r * (one - r)
             dhp[b, k] += drh[b, k] * r
-    dgur = dg[:, :2 * hid].copy()
-    dhp += np.dot(dgur, w[:, :2 * hid].T.copy())
+    dgur = dg[:, :2 * hid]
+    blas.gemm(dgur, w[:, :2 * hid].T, dhp, 1.0, 1.0)
     dw = np.empty_like(w)
-    dw[:, :2 * hid] = np.dot(h_prev.T.copy(), dgur)
-    dw[:, 2 * hid:] = np.dot(rh.T.copy(), dgc)
+    blas.gemm(h_prev.T, dgur, dw[:, :2 * hid], 1.0, 0.0)
+    blas.gemm(rh.T, dgc, dw[:, 2 * hid:], 1.0, 0.0)
     db = np.empty(gate.shape[1], gate.dtype)
     for k in range(gate.shape[1]):
         acc = dg[0, k] * 0

@@ -152,14 +152,18 @@ def test_fixed_threads_keeps_the_counts_on_a_busy_machine(monkeypatch):
         assert numba.get_num_threads() == before
 
 
-def test_busy_machine_limits_scipys_openblas_during_a_run_only_and_never_numpys(monkeypatch):
-    """Numba kernels' np.dot runs on SciPy's OpenBLAS: it is limited while a plan runs on a busy machine
-    and gets its thread count back afterwards; NumPy's own OpenBLAS is the user's and is not touched."""
+def test_busy_machine_limits_the_kernels_blas_during_a_run_only_and_no_other_copy(monkeypatch):
+    """The kernels' products run on one BLAS (kernels/blas.py: NumPy's OpenBLAS, else SciPy's): it is limited
+    while a plan runs on a busy machine and gets its thread count back afterwards; any other BLAS copy in
+    the process (SciPy's, next to NumPy's) is not touched."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    import fluidlite._threads as T
+    import scipy.linalg  # noqa: F401  (a second OpenBLAS copy in the process)
 
-    libs = T._scipy_blas()
-    assert libs and all("scipy" in lib.filepath for lib in libs), [lib.filepath for lib in libs]
+    import fluidlite._threads as T
+    from fluidlite.kernels import blas
+
+    libs = T._kernel_blas()
+    assert libs and all(blas.BACKEND in lib.filepath for lib in libs), [lib.filepath for lib in libs]
     others = [lib for lib in threadpoolctl.ThreadpoolController().lib_controllers
               if lib.user_api == "blas" and lib.filepath not in {m.filepath for m in libs}]
     monkeypatch.setattr(T, "_cores", lambda: 2)

@@ -1,0 +1,91 @@
+"""Where the kernels' matrix products go (kernels/blas.py): NumPy's own OpenBLAS when it exports a
+64-bit-index CBLAS (NumPy's wheels do), else SciPy's through Numba's helper (`FLUIDLITE_BLAS=scipy`
+forces it). Importing this module registers the C symbols `fluidlite_sgemm` / `fluidlite_dgemm`
+(CBLAS's row-major signature with 64-bit sizes) with LLVM; kernels call them by name, so a kernel
+loaded from the disk cache links to whichever library this process found.
+"""
+import ctypes
+import os
+
+from llvmlite import binding, ir
+from numba import cfunc, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
+SYMBOLS = {"float32": "fluidlite_sgemm", "float64": "fluidlite_dgemm"}
+_I32, _I64 = ir.IntType(32), ir.IntType(64)
+
+
+def _numpy_cblas():
+    """{dtype name: address} of NumPy's 64-bit-index cblas_?gemm, or None. dlsym on NumPy's core module
+    searches the libraries it loaded, its BLAS among them."""
+    try:
+        from numpy._core import _multiarray_umath as core
+    except ImportError:  # NumPy 1.x
+        from numpy.core import _multiarray_umath as core
+    try:
+        lib = ctypes.CDLL(core.__file__)
+    except OSError:
+        return None
+    for prefix, suffix in (("scipy_cblas_", "64_"), ("cblas_", "64_")):
+        try:
+            return {d: ctypes.cast(getattr(lib, f"{prefix}{c}gemm{suffix}"), ctypes.c_void_p).value
+                    for d, c in (("float32", "s"), ("float64", "d"))}
+        except AttributeError:
+            continue
+    return None
+
+
+@intrinsic
+def _colmajor_gemm(typingctx, kind, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """Numba's own helper for SciPy's BLAS (column-major; alpha and beta passed by pointer)."""
+    def codegen(context, builder, sig, args):
+        char, vp = ir.IntType(8), ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(_I32, [char, char, char, _I64, _I64, _I64, vp, vp, _I64, vp, _I64, vp, vp, _I64])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
+        al, be = (builder.alloca(args[i].type) for i in (6, 11))
+        builder.store(args[6], al)
+        builder.store(args[11], be)
+        ints = [builder.sext(args[i], _I64) if args[i].type.width < 64 else args[i] for i in (3, 4, 5, 8, 10, 13)]
+        chars = [builder.trunc(args[i], char) for i in (0, 1, 2)]
+        builder.call(fn, chars + ints[:3] + [builder.bitcast(al, vp), builder.bitcast(args[7], vp), ints[3],
+                                             builder.bitcast(args[9], vp), ints[4], builder.bitcast(be, vp),
+                                             builder.bitcast(args[12], vp), ints[5]])
+        return context.get_dummy_value()
+
+    return types.void(kind, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc), codegen
+
+
+def _shim(kind):
+    def shim(order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        _colmajor_gemm(kind, ord("t") if tb == TRANS else ord("n"), ord("t") if ta == TRANS else ord("n"),
+                       n, m, k, alpha, b, ldb, a, lda, beta, c, ldc)
+    return shim
+
+
+def _scipy_shims():
+    """{dtype name: address} of CBLAS-signature functions forwarding to SciPy's BLAS (row-major C = op(A) op(B)
+    is column-major C^T = op(B)^T op(A)^T)."""
+    import scipy.linalg.cython_blas  # noqa: F401  (Numba's helper finds its functions through this module)
+
+    out = {}
+    for name, dt, kind in (("float32", types.float32, ord("s")), ("float64", types.float64, ord("d"))):
+        p = types.CPointer(dt)
+        sig = types.void(types.int32, types.int32, types.int32, types.int64, types.int64, types.int64, dt, p,
+                         types.int64, p, types.int64, dt, p, types.int64)
+        compiled = cfunc(sig)(_shim(kind))
+        out[name] = compiled.address
+        _keep.append(compiled)
+    return out
+
+
+_keep = []  # the shims' compiled code must outlive this module's import
+BACKEND = "numpy"
+_addresses = None if os.environ.get("FLUIDLITE_BLAS") == "scipy" else _numpy_cblas()
+if _addresses is None:
+    BACKEND, _addresses = "scipy", _scipy_shims()
+for _dtype, _address in _addresses.items():
+    binding.add_symbol(SYMBOLS[_dtype], _address)
+
+

@@ -1,0 +1,100 @@
+"""Matrix products for every kernel, through one BLAS: NumPy's own OpenBLAS when it exports a 64-bit-index
+CBLAS (NumPy's wheels do), else SciPy's (what `np.dot` in a Numba kernel reaches; FLUIDLITE_BLAS=scipy forces it).
+
+Why not `np.dot` in kernels: it reaches SciPy's OpenBLAS, a second copy of the library next to
+NumPy's, and on the development machine NumPy's (0.3.31) multiplied an LSTM step's (32, 256) x
+(256, 1024) in 120 us against SciPy's (0.3.30) 154 us; whole steps with every product through NumPy's
+were 7% (LSTM), 2.5% (Transformer) and 5% (MLP) faster. All of a plan's products must go to the same
+library: each OpenBLAS pool's idle threads spin for a while after a call and starve the other's.
+`gemm` also takes what `np.dot` cannot: strided rows (a leading dimension), alpha and beta (C += A B).
+
+The kernels call the C symbols `fluidlite_sgemm` / `fluidlite_dgemm` (CBLAS's row-major signature with
+64-bit sizes), which fluidlite/_blas.py finds and registers with LLVM when this module is imported,
+before any kernel is compiled or loaded from the disk cache.
+"""
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .._blas import BACKEND, NO_TRANS, ROW_MAJOR, TRANS  # noqa: F401  (importing it registers the symbols)
+
+_I32, _I64 = ir.IntType(32), ir.IntType(64)
+
+
+@intrinsic
+def _cblas_gemm(typingctx, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """fluidlite_?gemm(RowMajor, ta, tb, m, n, k, alpha, a.data, lda, b.data, ldb, beta, c.data, ldc)."""
+    if not (isinstance(a, types.Array) and a.dtype == b.dtype == c.dtype and str(a.dtype) in ("float32", "float64")):
+        return None
+    dt = a.dtype
+
+    def codegen(context, builder, sig, args):
+        fty = context.get_value_type(dt)
+        p = fty.as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [_I32, _I32, _I32, _I64, _I64, _I64, fty, p, _I64, p, _I64, fty, p, _I64])
+        name = "fluidlite_sgemm" if str(dt) == "float32" else "fluidlite_dgemm"  # fluidlite/_blas.py's SYMBOLS
+        fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+        data = [context.make_array(sig.args[i])(context, builder, args[i]).data for i in (6, 8, 11)]
+        alpha_, beta_ = (context.cast(builder, args[i], sig_in[i], dt) for i in (5, 10))
+        i64 = lambda v: builder.sext(v, _I64) if v.type.width < 64 else v  # noqa: E731
+        i32 = lambda v: builder.trunc(v, _I32) if v.type.width > 32 else v  # noqa: E731
+        builder.call(fn, [ir.Constant(_I32, ROW_MAJOR), i32(args[0]), i32(args[1]), i64(args[2]), i64(args[3]),
+                          i64(args[4]), alpha_, data[0], i64(args[7]), data[1], i64(args[9]), beta_, data[2],
+                          i64(args[12])])
+        return context.get_dummy_value()
+
+    sig_in = (ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+    return types.void(*sig_in), codegen
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _operand(x):
+    """(CBLAS transpose flag, leading dimension) to read x's memory as it is, or (0, 0) when neither its rows
+    nor its columns are contiguous and apart (a broadcast row, negative strides)."""
+    item = x.itemsize
+    rows, cols = x.shape
+    s0, s1 = x.strides
+    if (s1 == item or cols == 1) and (rows == 1 or (s0 % item == 0 and s0 >= cols * item)):
+        return NO_TRANS, s0 // item if rows > 1 else cols
+    if (s0 == item or rows == 1) and (cols == 1 or (s1 % item == 0 and s1 >= rows * item)):
+        return TRANS, s1 // item if cols > 1 else rows
+    return 0, 0
+
+
+@njit(cache=True, error_model="numpy")
+def gemm(a, b, out, alpha, beta):
+    """out = alpha * a @ b + beta * out, for 2-D float arrays of one dtype with any strides (a and b
+    are read in place when their rows or columns are contiguous); out's rows must be contiguous."""
+    m, k = a.shape
+    n = b.shape[1]
+    if b.shape[0] != k or out.shape[0] != m or out.shape[1] != n:
+        raise ValueError("gemm: shapes do not match")
+    if m == 0 or n == 0:
+        return
+    if k == 0:  # BLAS may skip the call; the result is beta * out either way
+        for i in range(m):
+            for j in range(n):
+                out[i, j] = out[i, j] * beta if beta != 0 else 0
+        return
+    ta, lda = _operand(a)
+    if ta == 0:
+        a = np.ascontiguousarray(a)
+        ta, lda = NO_TRANS, k
+    tb, ldb = _operand(b)
+    if tb == 0:
+        b = np.ascontiguousarray(b)
+        tb, ldb = NO_TRANS, n
+    tc, ldc = _operand(out)
+    if tc != NO_TRANS:
+        raise ValueError("gemm: out's rows must be contiguous and apart")
+    _cblas_gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, out, ldc)
+
+
+@njit(cache=True, error_model="numpy")
+def dot(a, b):
+    """a @ b for 2-D float arrays of one dtype (a new C-contiguous array)."""
+    out = np.empty((a.shape[0], b.shape[1]), a.dtype)
+    gemm(a, b, out, 1.0, 0.0)
+    return out
