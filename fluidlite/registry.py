@@ -220,6 +220,8 @@ class OpDef:
     - `grad(GradContext) -> [GradOpSpec]`, or `NO_GRAD`, or None (no rule: backward raises).
     - `returns_view`: the kernel may return its input or a view of it (reshape); the executor then
       never lets a later kernel overwrite either buffer while the other is alive.
+    - `disjoint_views`: each output is a view of its own part of the one input (unstack): once the input
+      is dead, the alias pass lets each output be overwritten on its own.
     - `fold`: for an op that reduces its one (duplicable) input slot with an associative in-place
       step, `fold(ctx)` returns that step `f(acc, x) -> acc`; the executor may then accumulate each
       input as soon as it is made (cache-hot, freed at once) instead of keeping all until the op.
@@ -252,6 +254,7 @@ class OpDef:
     duplicable: frozenset = frozenset()  # slots holding any number of variables
     optional: frozenset = frozenset()  # slots that may be empty
     returns_view: bool = False  # the kernel may return a view of (or the same array as) an input
+    disjoint_views: bool = False  # each output views its own part of the one input (unstack)
     fold: Callable | None = None  # fold(ctx) -> f(acc, x) -> acc: the op is a fold of its one slot
     batch: Callable | None = None  # batch(attrs, batched_slots) -> attrs with one more leading dim, or None
     nondiff_outputs: frozenset = frozenset()  # output slots no gradient flows back through (saved values)

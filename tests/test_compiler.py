@@ -38,8 +38,8 @@ def _sig(feed):
 
 
 def test_pass_order_is_named():
-    assert [name for name, _ in PASSES] == ["prune", "infer", "batch_grad", "alias", "inplace", "lower", "fold", "fuse",
-                                              "codegen"]
+    assert [name for name, _ in PASSES] == ["prune", "infer", "batch_grad", "mul_acc", "alias", "inplace", "lower",
+                                              "fold", "fuse", "codegen"]
 
 
 def test_prune_alone_keeps_what_fetches_and_persistable_writes_need():
@@ -127,7 +127,7 @@ def test_debug_mode_runs_the_verifier_after_every_pass(monkeypatch):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("off", [(), ("alias",), ("inplace",), ("fold",), ("prune",), ("batch_grad",), ("fuse",),
-                                 ("alias", "inplace", "fold", "prune", "batch_grad", "fuse")])
+                                 ("mul_acc",), ("alias", "inplace", "fold", "prune", "batch_grad", "fuse", "mul_acc")])
 def test_switching_passes_off_changes_no_number(off, dtype):
     loss = _train_net(dtype)
     startup = fl.default_startup_program()

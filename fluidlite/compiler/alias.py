@@ -10,8 +10,9 @@ from __future__ import annotations
 from .ir import PlanIR
 
 
-def alias_groups(steps) -> dict:
-    """name -> representative name of the values sharing its memory (through `returns_view` ops)."""
+def alias_groups(steps, apart=frozenset()) -> dict:
+    """name -> representative name of the values sharing its memory (through `returns_view` ops); the
+    outputs of the steps at indices `apart` (disjoint views of a dead input) each start a group."""
     group = {}
 
     def find(n):
@@ -19,8 +20,8 @@ def alias_groups(steps) -> dict:
             n = group[n]
         return n
 
-    for step in steps:
-        if step.opdef.returns_view:
+    for i, step in enumerate(steps):
+        if step.opdef.returns_view and i not in apart:
             for o in step.out_names:
                 for n in step.in_names:
                     group[find(o)] = find(n)
@@ -32,10 +33,10 @@ def alias(ir: PlanIR, options) -> PlanIR:
         for step in ir.steps:
             step.overwritable = frozenset()
         return ir
-    groups = alias_groups(ir.steps)
+    made_here = {n for s in ir.steps for n in s.out_names}
+    groups = alias_groups(ir.steps, _apart(ir, alias_groups(ir.steps), made_here))
     find = lambda n: groups.get(n, n)  # noqa: E731
     aliased = {find(n) for n in groups}
-    made_here = {n for s in ir.steps for n in s.out_names}
     last_read = {}
     for i, step in enumerate(ir.steps):
         for n in step.in_names:
@@ -61,3 +62,28 @@ def alias(ir: PlanIR, options) -> PlanIR:
                 slots.add(slot)
         step.overwritable = frozenset(slots)
     return ir
+
+
+def _apart(ir: PlanIR, groups: dict, made_here: set) -> frozenset:
+    """Indices of `disjoint_views` steps (unstack) whose input is dead after them: made by this plan (not
+    a view of another value), not fed, fetched or persistable, read by no later step, and no value shares
+    its memory but the step's own outputs and what is made from them later. Their outputs can be overwritten one by one."""
+    producer, last_read = {}, {}
+    for i, step in enumerate(ir.steps):
+        for n in step.out_names:
+            producer.setdefault(n, i)
+        for n in step.in_names:
+            last_read[n] = i
+    members = {}
+    for n, g in groups.items():
+        members.setdefault(g, set()).add(n)
+    apart = set()
+    for i, step in enumerate(ir.steps):
+        if not step.opdef.disjoint_views or len(step.in_names) != 1:
+            continue
+        n = step.in_names[0]
+        g = groups.get(n, n)
+        if (g == n and n in made_here and n not in ir.feed and n not in ir.fetch_names and not ir.is_persistable(n)
+                and last_read.get(n) == i and all(producer.get(m, -1) >= i for m in members.get(g, ()) - {n})):
+            apart.add(i)
+    return frozenset(apart)

@@ -1,9 +1,11 @@
 """Ops the plan compiler introduces (never appended by layers): `matmul_tn_sum`, the batched weight
-gradient of a recurrent product (compiler/batch_grad.py)."""
+gradient of a recurrent product (compiler/batch_grad.py), and `mul_acc`, a product added into another
+value's buffer (compiler/mul_acc.py)."""
 import numpy as np
 
 from ..kernels import basic as K
 from ..registry import NO_GRAD, defop
+from .basic import _MUL_ATTRS, _as2d, _mul_infer
 
 
 def _stacked_y(xs, ys) -> bool:
@@ -42,3 +44,30 @@ def _lower_tn_sum(ctx):
 defop("matmul_tn_sum", inputs=("X", "Y"), duplicable=("X", "Y"), infer=_tn_sum_infer, lower=_lower_tn_sum,
       grad=NO_GRAD, doc="Out = sum_k X_k^T @ Y_k, computed as one product of the row-stacked X_k and Y_k; "
                         "Y may also be one array [len(X), B, N] holding the Y_k already stacked.")
+
+
+def _mul_acc_infer(ctx):
+    out = _mul_infer(ctx)["Out"]
+    acc = ctx.meta("Acc")
+    if acc.shape != out[0] or acc.dtype != out[1]:
+        raise ctx.error(f"Acc is {list(acc.shape)} {acc.dtype}, the product {list(out[0])} {out[1]}", "Acc", "X", "Y")
+    return {"Out": out}
+
+
+def _lower_mul_acc(ctx):
+    xs, ys = ctx.shape("X"), ctx.shape("Y")
+    x2, y2 = _as2d(xs, ctx.attrs["x_num_col_dims"]), _as2d(ys, ctx.attrs["y_num_col_dims"])
+    o2 = (x2[0], y2[1])
+    in_place = "Acc" in ctx.overwritable
+
+    def run(x, y, acc):
+        out = acc if in_place and acc.flags.c_contiguous and acc.flags.writeable else acc.copy()
+        K.matmul_acc(x.reshape(x2), y.reshape(y2), out.reshape(o2))
+        return out
+
+    return run
+
+
+defop("mul_acc", inputs=("X", "Y", "Acc"), attrs=_MUL_ATTRS, infer=_mul_acc_infer, lower=_lower_mul_acc,
+      grad=NO_GRAD, doc="Out = Acc + mul(X, Y), the product added by BLAS into Acc's buffer when the plan "
+                        "lets it be overwritten (else into a copy).")

@@ -98,7 +98,7 @@ def _unstack_grad(g):
 
 defop("unstack", inputs=("X",), outputs=("Out",), duplicable=("Out",),
       attrs={"axis": Attr(int, 0), "indices": Attr("ints", ())},
-      infer=_unstack_infer, lower=_lower_unstack, grad=_unstack_grad, returns_view=True,
+      infer=_unstack_infer, lower=_lower_unstack, grad=_unstack_grad, returns_view=True, disjoint_views=True,
       doc="Out[k] = X taken at position indices[k] (default: every position) of dimension `axis`.")
 
 

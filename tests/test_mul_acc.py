@@ -1,0 +1,93 @@
+"""The mul_acc pass (a product added by BLAS into another value's buffer) and its op."""
+import numpy as np
+import pytest
+
+import fluidlite as fl
+from fluidlite import layers
+from fluidlite.compiler import CompileOptions
+
+
+def _lstm_step_program(dtype, seq_len=5):
+    x = layers.data("x", [seq_len, -1, 6], dtype=dtype, append_batch_size=False)
+    label = layers.data("label", [1], dtype="int64")
+    rnn = layers.StaticRNN()
+    with rnn.step():
+        x_t = rnn.step_input(x)
+        h_prev = rnn.memory(shape=[-1, 4], batch_ref=x_t)
+        c_prev = rnn.memory(shape=[-1, 4], batch_ref=x_t)
+        h, c = layers.lstm_unit(x_t, h_prev, c_prev)
+        rnn.update_memory(h_prev, h)
+        rnn.update_memory(c_prev, c)
+    loss = layers.mean(layers.softmax_with_cross_entropy(layers.fc(rnn.step_var(h), size=3), label))
+    fl.optimizer.SGD(0.5).minimize(loss)
+    return loss
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_an_lstm_trains_bit_for_bit_with_the_gates_written_into_the_input_projection(dtype):
+    loss = _lstm_step_program(dtype)
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.standard_normal((5, 3, 6)).astype(dtype), "label": rng.integers(0, 3, (3, 1))} for _ in range(3)]
+    runs = {}
+    for name, off in (("on", frozenset()), ("off", frozenset({"mul_acc"}))):
+        exe, scope = fl.Executor(compile_options=CompileOptions(disabled=off, debug=True)), fl.Scope()
+        exe.run(fl.default_startup_program(), scope=scope)
+        losses = [exe.run(feed=f, fetch_list=[loss], scope=scope)[0] for f in feeds]
+        params = {p.name: fl.fetch_var(p.name, scope) for p in fl.default_main_program().all_parameters()}
+        runs[name] = (losses, params, exe.compile(feed=feeds[0], fetch_list=[loss]))
+    (l_on, p_on, plan), (l_off, p_off, plan_off) = runs["on"], runs["off"]
+    fused = [s for s in plan.steps if s.op.type == "mul_acc"]
+    # one per step: h_{t-1} @ W_hh added into the step's slice of the hoisted x_t @ W_ih + b
+    assert len(fused) == 5 and "mul_acc" not in [s.op.type for s in plan_off.steps]
+    assert all("Acc" in s.overwritable for s in fused)  # the slices are free once read: no copy
+    assert [s.op.type for s in plan.steps].count("sum") < [s.op.type for s in plan_off.steps].count("sum")
+    assert all(op.type != "mul_acc" for op in fl.default_main_program().global_block().ops)  # program untouched
+    for a, b in zip(l_on, l_off):
+        np.testing.assert_array_equal(a, b)
+    for n in p_on:
+        np.testing.assert_array_equal(p_on[n], p_off[n])
+
+
+def test_a_fed_addend_is_copied_not_overwritten():
+    a = layers.data("a", [4], dtype="float64")
+    x = layers.data("x", [3], dtype="float64")
+    out = layers.sums([a, layers.fc(x, 4, param_attr=fl.ParamAttr(name="w"), bias_attr=False)])
+    rng = np.random.default_rng(1)
+    feed = {"a": rng.standard_normal((2, 4)), "x": rng.standard_normal((2, 3))}
+    kept = feed["a"].copy()
+    exe = fl.Executor()
+    exe.run(fl.default_startup_program())
+    plan = exe.compile(feed=feed, fetch_list=[out, a])
+    step, = [s for s in plan.steps if s.op.type == "mul_acc"]
+    assert "Acc" not in step.overwritable
+    got, got_a = exe.run(feed=feed, fetch_list=[out, a])
+    np.testing.assert_allclose(got, kept + feed["x"] @ fl.fetch_var("w"), rtol=1e-13)
+    np.testing.assert_array_equal(feed["a"], kept)
+    np.testing.assert_array_equal(got_a, kept)
+
+
+def test_a_product_read_twice_stays_a_product():
+    x = layers.data("x", [3], dtype="float64")
+    p = layers.fc(x, 4, bias_attr=False)
+    out = layers.sums([p, layers.scale(p, 2.0)])
+    exe = fl.Executor()
+    exe.run(fl.default_startup_program())
+    plan = exe.compile(feed={"x": np.ones((2, 3))}, fetch_list=[out])
+    assert "mul_acc" not in [s.op.type for s in plan.steps]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_mul_acc_op_against_numpy(dtype):
+    rng = np.random.default_rng(2)
+    x, y, acc = (rng.standard_normal(s).astype(dtype) for s in ((2, 3, 5), (5, 4), (2, 3, 4)))
+    b = fl.default_main_program().global_block()
+    xv, yv, av = (b.create_var(name=n, shape=v.shape, dtype=dtype) for n, v in (("x", x), ("y", y), ("acc", acc)))
+    b.append_op("mul_acc", {"X": xv, "Y": yv, "Acc": av}, {"Out": "out"}, {"x_num_col_dims": 2})
+    assert b.var("out").shape == (2, 3, 4) and b.var("out").dtype == np.dtype(dtype)
+    out, = fl.Executor().run(feed={"x": x, "y": y, "acc": acc}, fetch_list=["out"])
+    want = acc.astype(np.float64) + x.astype(np.float64) @ y
+    np.testing.assert_allclose(out, want, rtol=1e-5 if dtype == "float32" else 1e-13)
+    with pytest.raises(ValueError, match=r"mul_acc.*Acc is \[2, 3, 3\].*the product \[2, 3, 4\]"):
+        b.append_op("mul_acc", {"X": xv, "Y": yv, "Acc": b.create_var(name="bad", shape=(2, 3, 3), dtype=dtype)},
+                    {"Out": "out2"}, {"x_num_col_dims": 2})
+    assert "out2" not in b.vars
