@@ -91,3 +91,29 @@ def test_mul_acc_op_against_numpy(dtype):
         b.append_op("mul_acc", {"X": xv, "Y": yv, "Acc": b.create_var(name="bad", shape=(2, 3, 3), dtype=dtype)},
                     {"Out": "out2"}, {"x_num_col_dims": 2})
     assert "out2" not in b.vars
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blas_adds_into_the_addend_as_the_two_steps_round_up_to_max_k(dtype):
+    """The pass's bit-for-bit promise rests on BLAS summing K <= MAX_K in one block; a BLAS that blocked
+    smaller would fail here (and the pass would have to lower MAX_K)."""
+    from fluidlite.compiler.mul_acc import MAX_K
+    from fluidlite.kernels import basic as K
+
+    rng = np.random.default_rng(4)
+    a, b, c = (rng.standard_normal(s).astype(dtype) for s in ((64, MAX_K), (MAX_K, 300), (64, 300)))
+    out = c.copy()
+    K.matmul_acc(a, b, out)
+    np.testing.assert_array_equal(out, K.matmul2d(a, b) + c)
+
+
+def test_a_product_with_a_longer_inner_dimension_is_not_fused():
+    from fluidlite.compiler.mul_acc import MAX_K
+
+    a = layers.data("a", [4], dtype="float64")
+    x = layers.data("x", [MAX_K + 1], dtype="float64")
+    out = layers.sums([a, layers.fc(x, 4, bias_attr=False)])
+    exe = fl.Executor()
+    exe.run(fl.default_startup_program())
+    plan = exe.compile(feed={"a": np.ones((2, 4)), "x": np.ones((2, MAX_K + 1))}, fetch_list=[out])
+    assert "mul_acc" not in [s.op.type for s in plan.steps]
