@@ -107,8 +107,8 @@ def peers_at_best(path: str, quick: bool) -> dict:
 def time_ms(fns: dict, warmup: int, repeats: int, rounds: int = 3):
     """Median and min ms per call of each fn: each fn runs `repeats` calls in a row, over several rounds.
 
-    Runs of calls, not single calls, are interleaved: NumPy and Numba (through SciPy) each bring
-    an OpenBLAS thread pool, and one pool's threads still spinning after a call slowed the other."""
+    Runs of calls, not single calls, are interleaved: torch and an OpenBLAS each bring a thread pool,
+    and one pool's threads still spinning after a call slowed the other."""
     times = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():

@@ -4,8 +4,8 @@
 
 MLP 784-1024-1024-10 with relu, softmax cross-entropy, batch 128, float32, Momentum(lr 0.01, mu 0.9).
 All sides start from fluidlite's initial weights; their losses must agree (1e-4 relative) over the
-first steps before anything is timed. Both sides call the same BLAS through np.dot (set
-OPENBLAS_CORETYPE / thread variables the same way for a fair ratio).
+first steps before anything is timed. Both sides call the same BLAS: NumPy's OpenBLAS, which the
+kernels use too (kernels/blas.py); set OPENBLAS_CORETYPE / thread variables the same way for both.
 """
 from __future__ import annotations
 

@@ -76,8 +76,8 @@ def run_fluidlite(cfg, data):
 
 
 def products_ms(cfg, repeats=10) -> float:
-    """Median ms of the step's matrix products alone, through fluidlite's own BLAS path (np.dot in Numba
-    kernels): the input projection of all steps, T recurrent products forward, T - 1 backward by the
+    """Median ms of the step's matrix products alone, through fluidlite's own BLAS path (kernels/blas.py):
+    the input projection of all steps, T recurrent products forward, T - 1 backward by the
     row-major copy of W_hh^T (the first step's h_prev needs no gradient), and the two weight gradients
     as one product each (batch_grad). No step that computes them can take less."""
     from fluidlite.kernels import basic as KB

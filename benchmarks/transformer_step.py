@@ -118,7 +118,7 @@ def run(quick: bool = False) -> dict:
 
 
 def products_fn():
-    """The step's matrix products alone, through fluidlite's own BLAS path (np.dot in Numba kernels): per
+    """The step's matrix products alone, through fluidlite's own BLAS path (kernels/blas.py): per
     layer the q, k, v, o and feed-forward projections forward, their weight gradients and input
     gradients (none for the first layer's q, k, v input, which is data), the attention scores and
     weighted values per head with their two gradients each; then the classifier. No step that computes
