@@ -84,6 +84,17 @@ def matmul_acc(a, b, out):
 
 
 @njit(cache=True, error_model="numpy")
+def matmul_row_acc(a, b, row):
+    """a @ b + row, `row` added to every row: BLAS adds the product into rows filled with `row` (beta = 1),
+    in place of its beta = 0 pass that zeroes them."""
+    out = np.empty((a.shape[0], b.shape[1]), a.dtype)
+    for i in range(out.shape[0]):
+        out[i, :] = row
+    blas.gemm(a, b, out, 1.0, 1.0)
+    return out
+
+
+@njit(cache=True, error_model="numpy")
 def matmul2d_nt(a, b):
     """a @ b.T"""
     return blas.dot(a, b.T)

@@ -1,17 +1,25 @@
-"""Pass `mul_acc`: a product added to one other value, `sum(A, mul(X, Y))`, becomes one `mul_acc` step
-in which BLAS adds X @ Y into A's buffer (beta = 1), instead of making the product and then a sum.
+"""Pass `mul_acc`: a product added to one other value becomes one `mul_acc` step in which BLAS adds
+X @ Y into that value's buffer (beta = 1), instead of making the product and then adding it.
 
-An unrolled RNN's gates are x_t W_ih + h_{t-1} W_hh, the first term precomputed for every step at once
-(StaticRNN's input projection) and sliced per step by `unstack`: each step made a [B, 4H] product and a
-sum of it. With the slices' memory free once read (the alias pass's disjoint views), BLAS writes the
-gates straight into the slice. (The projection's bias add stays: its gradient op reads the product.)
+Two forms:
+- `sum(A, mul(X, Y))`, A of the product's shape. An unrolled RNN's gates are x_t W_ih + h_{t-1} W_hh,
+  the first term precomputed for every step at once (StaticRNN's input projection) and sliced per step
+  by `unstack`: each step made a [B, 4H] product and a sum of it. With the slices' memory free once
+  read (the alias pass's disjoint views), BLAS writes the gates straight into the slice.
+- `elementwise_add(mul(X, Y), b)`, b one row added to every row (fc's bias). BLAS adds the product
+  into rows filled with b, where it would have zeroed them (its beta = 0 pass): the add's pass over
+  the result is gone (0.6-1.1 ms of an LSTM step, for the [1600, 1024] input projection). Not when an
+  elementwise op reads the sum: the fuse pass makes the add free there (bias + GELU in one kernel), and
+  BLAS adding into filled rows costs more than its zeroing pass (a Transformer step: +0.45 ms). The add's
+  gradient op also names the product, though for a row bias it reads only its shape (dX is dOut, db
+  the column sums of dOut); it is pointed at dOut, of the same shape, so the product need not exist.
 
 Bit for bit: BLAS rounds the product once and adds it to A last, as the two steps did, when it sums the
 inner dimension in one block; OpenBLAS blocks it by 256 to 384, and at K = 512 its float32 results
 differ in the last bit. So only products with K <= MAX_K (tests/test_mul_acc.py checks an LSTM and
 the kernel at K = MAX_K bit for bit). Only sums of exactly two inputs, an A of the product's shape, the
-product read by nothing else, a float dtype, and neither of its operands written between the product
-and the sum. Off: the two steps run.
+product read by nothing else (but the add's gradient), a float dtype, and neither of its operands nor
+the addend written between the product and the sum. Off: the two steps run.
 """
 from __future__ import annotations
 
@@ -19,10 +27,23 @@ import copy
 
 import numpy as np
 
+from ..ops.elementwise import canonical
 from ..registry import get_op_def
 from .ir import PlanIR, Step
 
 MAX_K = 256
+
+
+def _row_bias_form(step) -> bool:
+    """An elementwise_add (or its gradient op) of X and a row Y repeated over X's rows."""
+    x, y = step.inputs["X"][0], step.inputs["Y"][0]
+    if len(y.shape) != 1 or not x.shape or x.shape[-1] != y.shape[0]:
+        return False
+    try:
+        form = canonical(x.shape, y.shape, step.op.attrs["axis"])
+    except ValueError:
+        return False
+    return form[0] == "pnp" and form[3] == 1 and form[4]
 
 
 def mul_acc(ir: PlanIR, options) -> PlanIR:
@@ -36,37 +57,56 @@ def mul_acc(ir: PlanIR, options) -> PlanIR:
         for n in step.in_names:
             readers.setdefault(n, []).append(step)
     drop, replace = set(), {}
+    position = {id(s): i for i, s in enumerate(ir.steps)}
 
-    def product(name, j):
-        """The `mul` step making `name` for step j alone, or None."""
+    def product(name, j, addend, extra_readers=()):
+        """The `mul` step making `name` for step j (and `extra_readers`) alone, or None."""
         i = producer.get(name)
-        if (i is None or i in drop or ir.steps[i].op.type != "mul" or len(readers.get(name, ())) != 1
-                or len(written_at[name]) != 1 or name in ir.fetch_names or ir.is_persistable(name)):
+        if (i is None or i in drop or ir.steps[i].op.type != "mul" or len(written_at[name]) != 1
+                or name in ir.fetch_names or ir.is_persistable(name)
+                or any(r is not ir.steps[j] and r not in extra_readers for r in readers.get(name, ()))):
             return None
         prod = ir.steps[i]
         x, y = prod.inputs["X"][0], prod.inputs["Y"][0]
         k = int(np.prod(y.shape[:prod.op.attrs["y_num_col_dims"]]))
-        if k > MAX_K or x.dtype not in (np.float32, np.float64):
+        if k > MAX_K or x.dtype not in (np.float32, np.float64) or addend.dtype != x.dtype:
             return None
-        if any(i < w < j for n in prod.in_names for w in written_at.get(n, ())):
+        if any(i < w < j for n in prod.in_names + [addend.name] for w in written_at.get(n, ())):
             return None  # an operand changes in between (an optimizer's update): the product must stay put
         return i
 
+    def fuse(i, j, step, acc):
+        prod = ir.steps[i]
+        op = copy.copy(prod.op)  # the program's ops are left alone: only this plan's steps change
+        op.type, op.attrs = "mul_acc", dict(prod.op.attrs)
+        op.inputs = {"X": prod.op.inputs["X"], "Y": prod.op.inputs["Y"], "Acc": [acc.name]}
+        op.outputs = dict(step.op.outputs)
+        replace[j] = Step(op, get_op_def("mul_acc"), {"X": prod.inputs["X"], "Y": prod.inputs["Y"], "Acc": [acc]})
+        drop.add(i)
+
     for j, step in enumerate(ir.steps):
-        if step.op.type != "sum" or len(step.in_names) != 2:
-            continue
-        out = ir.metas[step.out_names[0]]
-        for k, name in enumerate(step.in_names):
-            i, acc = product(name, j), step.inputs["X"][1 - k]
-            if i is None or ir.metas[name].shape != out.shape or acc.shape != out.shape or acc.dtype != out.dtype:
+        if step.op.type == "sum" and len(step.in_names) == 2:
+            out = ir.metas[step.out_names[0]]
+            for k, name in enumerate(step.in_names):
+                acc = step.inputs["X"][1 - k]
+                if ir.metas[name].shape != out.shape or acc.shape != out.shape:
+                    continue
+                i = product(name, j, acc)
+                if i is not None:
+                    fuse(i, j, step, acc)
+                    break
+        elif (step.op.type == "elementwise_add" and _row_bias_form(step)
+              and not any(r.opdef.elementwise for n in step.out_names for r in readers.get(n, ()))):
+            name, bias = step.in_names[0], step.inputs["Y"][0]
+            grads = [r for r in readers.get(name, ()) if r.op.type == "elementwise_add_grad"
+                     and r.op.inputs["X"] == [name] and _row_bias_form(r)]
+            i = product(name, j, bias, grads)
+            if i is None:
                 continue
-            prod = ir.steps[i]
-            op = copy.copy(prod.op)  # the program's ops are left alone: only this plan's steps change
-            op.type, op.attrs = "mul_acc", dict(prod.op.attrs)
-            op.inputs = {"X": prod.op.inputs["X"], "Y": prod.op.inputs["Y"], "Acc": [acc.name]}
-            op.outputs = dict(step.op.outputs)
-            replace[j] = Step(op, get_op_def("mul_acc"), {"X": prod.inputs["X"], "Y": prod.inputs["Y"], "Acc": [acc]})
-            drop.add(i)
-            break
+            fuse(i, j, step, bias)
+            for g in grads:  # reads the product's shape only: dOut has it
+                op = copy.copy(g.op)
+                op.inputs = dict(g.op.inputs, X=list(g.op.inputs["Out@GRAD"]))
+                replace[position[id(g)]] = Step(op, g.opdef, dict(g.inputs, X=list(g.inputs["Out@GRAD"])))
     ir.steps = [replace.get(i, s) for i, s in enumerate(ir.steps) if i not in drop]
     return ir

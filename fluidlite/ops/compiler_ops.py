@@ -46,11 +46,18 @@ defop("matmul_tn_sum", inputs=("X", "Y"), duplicable=("X", "Y"), infer=_tn_sum_i
                         "Y may also be one array [len(X), B, N] holding the Y_k already stacked.")
 
 
+def _row_acc(ctx) -> bool:
+    """Acc is one row added to every row of the product (a bias), not an array of its shape."""
+    acc, ys = ctx.shape("Acc"), ctx.shape("Y")
+    return len(acc) == 1 and ys[ctx.attrs["y_num_col_dims"]:] == acc
+
+
 def _mul_acc_infer(ctx):
     out = _mul_infer(ctx)["Out"]
     acc = ctx.meta("Acc")
-    if acc.shape != out[0] or acc.dtype != out[1]:
-        raise ctx.error(f"Acc is {list(acc.shape)} {acc.dtype}, the product {list(out[0])} {out[1]}", "Acc", "X", "Y")
+    if (acc.shape != out[0] and not _row_acc(ctx)) or acc.dtype != out[1]:
+        raise ctx.error(f"Acc is {list(acc.shape)} {acc.dtype}, the product {list(out[0])} {out[1]} "
+                        f"(Acc must be the product's shape or its last dim)", "Acc", "X", "Y")
     return {"Out": out}
 
 
@@ -58,6 +65,9 @@ def _lower_mul_acc(ctx):
     xs, ys = ctx.shape("X"), ctx.shape("Y")
     x2, y2 = _as2d(xs, ctx.attrs["x_num_col_dims"]), _as2d(ys, ctx.attrs["y_num_col_dims"])
     o2 = (x2[0], y2[1])
+    if _row_acc(ctx):
+        out_shape = _mul_infer(ctx)["Out"][0]
+        return lambda x, y, row: K.matmul_row_acc(x.reshape(x2), y.reshape(y2), row).reshape(out_shape)
     in_place = "Acc" in ctx.overwritable
 
     def run(x, y, acc):
@@ -70,4 +80,5 @@ def _lower_mul_acc(ctx):
 
 defop("mul_acc", inputs=("X", "Y", "Acc"), attrs=_MUL_ATTRS, infer=_mul_acc_infer, lower=_lower_mul_acc,
       grad=NO_GRAD, doc="Out = Acc + mul(X, Y), the product added by BLAS into Acc's buffer when the plan "
-                        "lets it be overwritten (else into a copy).")
+                        "lets it be overwritten (else into a copy); a 1-D Acc of the product's last dim (a bias) "
+                        "is added to every row.")
