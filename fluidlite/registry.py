@@ -229,8 +229,9 @@ class OpDef:
       same op applied to every slice), the attributes that compute it in one op; None if it cannot.
       StaticRNN uses it to run step ops that read no state once over the whole sequence.
     - `writes_out`: the lowered callable accepts a keyword `out`, a list with one entry per output
-      variable: an array of the output's shape and dtype to write the result into, or None. The
-      executor passes the scope's old array of a persistable output (see compiler/inplace.py).
+      variable: an array of the output's shape and dtype to write the result into (and return as that
+      output), or None. The executor passes the scope's old array of a persistable output (see
+      compiler/inplace.py) or a slice of a stack's buffer (compiler/stack_into.py).
     - `batch_poly`: the callable `lower(ctx)` returns works for any batch size (it reads every size
       from its arrays at run time, chooses serial or parallel there too), so a plan reuses it when
       only the batch size changes. True, False, or `batch_poly(ctx) -> bool`; None (the default)

@@ -68,11 +68,14 @@ def _tanh_row(src, dst, one):
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
 def lstm_unit(x, c_prev, forget_bias):
     """x [N, 4H] pre-activations, c_prev [N, H] -> (c, h, gate): gate holds the activated [i, f, o, j]."""
+    return lstm_unit_into(x, c_prev, forget_bias, np.empty_like(c_prev), np.empty_like(c_prev), np.empty_like(x))
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def lstm_unit_into(x, c_prev, forget_bias, c, h, gate):
+    """lstm_unit writing into the given c, h and gate (none of them x or c_prev); returns them."""
     n, hid = c_prev.shape
     one, zero, fb = _scalar(1, x), _scalar(0, x), _scalar(forget_bias, x)
-    c = np.empty_like(c_prev)
-    h = np.empty_like(c_prev)
-    gate = np.empty_like(x)
     for b in range(n):
         xr, gr = x[b], gate[b]
         gi, gf, go, gj = gr[:hid], gr[hid:2 * hid], gr[2 * hid:3 * hid], gr[3 * hid:4 * hid]
@@ -91,10 +94,14 @@ def lstm_unit(x, c_prev, forget_bias):
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
 def lstm_unit_grad(gate, c_prev, c, dh, dc):
     """Gradients of (c, h) = lstm_unit(x, c_prev) -> (dx, dc_prev), from the saved activated gates."""
+    return lstm_unit_grad_into(gate, c_prev, c, dh, dc, np.empty_like(gate), np.empty_like(c_prev))
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def lstm_unit_grad_into(gate, c_prev, c, dh, dc, dx, dcp):
+    """lstm_unit_grad writing into the given dx and dcp (neither an input); returns them."""
     n, hid = c_prev.shape
     one = _scalar(1, gate)
-    dx = np.empty_like(gate)
-    dcp = np.empty_like(c_prev)
     for b in range(n):
         gr, dxr = gate[b], dx[b]
         gi, gf, go, gj = gr[:hid], gr[hid:2 * hid], gr[2 * hid:3 * hid], gr[3 * hid:4 * hid]

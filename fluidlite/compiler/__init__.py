@@ -1,16 +1,18 @@
 """The plan compiler: named passes over a typed step list (see docs/design.md, "The executor plan").
 
-    prune -> infer -> batch_grad -> mul_acc -> alias -> inplace -> lower -> fold -> fuse -> codegen
+    prune -> infer -> batch_grad -> mul_acc -> stack_into -> alias -> inplace -> lower -> fold -> fuse -> codegen
 
 Each pass is a function `pass_(ir: PlanIR, options: CompileOptions) -> PlanIR` in its own module and
 can be run alone on a hand-made `PlanIR`. `compile_plan` runs them in order; with `options.debug` the
 IR verifier (`ir.check`) runs after every pass (the feed counts as defining values, unlike `fl.verify`). Passes that
-only optimise (`batch_grad`, `mul_acc`, `alias`, `inplace`, `fold`, `fuse`) and `prune` can be switched off for debugging:
+only optimise (`batch_grad`, `mul_acc`, `stack_into`, `alias`, `inplace`, `fold`, `fuse`) and `prune` can be switched off
+for debugging:
 
     fl.Executor(compile_options=CompileOptions(disabled={"fold", "alias"}, debug=True))
 
 `check_nan_inf=True` (what `fl.Executor(check_nan_inf=True)` sets) makes codegen check every op's
-floating outputs for NaN/Inf (see `nan_check`); it also switches off `alias`, `inplace`, `fold` and `fuse`.
+floating outputs for NaN/Inf (see `nan_check`); it also switches off `stack_into`, `alias`, `inplace`, `fold` and
+`fuse`.
 
 or, for every Executor made afterwards without explicit options, the environment variables
 `FLUIDLITE_PASSES_OFF=fold,alias` and `FLUIDLITE_DEBUG_PASSES=1`.
@@ -31,11 +33,12 @@ from .ir import FusedStep, IRError, PlanIR, Step, check
 from .lower import lower
 from .mul_acc import mul_acc
 from .prune import prune
+from .stack_into import stack_into
 
-PASSES = (("prune", prune), ("infer", infer), ("batch_grad", batch_grad), ("mul_acc", mul_acc), ("alias", alias),
-          ("inplace", inplace),
+PASSES = (("prune", prune), ("infer", infer), ("batch_grad", batch_grad), ("mul_acc", mul_acc),
+          ("stack_into", stack_into), ("alias", alias), ("inplace", inplace),
           ("lower", lower), ("fold", fold), ("fuse", fuse), ("codegen", codegen))
-SWITCHABLE = frozenset({"prune", "batch_grad", "mul_acc", "alias", "inplace", "fold", "fuse"})
+SWITCHABLE = frozenset({"prune", "batch_grad", "mul_acc", "stack_into", "alias", "inplace", "fold", "fuse"})
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ class CompileOptions:
             raise ValueError(f"CompileOptions: cannot switch off {sorted(unknown)}; switchable passes: "
                              f"{sorted(SWITCHABLE)}")
         if self.check_nan_inf:  # no write into the scope before the end, inputs intact, every op's output
-            disabled |= {"alias", "inplace", "fold", "fuse"}
+            disabled |= {"stack_into", "alias", "inplace", "fold", "fuse"}
         object.__setattr__(self, "disabled", disabled)
 
     @classmethod

@@ -11,8 +11,9 @@ from .ir import PlanIR
 
 
 def alias_groups(steps, apart=frozenset()) -> dict:
-    """name -> representative name of the values sharing its memory (through `returns_view` ops); the
-    outputs of the steps at indices `apart` (disjoint views of a dead input) each start a group."""
+    """name -> representative name of the values sharing its memory (through `returns_view` ops and
+    stacks assembled in place, see stack_into); the outputs of the steps at indices `apart` (disjoint
+    views of a dead input) each start a group."""
     group = {}
 
     def find(n):
@@ -21,7 +22,7 @@ def alias_groups(steps, apart=frozenset()) -> dict:
         return n
 
     for i, step in enumerate(steps):
-        if step.opdef.returns_view and i not in apart:
+        if (step.opdef.returns_view or step.assembles) and i not in apart:
             for o in step.out_names:
                 for n in step.in_names:
                     group[find(o)] = find(n)

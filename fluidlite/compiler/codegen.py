@@ -12,13 +12,16 @@
 Each value is deleted after its last use. With `options.check_nan_inf` a line `N<i>((outs), I)`
 follows each kernel call, `I` the inputs the op saw (see `nan_check`), and the persistables the plan
 updates are read as copies. A folded step's inputs are accumulated into `acc<i>` as
-they are made (`F<i>` is its fold step). The source is kept as `PlanIR.source` (public as `Plan.source`)
+they are made (`F<i>` is its fold step). A stack assembled in place (stack_into) is a buffer `B<k>`
+allocated before the first kernel that writes a slice of it (`out=[B<k>[t]]`). The source is kept as `PlanIR.source` (public as `Plan.source`)
 and `line_to_op` maps each line number back to its op for error messages.
 """
 from __future__ import annotations
 
 import functools
 import itertools
+
+import numpy as np
 
 from .inplace import reusable
 from .ir import PlanIR
@@ -53,6 +56,12 @@ def codegen(ir: PlanIR, options) -> PlanIR:
             for n in step.in_names:
                 folds.setdefault(producer[n], []).append((i, n))  # producer step -> [(folding step, input)]
     keep_alive = set(ir.fetch_names) | set(ir.persist_out)
+    ir.assembled, allocate_at = {}, {}  # stack result -> buffer number; step index -> results to allocate
+    for i, step in enumerate(steps):
+        for entry in step.into:
+            if entry is not None and entry[0] not in ir.assembled:
+                k = ir.assembled[entry[0]] = len(ir.assembled)
+                allocate_at.setdefault(i, []).append(entry[0])
     lines = ["def _step(F, A):"]
     lines += [f"    {ref(n)} = F[{n!r}]" for n in ir.feed]
     check = getattr(options, "check_nan_inf", False)
@@ -62,16 +71,26 @@ def codegen(ir: PlanIR, options) -> PlanIR:
     for i, step in enumerate(steps):
         ins, outs = step.in_names, step.out_names
         targets = ", ".join(ref(n) for n in outs)
-        if step.fold is None:
+        for name in allocate_at.get(i, ()):  # a stack's buffer, before the first op writing into it
+            k = ir.assembled[name]
+            env["EMPTY"], env[f"SH{k}"], env[f"T{k}"] = np.empty, ir.metas[name].shape, ir.metas[name].dtype
+            lines.append(f"    B{k} = EMPTY(SH{k}, T{k})  # {name}, stacked in place")
+        if step.assembles:
+            k = ir.assembled[outs[0]]
+            lines.append(f"    {targets} = B{k}  # stack: its inputs were written into it")
+            lines.append(f"    del B{k}")
+        elif step.fold is None:
             env[f"K{i}"] = step.kernel
             args = [ref(n) for n in ins]
-            if step.reuse:  # persistable outputs written into the scope's old arrays when they may be
+            if step.reuse or step.into:  # the scope's old arrays (when they may be reused) and stack slices
+                reuse, into = step.reuse or [None] * len(outs), step.into or [None] * len(outs)
                 env["R"] = reusable
-                for n in step.reuse:
+                for n in reuse:
                     if n is not None:
                         env[f"T_{ir.metas[n].dtype.name}"] = ir.metas[n].dtype
-                args.append("out=[" + ", ".join("None" if n is None else f"R(A, {n!r}, {ir.metas[n].shape!r}, "
-                                                f"T_{ir.metas[n].dtype.name})" for n in step.reuse) + "]")
+                args.append("out=[" + ", ".join(
+                    f"B{ir.assembled[s[0]]}[{s[1]}]" if s is not None else "None" if n is None else
+                    f"R(A, {n!r}, {ir.metas[n].shape!r}, T_{ir.metas[n].dtype.name})" for n, s in zip(reuse, into)) + "]")
             if check:  # the inputs as the op saw them (an op may write a name it reads)
                 lines.append(f"    I = ({''.join(ref(n) + ', ' for n in ins)})")
             lines.append(f"    {targets} = K{i}({', '.join(args)}){step.note}")

@@ -22,7 +22,10 @@ class Step:
     - `fold`: `f(acc, x) -> acc` when this op's inputs are accumulated as they are made (fold);
     - `reuse`: per output variable, its name when the scope's old array may receive the result, else None
       (inplace; empty when none may);
-    - `poly`: the bound kernel (and fold step) work for any batch size (lower; `OpDef.is_batch_poly`).
+    - `poly`: the bound kernel (and fold step) work for any batch size (lower; `OpDef.is_batch_poly`);
+    - `into`: per output variable, `(stack result, t)` when the kernel writes it into slice t of that
+      stack's buffer, else None (stack_into; empty when none is); `assembles`: this stack only names the
+      buffer its inputs were written into.
     """
 
     op: Any
@@ -34,6 +37,8 @@ class Step:
     fold: Callable | None = None
     reuse: list = field(default_factory=list)
     poly: bool = False
+    into: list = field(default_factory=list)
+    assembles: bool = False
 
     @property
     def in_names(self) -> list:
@@ -110,6 +115,7 @@ class PlanIR:
     code: Any = None
     env: dict = field(default_factory=dict)
     done: list = field(default_factory=list)  # names of the passes run so far
+    assembled: dict = field(default_factory=dict)  # stack result -> its buffer's number in codegen (stack_into)
 
     def var(self, name: str):
         """The program variable `name` (searching parent blocks), or None."""
@@ -159,6 +165,9 @@ def check(ir: PlanIR, after: str) -> None:
             problems.append(f"{where}: no kernel after lowering")
         if step.reuse and (len(step.reuse) != len(step.out_names) or not step.opdef.writes_out):
             problems.append(f"{where}: reuse marks {step.reuse} do not match its outputs or its OpDef")
+        if step.into and (len(step.into) != len(step.out_names) or not step.opdef.writes_out
+                          or any(a and r for a, r in zip(step.into, step.reuse))):
+            problems.append(f"{where}: stack slices {step.into} do not match its outputs, OpDef or reuse marks")
         if step.fold is not None:
             for n in step.in_names:
                 if n not in made_at:

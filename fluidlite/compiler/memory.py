@@ -5,7 +5,8 @@ persistables the plan reads are alive from the start (persistables are reported 
 in the scope between steps anyway); each step's outputs are alive from that step to their last use;
 a folded sum holds one accumulator; an output written into an overwritable input of the same size
 (alias pass), a view (`returns_view`) and a persistable result written into the scope's old array
-(inplace pass) take no new bytes. Kernels' own scratch space is not counted.
+(inplace pass) take no new bytes; a stack assembled in place (stack_into) is alive whole from the first
+op writing a slice of it. Kernels' own scratch space is not counted.
 """
 from __future__ import annotations
 
@@ -49,8 +50,12 @@ def memory_plan(ir: PlanIR) -> MemoryPlan:
     for i, step in enumerate(ir.steps):
         dead_inputs = [n for slot in step.overwritable for n in step.op.inputs.get(slot, ()) if n in live]
         for k, n in enumerate(step.out_names):
-            if n in step.in_names or (step.reuse and step.reuse[k] is not None) or step.opdef.returns_view:
-                continue  # updated in place, written into the scope's old array, or a view
+            if step.into and step.into[k] is not None:  # a slice of a stack's buffer, allocated whole here
+                live.setdefault(step.into[k][0], size[step.into[k][0]])
+                continue
+            if (n in step.in_names or (step.reuse and step.reuse[k] is not None) or step.opdef.returns_view
+                    or step.assembles):
+                continue  # updated in place, written into the scope's old array, a view, or a stacked buffer
             same = next((d for d in dead_inputs if size[d] == size[n]), None)
             if same is not None:  # the kernel writes into a dead input of its size: that buffer changes name
                 dead_inputs.remove(same)

@@ -43,6 +43,10 @@ def bind_batch(ir: PlanIR, feed: dict):
             raise NotReusable(f"fused ops {[m.op.type for m in step.members]} have outputs of one shape only at "
                               f"the plan's batch size (here {sorted(shapes)})")
     env = None
+    for name, k in ir.assembled.items():  # stacks assembled in place: their buffers at this batch size
+        if metas[name].shape != ir.metas[name].shape:
+            env = dict(ir.env) if env is None else env
+            env[f"SH{k}"] = metas[name].shape
     for i, (step, ins) in enumerate(zip(ir.steps, step_inputs)):
         if step.poly or ins == step.inputs:
             continue

@@ -138,8 +138,43 @@ def _lstm_infer(ctx):
     return {"C": (shape, ctx.dtype("X")), "H": (shape, ctx.dtype("X")), "Gate": (xs, ctx.dtype("X"))}
 
 
+def _out_positions(ctx, slots) -> list:
+    """For each of `slots`, its index in a `writes_out` kernel's `out` list (one entry per present output,
+    in the op's output order), or None when the op lacks that output."""
+    present = [slot for slot, names in ctx.outputs.items() for _ in names]
+    return [present.index(slot) if slot in present else None for slot in slots]
+
+
+def _lower_lstm(ctx):
+    fb = ctx.attrs["forget_bias"]
+    pc, ph, pg = _out_positions(ctx, ("C", "H", "Gate"))
+
+    def run(x, cp, out=None):
+        if out is None:
+            return K.lstm_unit(x, cp, fb)
+        c, h, gate = (out[p] if p is not None and out[p] is not None else None for p in (pc, ph, pg))
+        return K.lstm_unit_into(x, cp, fb, np.empty_like(cp) if c is None else c, np.empty_like(cp) if h is None else h,
+                                np.empty_like(x) if gate is None else gate)
+
+    return run
+
+
+def _lower_lstm_grad(ctx):
+    slots = ("X@GRAD", "C_prev@GRAD")
+    px, pc = _out_positions(ctx, slots)
+
+    def run(gate, cp, c, dh, dc, out=None):
+        if out is None:
+            return _pick(ctx, slots, K.lstm_unit_grad(gate, cp, c, dh, dc))
+        dx = out[px] if px is not None and out[px] is not None else np.empty_like(gate)
+        dcp = out[pc] if pc is not None and out[pc] is not None else np.empty_like(cp)
+        return _pick(ctx, slots, K.lstm_unit_grad_into(gate, cp, c, dh, dc, dx, dcp))
+
+    return run
+
+
 defop("lstm_unit", inputs=("X", "C_prev"), outputs=("C", "H", "Gate"), attrs={"forget_bias": Attr(float, 0.0)},
-      infer=_lstm_infer, kernel=K.lstm_unit, kernel_attrs=("forget_bias",), nondiff_outputs=("Gate",),
+      infer=_lstm_infer, lower=_lower_lstm, batch_poly=True, writes_out=True, nondiff_outputs=("Gate",),
       grad=lambda g: [grad_op("lstm_unit_grad", g,
                               {"Gate": g.o("Gate"), "C_prev": g.i("C_prev"), "C": g.o("C"),
                                "H@GRAD": g.og("H"), "C@GRAD": g.og("C")},
@@ -153,8 +188,7 @@ defop("lstm_unit_grad", inputs=("Gate", "C_prev", "C", "H@GRAD", "C@GRAD"), outp
       optional=("X@GRAD", "C_prev@GRAD"),
       infer=lambda ctx: {"X@GRAD": (ctx.shape("Gate"), ctx.dtype("Gate")),
                          "C_prev@GRAD": (ctx.shape("C_prev"), ctx.dtype("C_prev"))},
-      lower=lambda ctx: lambda gate, cp, c, dh, dc: _pick(ctx, ("X@GRAD", "C_prev@GRAD"),
-                                                          K.lstm_unit_grad(gate, cp, c, dh, dc)))
+      lower=_lower_lstm_grad, batch_poly=True, writes_out=True)
 
 
 # ---- gru_unit -----------------------------------------------------------------------------------
