@@ -32,6 +32,17 @@ def test_buffer_reuse_lowers_the_live_bytes_after_the_fed_input():
     assert [t[2] for t in mem.timeline][1:] == [one, one]  # scale and sigmoid write into their dead input
 
 
+def test_a_value_stays_alive_while_a_view_of_it_is_read():
+    x = layers.data(name="x", shape=[1000], dtype="float32")
+    viewed = layers.reshape(layers.tanh(x), [-1, 1000])  # tanh's result's name dies here, its buffer does not
+    out = layers.elementwise_add(viewed, layers.sigmoid(x))
+    exe = fl.Executor(compile_options=CompileOptions(disabled={"alias", "fuse"}))
+    mem = exe.compile(feed={"x": np.zeros((2, 1000), np.float32)}, fetch_list=[out]).memory()
+    one = 2 * 1000 * 4
+    assert [(t[1], t[2]) for t in mem.timeline] == [("tanh", 2 * one), ("reshape", 2 * one), ("sigmoid", 3 * one),
+                                                    ("elementwise_add", 3 * one)]
+
+
 def test_a_fused_chain_is_one_step_and_keeps_no_intermediate():
     out = _chain()
     mem = fl.Executor().compile(feed={"x": np.zeros((2, 1000), np.float32)}, fetch_list=[out]).memory()
