@@ -4,9 +4,9 @@
 
 Each pass is a function `pass_(ir: PlanIR, options: CompileOptions) -> PlanIR` in its own module and
 can be run alone on a hand-made `PlanIR`. `compile_plan` runs them in order; with `options.debug` the
-IR verifier (`ir.check`) runs after every pass (the feed counts as defining values, unlike `fl.verify`). Passes that
-only optimise (`batch_grad`, `mul_acc`, `stack_into`, `alias`, `inplace`, `fold`, `fuse`) and `prune` can be switched off
-for debugging:
+IR verifier (`ir.check`) runs after every pass (the feed counts as defining values, unlike `fl.verify`).
+Passes that only optimise (`batch_grad`, `mul_acc`, `stack_into`, `alias`, `inplace`, `fold`, `fuse`) and
+`prune` can be switched off for debugging:
 
     fl.Executor(compile_options=CompileOptions(disabled={"fold", "alias"}, debug=True))
 

@@ -13,8 +13,9 @@ Each value is deleted after its last use. With `options.check_nan_inf` a line `N
 follows each kernel call, `I` the inputs the op saw (see `nan_check`), and the persistables the plan
 updates are read as copies. A folded step's inputs are accumulated into `acc<i>` as
 they are made (`F<i>` is its fold step). A stack assembled in place (stack_into) is a buffer `B<k>`
-allocated before the first kernel that writes a slice of it (`out=[B<k>[t]]`). The source is kept as `PlanIR.source` (public as `Plan.source`)
-and `line_to_op` maps each line number back to its op for error messages.
+allocated before the first kernel that writes a slice of it (`out=[B<k>[t]]`). The source is kept as
+`PlanIR.source` (public as `Plan.source`) and `line_to_op` maps each line number back to its op for
+error messages.
 """
 from __future__ import annotations
 
@@ -90,7 +91,8 @@ def codegen(ir: PlanIR, options) -> PlanIR:
                         env[f"T_{ir.metas[n].dtype.name}"] = ir.metas[n].dtype
                 args.append("out=[" + ", ".join(
                     f"B{ir.assembled[s[0]]}[{s[1]}]" if s is not None else "None" if n is None else
-                    f"R(A, {n!r}, {ir.metas[n].shape!r}, T_{ir.metas[n].dtype.name})" for n, s in zip(reuse, into)) + "]")
+                    f"R(A, {n!r}, {ir.metas[n].shape!r}, T_{ir.metas[n].dtype.name})"
+                    for n, s in zip(reuse, into)) + "]")
             if check:  # the inputs as the op saw them (an op may write a name it reads)
                 lines.append(f"    I = ({''.join(ref(n) + ', ' for n in ins)})")
             lines.append(f"    {targets} = K{i}({', '.join(args)}){step.note}")

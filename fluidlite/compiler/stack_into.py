@@ -9,10 +9,10 @@ the kernel made (sum_grad hands its dOut on as both inputs' gradients).
 
 Only a stack along axis 0 (its slices are contiguous) whose every input is a distinct value made once,
 in this plan, by an op with `writes_out` that no pass fuses, of the input's shape and dtype, not fed or
-persistable (a fetched one is handed out as a view of the stack). The stack's result then shares memory with its inputs: the alias pass treats
-the stack as returning a view, so nothing overwrites either while the other is read. A plan run at
-another batch size allocates the buffer at that size (`SH<name>` in codegen's namespace).
-Off: the stack copies its inputs.
+persistable (a fetched one is handed out as a view of the stack). The stack's result then shares
+memory with its inputs: the alias pass treats the stack as returning a view, so nothing overwrites
+either while the other is read. A plan run at another batch size allocates the buffer at that size
+(codegen reads its shape from `SH<k>` in the step function's namespace). Off: the stack copies its inputs.
 """
 from __future__ import annotations
 
