@@ -150,11 +150,11 @@ def gru_unit(inp, h_prev, w, bias, origin_mode):
 
 
 @njit(cache=True, error_model="numpy")
-def gru_unit_grad(h_prev, w, gate, rh, dh, origin_mode):
-    """Gradients of gru_unit -> (d_inp [N, 3H], d_h_prev, d_w, d_bias [3H])."""
+def gru_unit_grad(h_prev, w, gate, rh, dh, origin_mode, dg):
+    """Gradients of gru_unit -> (d_inp [N, 3H], d_h_prev, d_w, d_bias [3H]); d_inp (the gradient of the
+    pre-activations) is written into `dg`, an array of gate's shape."""
     n, hid = h_prev.shape
     one = _scalar(1, gate)
-    dg = np.empty_like(gate)  # gradient of the pre-activations
     dhp = np.empty_like(h_prev)
     for b in range(n):
         for k in range(hid):

@@ -71,6 +71,25 @@ def test_rnn_outputs_are_stacked_where_the_cells_write_them():
     np.testing.assert_array_equal(on[0][0][-1], on[0][1])  # the last step's h is the stack's last slice
 
 
+def test_gru_input_gradients_are_made_in_the_stacked_gradient_bit_for_bit():
+    x = layers.data("x", [4, -1, 5], append_batch_size=False, dtype="float64")
+    rnn = layers.StaticRNN()
+    with rnn.step():
+        x_t = rnn.step_input(x)
+        h_prev = rnn.memory(shape=[-1, 3], batch_ref=x_t)
+        h = layers.gru_unit(layers.fc(x_t, 9), h_prev, 9)[0]
+        rnn.update_memory(h_prev, h)
+    loss = layers.mean(rnn.step_var(h))
+    grads = dict((p.name, g) for p, g in fl.append_backward(loss))
+    fetch = [loss] + [grads[n] for n in sorted(grads)]
+    feed = {"x": np.random.default_rng(3).standard_normal((4, 2, 5))}
+    (on, plan), (off, _) = _runs(fetch, [feed])
+    assert [s.assembles for s in plan.steps if s.op.type == "stack"] == [True]
+    assert len([s for s in plan.steps if s.op.type == "gru_unit_grad" and s.into]) == 4
+    for a, b in zip(on[0], off[0]):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_a_stack_of_products_or_of_one_value_twice_copies():
     x = layers.data("x", [3], dtype="float64")
     p = layers.fc(x, 2, bias_attr=False)  # `mul` cannot write into a given array

@@ -2,7 +2,7 @@
 
 StaticRNN's backward stacks the per-step gradients of its stepped inputs (unstack's gradient): an
 LSTM's 50 [32, 1024] gate gradients were copied into one [50, 32, 1024] array after the last was made
-(0.6 ms of a 35 ms step, 6.5 MB read from caches they had left). Here each is made in its slice: codegen
+(0.6 ms of a 35 ms step, 6.5 MB read from caches they had left); a GRU's likewise. Here each is made in its slice: codegen
 allocates the result before the first of them and passes `result[t]` as the producing kernel's `out`
 (OpDef `writes_out`); the stack then only names the buffer. A stack's input may be a view of the value
 the kernel made (sum_grad hands its dOut on as both inputs' gradients).

@@ -235,9 +235,11 @@ _GRU_GRAD_OUT = ("Input@GRAD", "HiddenPrev@GRAD", "Weight@GRAD", "Bias@GRAD")
 
 def _lower_gru_grad(ctx):
     origin, bshape = ctx.attrs["origin_mode"], ctx.shape("Bias") if ctx.has("Bias") else None
+    px = _out_positions(ctx, _GRU_GRAD_OUT)[0]
 
-    def run(h, w, gate, rh, dh, *bias):
-        dx, dhp, dw, db = K.gru_unit_grad(h, w, gate, rh, dh, origin)
+    def run(h, w, gate, rh, dh, *bias, out=None):
+        into = None if out is None or px is None else out[px]
+        dx, dhp, dw, db = K.gru_unit_grad(h, w, gate, rh, dh, origin, np.empty_like(gate) if into is None else into)
         return _pick(ctx, _GRU_GRAD_OUT, (dx, dhp, dw, db.reshape(bshape) if bshape else db))
 
     return run
@@ -249,4 +251,4 @@ defop("gru_unit_grad", inputs=("HiddenPrev", "Weight", "Gate", "ResetHiddenPrev"
                          "HiddenPrev@GRAD": (ctx.shape("HiddenPrev"), ctx.dtype("Gate")),
                          "Weight@GRAD": (ctx.shape("Weight"), ctx.dtype("Gate")),
                          "Bias@GRAD": (ctx.shape("Bias") if ctx.has("Bias") else (0,), ctx.dtype("Gate"))},
-      lower=_lower_gru_grad)
+      lower=_lower_gru_grad, writes_out=True)
