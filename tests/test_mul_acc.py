@@ -8,18 +8,23 @@ from fluidlite.compiler import CompileOptions
 from test_compiler import _lstm
 
 
+def _on_and_off(fetch, feed):
+    """(fetched values, plan) with the pass on, then off; each from a fresh startup run."""
+    runs = []
+    for off in (frozenset(), frozenset({"mul_acc"})):
+        exe = fl.Executor(compile_options=CompileOptions(disabled=off, debug=True))
+        exe.run(fl.default_startup_program())
+        runs.append((exe.run(feed=feed, fetch_list=fetch), exe.compile(feed=feed, fetch_list=fetch)))
+    return runs
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_an_lstm_gives_bit_for_bit_gradients_with_the_gates_written_into_the_input_projection(dtype):
     loss, grads = _lstm(dtype, seq_len=5)
     rng = np.random.default_rng(0)
     feed = {"x": rng.standard_normal((5, 3, 5)).astype(dtype), "label": rng.integers(0, 3, (3, 1))}
     fetch = [loss] + [grads[n] for n in sorted(grads)]
-    runs = {}
-    for name, off in (("on", frozenset()), ("off", frozenset({"mul_acc"}))):
-        exe = fl.Executor(compile_options=CompileOptions(disabled=off, debug=True))
-        exe.run(fl.default_startup_program())
-        runs[name] = (exe.run(feed=feed, fetch_list=fetch), exe.compile(feed=feed, fetch_list=fetch))
-    (on, plan), (off, plan_off) = runs["on"], runs["off"]
+    (on, plan), (off, plan_off) = _on_and_off(fetch, feed)
     fused = [s for s in plan.steps if s.op.type == "mul_acc" and len(s.inputs["Acc"][0].shape) > 1]
     biased = [s.inputs["Acc"][0].name for s in plan.steps if s.op.type == "mul_acc" and s not in fused]
     # one per step: h_{t-1} @ W_hh added into the step's slice of the hoisted x_t @ W_ih + b
@@ -114,12 +119,7 @@ def test_a_bias_add_is_folded_into_the_product_bit_for_bit(dtype):
     loss, fetch = _fc_net(dtype, lambda s: layers.reshape(s, [-1, 2, 4]))
     rng = np.random.default_rng(6)
     feed = {"x": rng.standard_normal((5, 6)).astype(dtype), "label": rng.integers(0, 3, (5, 1))}
-    runs = {}
-    for name, off in (("on", frozenset()), ("off", frozenset({"mul_acc"}))):
-        exe = fl.Executor(compile_options=CompileOptions(disabled=off, debug=True))
-        exe.run(fl.default_startup_program())
-        runs[name] = (exe.run(feed=feed, fetch_list=fetch), exe.compile(feed=feed, fetch_list=fetch))
-    (on, plan), (off, _) = runs["on"], runs["off"]
+    (on, plan), (off, _) = _on_and_off(fetch, feed)
     types = [s.op.type for s in plan.steps]
     assert types.count("mul_acc") == 2 and "elementwise_add" not in types and types.count("mul") == 0
     # the add's gradient no longer names the product (which the plan never makes), but dOut

@@ -152,9 +152,10 @@ def _lower_lstm(ctx):
     def run(x, cp, out=None):
         if out is None:
             return K.lstm_unit(x, cp, fb)
-        c, h, gate = (out[p] if p is not None and out[p] is not None else None for p in (pc, ph, pg))
-        return K.lstm_unit_into(x, cp, fb, np.empty_like(cp) if c is None else c, np.empty_like(cp) if h is None else h,
-                                np.empty_like(x) if gate is None else gate)
+        c = out[pc] if pc is not None and out[pc] is not None else np.empty_like(cp)
+        h = out[ph] if ph is not None and out[ph] is not None else np.empty_like(cp)
+        gate = out[pg] if pg is not None and out[pg] is not None else np.empty_like(x)
+        return K.lstm_unit_into(x, cp, fb, c, h, gate)
 
     return run
 
