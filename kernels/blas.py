@@ -22,6 +22,7 @@ from numba.extending import intrinsic
 from .._blas import BACKEND, NO_TRANS, ROW_MAJOR, TRANS  # noqa: F401  (importing it registers the symbols)
 
 _I32, _I64 = ir.IntType(32), ir.IntType(64)
+ONE_BLOCK_K = 256  # OpenBLAS sums an inner dimension up to this in one block: out = alpha * AB + beta * out rounds AB once
 
 
 @intrinsic

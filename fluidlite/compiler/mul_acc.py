@@ -1,7 +1,7 @@
 """Pass `mul_acc`: a product added to one other value becomes one `mul_acc` step in which BLAS adds
 X @ Y into that value's buffer (beta = 1), instead of making the product and then adding it.
 
-Two forms:
+Three forms:
 - `sum(A, mul(X, Y))`, A of the product's shape. An unrolled RNN's gates are x_t W_ih + h_{t-1} W_hh,
   the first term precomputed for every step at once (StaticRNN's input projection) and sliced per step
   by `unstack`: each step made a [B, 4H] product and a sum of it. With the slices' memory free once
@@ -13,13 +13,21 @@ Two forms:
   BLAS adding into filled rows costs more than its zeroing pass (a Transformer step: +0.45 ms). The add's
   gradient op also names the product, though for a row bias it reads only its shape (dX is dOut, db
   the column sums of dOut); it is pointed at dOut, of the same shape, so the product need not exist.
+- `momentum(Grad = mul_grad's Y@GRAD)`, plain momentum (no Nesterov, no SkipUpdate) whose weight gradient
+  X^T @ dOut nothing else reads: the velocity is scaled by mu and BLAS adds the product into it right
+  where mul_grad made the gradient (`mul_grad_decay_acc`); momentum becomes sgd on the new velocity. The
+  gradient is never stored and read back (an MLP step with Momentum: 0.95-0.97x in an in-process A/B).
+  The velocity must be neither read nor written between the product and the update.
 
 Bit for bit: BLAS rounds the product once and adds it to A last, as the two steps did, when it sums the
 inner dimension in one block; OpenBLAS blocks it by 256 to 384, and at K = 512 its float32 results
 differ in the last bit. So only products with K <= MAX_K (tests/test_mul_acc.py checks an LSTM and
 the kernel at K = MAX_K bit for bit). Only sums of exactly two inputs, an A of the product's shape, the
 product read by nothing else (but the add's gradient), a float dtype, and neither of its operands nor
-the addend written between the product and the sum. Off: the two steps run.
+the addend written between the product and the sum. For momentum K is the batch: a plan rebound for a
+batch above MAX_K makes the product, then adds it (the kernel's two-step path), as a fresh plan does.
+BLAS's own beta != 1 may round mu * v + product once (its small-matrix kernels do), so the velocity is
+scaled first and BLAS adds with beta = 1. Off: the two steps run.
 """
 from __future__ import annotations
 
@@ -27,11 +35,12 @@ import copy
 
 import numpy as np
 
+from ..kernels.blas import ONE_BLOCK_K
 from ..ops.elementwise import canonical
 from ..registry import get_op_def
 from .ir import PlanIR, Step
 
-MAX_K = 256
+MAX_K = ONE_BLOCK_K
 
 
 def _row_bias_form(step) -> bool:
@@ -108,5 +117,59 @@ def mul_acc(ir: PlanIR, options) -> PlanIR:
                 op = copy.copy(g.op)
                 op.inputs = dict(g.op.inputs, X=list(g.op.inputs["Out@GRAD"]))
                 replace[position[id(g)]] = Step(op, g.opdef, dict(g.inputs, X=list(g.inputs["Out@GRAD"])))
-    ir.steps = [replace.get(i, s) for i, s in enumerate(ir.steps) if i not in drop]
+        elif step.op.type == "momentum":
+            i = _velocity_form(ir, j, step, producer, readers, written_at, position)
+            if i is not None and i not in drop and i not in replace:
+                replace[i], replace[j] = _into_velocity(ir.steps[i], step)
+    steps = []
+    for i, s in enumerate(ir.steps):
+        if i not in drop:
+            new = replace.get(i, s)
+            steps.extend(new if isinstance(new, list) else [new])
+    ir.steps = steps
     return ir
+
+
+def _velocity_form(ir, j, step, producer, readers, written_at, position):
+    """The index of the `mul_grad` step whose weight gradient this plain momentum step alone reads, when
+    that product may be added into the velocity right there (the velocity untouched until this step)."""
+    op = step.op
+    (grad,), (vel,) = op.inputs["Grad"], op.inputs["Velocity"]
+    if op.attrs["use_nesterov"] or op.inputs.get("SkipUpdate") or op.outputs["VelocityOut"] != [vel]:
+        return None
+    i = producer.get(grad)
+    if (i is None or ir.steps[i].op.type != "mul_grad" or ir.steps[i].op.outputs.get("Y@GRAD") != [grad]
+            or len(written_at[grad]) != 1 or grad in ir.fetch_names or ir.is_persistable(grad)
+            or readers.get(grad) != [step]):
+        return None
+    x = ir.steps[i].inputs["X"][0]
+    k = int(np.prod(x.shape[:ir.steps[i].op.attrs["x_num_col_dims"]]))
+    if k > MAX_K or x.dtype not in (np.float32, np.float64) or ir.metas[vel].dtype != x.dtype:
+        return None
+    if any(i < w < j for w in written_at.get(vel, ())) or any(
+            i <= position[id(r)] < j for r in readers.get(vel, ())):
+        return None
+    return i
+
+
+def _into_velocity(prod, step):
+    """(the steps replacing `prod`, the step replacing momentum `step`): the weight gradient's product is
+    added by BLAS into the velocity scaled by mu, and momentum becomes sgd on the new velocity."""
+    vel = step.op.inputs["Velocity"]
+    acc = copy.copy(prod.op)
+    acc.type, acc.attrs = "mul_grad_decay_acc", {"x_num_col_dims": prod.op.attrs["x_num_col_dims"],
+                                                 "beta": step.op.attrs["mu"]}
+    acc.inputs = {"X": prod.op.inputs["X"], "D": prod.op.inputs["Out@GRAD"], "Acc": vel}
+    acc.outputs = {"Out": vel}
+    new = [Step(acc, get_op_def(acc.type), {"X": prod.inputs["X"], "D": prod.inputs["Out@GRAD"],
+                                          "Acc": step.inputs["Velocity"]})]
+    if prod.op.outputs.get("X@GRAD"):
+        dx = copy.copy(prod.op)
+        dx.outputs = {"X@GRAD": prod.op.outputs["X@GRAD"]}
+        new.insert(0, Step(dx, prod.opdef, prod.inputs))
+    sgd = copy.copy(step.op)
+    sgd.type, sgd.attrs = "sgd", {}
+    sgd.inputs = {"Param": step.op.inputs["Param"], "Grad": vel, "LearningRate": step.op.inputs["LearningRate"]}
+    sgd.outputs = {"ParamOut": step.op.outputs["ParamOut"]}
+    return new, Step(sgd, get_op_def("sgd"), {"Param": step.inputs["Param"], "Grad": step.inputs["Velocity"],
+                                              "LearningRate": step.inputs["LearningRate"]})

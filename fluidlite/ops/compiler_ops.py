@@ -1,11 +1,13 @@
 """Ops the plan compiler introduces (never appended by layers): `matmul_tn_sum`, the batched weight
-gradient of a recurrent product (compiler/batch_grad.py), and `mul_acc`, a product added into another
-value's buffer (compiler/mul_acc.py)."""
+gradient of a recurrent product (compiler/batch_grad.py); `mul_acc`, a product added into another
+value's buffer, and `mul_grad_decay_acc`, a weight gradient added into momentum's decayed velocity
+(both compiler/mul_acc.py)."""
 import numpy as np
 
 from ..kernels import basic as K
-from ..registry import NO_GRAD, defop
+from ..registry import NO_GRAD, Attr, defop
 from .basic import _MUL_ATTRS, _as2d, _mul_infer
+from .common import is_large
 
 
 def _stacked_y(xs, ys) -> bool:
@@ -82,3 +84,43 @@ defop("mul_acc", inputs=("X", "Y", "Acc"), attrs=_MUL_ATTRS, infer=_mul_acc_infe
       grad=NO_GRAD, doc="Out = Acc + mul(X, Y), the product added by BLAS into Acc's buffer when the plan "
                         "lets it be overwritten (else into a copy); a 1-D Acc of the product's last dim (a bias) "
                         "is added to every row.")
+
+
+def _decay_acc_2d(ctx):
+    """(X's 2-D form [K, M], Acc's [M, N]) for `mul_grad_decay_acc`."""
+    x2 = _as2d(ctx.shape("X"), ctx.attrs["x_num_col_dims"])
+    acc = int(np.prod(ctx.shape("Acc")))
+    return x2, (x2[1], acc // x2[1] if x2[1] else 0)
+
+
+def _decay_acc_infer(ctx):
+    dtype = ctx.expect_dtype("X", "D", "Acc")
+    (k, m), (_, n) = _decay_acc_2d(ctx)
+    d = int(np.prod(ctx.shape("D")))
+    if m * n != int(np.prod(ctx.shape("Acc"))) or d != k * n:
+        raise ctx.error(f"X flattens to [{k}, {m}]: D ({list(ctx.shape('D'))}) must hold [{k}, N] and Acc "
+                        f"({list(ctx.shape('Acc'))}) [{m}, N]", "X", "D", "Acc")
+    return {"Out": (ctx.shape("Acc"), dtype)}
+
+
+def _lower_decay_acc(ctx):
+    x2, a2 = _decay_acc_2d(ctx)
+    d2 = (x2[0], a2[1])
+    beta = ctx.dtype("Acc").type(ctx.attrs["beta"])  # in Acc's precision, as momentum's kernel computes
+    in_place = "Acc" in ctx.overwritable
+    kernel = K.matmul_tn_decay_acc_parallel if is_large(ctx.meta("Acc")) else K.matmul_tn_decay_acc
+
+    def run(x, d, acc):
+        out = acc if in_place and acc.flags.c_contiguous and acc.flags.writeable else acc.copy()
+        kernel(x.reshape(x2), d.reshape(d2), out.reshape(a2), beta)
+        return out
+
+    return run
+
+
+defop("mul_grad_decay_acc", inputs=("X", "D", "Acc"), attrs={"x_num_col_dims": _MUL_ATTRS["x_num_col_dims"],
+                                                             "beta": Attr(float, 1.0)},
+      infer=_decay_acc_infer, lower=_lower_decay_acc, grad=NO_GRAD,
+      doc="Out = beta * Acc + flatten(X, x_num_col_dims)^T @ D (mul's Y gradient for output gradient D, added "
+          "into a decayed Acc: momentum's velocity), in Acc's shape; into Acc's buffer when the plan lets it "
+          "be overwritten.")
