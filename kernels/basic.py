@@ -84,11 +84,11 @@ def matmul_acc(a, b, out):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _decay_at(of, beta, gf, i):
-    if gf.size:
-        of[i] = beta * of[i] + gf[i]
-    else:
+def _decay_at(of, beta, gf, i, one_block):
+    if one_block:
         of[i] = beta * of[i]
+    else:
+        of[i] = beta * of[i] + gf[i]
 
 
 @njit(cache=True, error_model="numpy")
@@ -96,22 +96,24 @@ def matmul_tn_decay_acc(a, d, out, beta):
     """out = beta * out + a.T @ d, rounded as the two steps `g = a.T @ d; out = beta * out + g` round it:
     out is scaled, then BLAS adds the product (beta = 1) when it sums the inner dimension in one block;
     else the product is made, then added. (BLAS's own beta may round beta * out + product once.)"""
-    g = np.empty((0, 0), out.dtype) if a.shape[0] <= blas.ONE_BLOCK_K else blas.dot(a.T, d)
+    one_block = a.shape[0] <= blas.ONE_BLOCK_K
+    g = np.empty((0, 0), out.dtype) if one_block else blas.dot(a.T, d)
     of, gf = out.reshape(-1), g.reshape(-1)
     for i in range(of.size):
-        _decay_at(of, beta, gf, i)
-    if not gf.size:
+        _decay_at(of, beta, gf, i, one_block)
+    if one_block:
         blas.gemm(a.T, d, out, 1.0, 1.0)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def matmul_tn_decay_acc_parallel(a, d, out, beta):
-    g = np.empty((0, 0), out.dtype) if a.shape[0] <= blas.ONE_BLOCK_K else blas.dot(a.T, d)
+    one_block = a.shape[0] <= blas.ONE_BLOCK_K
+    g = np.empty((0, 0), out.dtype) if one_block else blas.dot(a.T, d)
     of = out.reshape(-1)  # one view per statement: tuple-unpacked views miscompile under parallel=True
     gf = g.reshape(-1)
     for i in prange(of.size):
-        _decay_at(of, beta, gf, i)
-    if not gf.size:
+        _decay_at(of, beta, gf, i, one_block)
+    if one_block:
         blas.gemm(a.T, d, out, 1.0, 1.0)
 
 
