@@ -6,7 +6,11 @@
   else SciPy's);
 - `scipy`: `np.dot` inside a Numba kernel, which reaches SciPy's OpenBLAS (what fluidlite called before);
 - `numpy`: `np.matmul`, NumPy's own OpenBLAS;
-- `torch`: `torch.matmul` (MKL), when torch imports.
+- `torch`: `torch.matmul` (MKL), when torch imports;
+- `tall`: fluidlite's call for the same sums with the output transposed, C^T = B^T A^T from row-major
+  copies of B^T and A^T (OpenBLAS's kernels here run a row-major product faster when its output is tall);
+- `mkl`, `onednn`: `cblas_sgemm` of the `mkl` wheel and `dnnl_sgemm` of the `onednn-cpu-gomp` wheel, through
+  ctypes, when `pip install mkl onednn-cpu-gomp` put them in this environment (neither is a dependency).
 
 Shapes (m, k, n; `nt`: a @ b.T, `tn`: a.T @ b) are those of the MLP, LSTM and Transformer steps'
 forward and backward products; the LSTM's recurrent dX appears as `nt` (through W's transposed view)
@@ -60,6 +64,42 @@ def _numba_products():
     return {"nn": nn, "nt": nt, "tn": tn}
 
 
+def _prefix_library(pattern):
+    """A shared library a wheel installed into this environment's lib/, or None."""
+    import glob
+    import os
+    import sys
+
+    found = sorted(glob.glob(os.path.join(sys.prefix, "lib", pattern)))
+    return found[0] if found else None
+
+
+def _foreign_calls(kind, a, b):
+    """name -> call of the same product through MKL's and oneDNN's sgemm, for those installed."""
+    import ctypes as C
+
+    m, n = (a.shape[1] if kind == "tn" else a.shape[0]), (b.shape[0] if kind == "nt" else b.shape[1])
+    k = a.shape[0] if kind == "tn" else a.shape[1]
+    ta, tb = kind == "tn", kind == "nt"
+    out = np.empty((m, n), np.float32)
+    calls = {}
+    i64, f32, ptr = C.c_int64, C.c_float, C.c_void_p
+    path = _prefix_library("libmkl_rt.so*")
+    if path:
+        mkl = C.CDLL(path)
+        gemm = mkl.cblas_sgemm
+        gemm.argtypes = [C.c_int] * 6 + [f32, ptr, C.c_int, ptr, C.c_int, f32, ptr, C.c_int]
+        calls["mkl"] = lambda: (gemm(101, 112 if ta else 111, 112 if tb else 111, m, n, k, 1.0, a.ctypes.data,
+                                     a.shape[1], b.ctypes.data, b.shape[1], 0.0, out.ctypes.data, n), out)[1]
+    path = _prefix_library("libdnnl.so*")
+    if path:
+        dnnl = C.CDLL(path).dnnl_sgemm  # row-major
+        dnnl.argtypes = [C.c_char, C.c_char, i64, i64, i64, f32, ptr, i64, ptr, i64, f32, ptr, i64]
+        calls["onednn"] = lambda: (dnnl(b"T" if ta else b"N", b"T" if tb else b"N", m, n, k, 1.0, a.ctypes.data,
+                                        a.shape[1], b.ctypes.data, b.shape[1], 0.0, out.ctypes.data, n), out)[1]
+    return calls
+
+
 def _calls(kind, a, b):
     from fluidlite.kernels import basic as KB
 
@@ -67,6 +107,10 @@ def _calls(kind, a, b):
     ours = {"nn": KB.matmul2d, "nt": KB.matmul2d_nt, "tn": KB.matmul2d_tn}[kind]
     calls = {"fluidlite": lambda: ours(a, b), "scipy": lambda: numba(a, b),
              "numpy": {"nn": lambda: a @ b, "nt": lambda: a @ b.T, "tn": lambda: a.T @ b}[kind]}
+    a_t = np.ascontiguousarray(a if kind == "tn" else a.T)  # A^T and B^T, row-major
+    b_t = np.ascontiguousarray(b if kind == "nt" else b.T)
+    calls["tall"] = lambda: KB.matmul2d(b_t, a_t).T
+    calls.update(_foreign_calls(kind, a, b))
     try:
         import torch
     except ImportError:
