@@ -242,6 +242,32 @@ def test_momentum_keeps_its_gradient_when_it_needs_it_or_another_op_reads_it(cas
         np.testing.assert_array_equal(on[n], off[n], err_msg=n)
 
 
+def test_a_gated_momentum_keeps_its_gradient_and_skips_as_told():
+    """An update with a SkipUpdate flag must leave the velocity alone on a skipped step: not folded."""
+    _momentum_mlp("float64")
+    block = fl.default_main_program().global_block()
+    block.create_var(name="skip", shape=(1,), dtype="bool", persistable=True)
+    for op in block.ops:
+        if op.type == "momentum":
+            op.inputs["SkipUpdate"] = ["skip"]
+    runs = []
+    for off in (frozenset(), frozenset({"mul_acc"})):
+        scope = fl.Scope()
+        exe = fl.Executor(compile_options=CompileOptions(disabled=off, debug=True))
+        exe.run(fl.default_startup_program(), scope=scope)
+        rng = np.random.default_rng(7)
+        for flag in (False, True, False):
+            scope.set_array("skip", np.array([flag]))
+            feed = {"x": rng.standard_normal((4, 6)), "label": rng.integers(0, 3, (4, 1))}
+            exe.run(feed=feed, scope=scope)
+        plan = exe.compile(feed=feed)
+        runs.append(({n: fl.fetch_var(n, scope) for n in scope.local_var_names()}, plan))
+    (on, plan), (off, _) = runs
+    assert "mul_grad_decay_acc" not in [s.op.type for s in plan.steps]
+    for n in on:
+        np.testing.assert_array_equal(on[n], off[n], err_msg=n)
+
+
 def test_a_plan_rebound_for_a_batch_above_one_block_rounds_as_a_fresh_plan():
     """The plan folds at batch 4; bound for batch MAX_K + 1, where BLAS would block the inner dimension,
     its kernel runs the product and the decayed sum as two steps: bit for bit the unfused plan's."""
