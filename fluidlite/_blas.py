@@ -1,6 +1,8 @@
 """Where the kernels' matrix products go (kernels/blas.py): NumPy's own OpenBLAS when it exports a
 64-bit-index CBLAS (NumPy's wheels do), else SciPy's through Numba's helper (`FLUIDLITE_BLAS=scipy`
-forces it). Importing this module registers the C symbols `fluidlite_sgemm` / `fluidlite_dgemm`
+forces it). `FLUIDLITE_BLAS=onednn` sends float32 products to oneDNN's `dnnl_sgemm` (the optional
+`onednn-cpu-gomp` wheel; float64 stays with NumPy's): an LSTM step's small recurrent products run
+1.4x faster there, but its OpenMP pool must then be the only BLAS pool working (docs/design.md). Importing this module registers the C symbols `fluidlite_sgemm` / `fluidlite_dgemm`
 (CBLAS's row-major signature with 64-bit sizes) with LLVM; kernels call them by name, so a kernel
 loaded from the disk cache links to whichever library this process found.
 """
@@ -80,11 +82,65 @@ def _scipy_shims():
     return out
 
 
+@intrinsic
+def _dnnl_sgemm(typingctx, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """dnnl_sgemm(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc): row-major, 64-bit sizes."""
+    def codegen(context, builder, sig, args):
+        char, f32 = ir.IntType(8), ir.FloatType()
+        fp = f32.as_pointer()
+        fnty = ir.FunctionType(_I32, [char, char, _I64, _I64, _I64, f32, fp, _I64, fp, _I64, f32, fp, _I64])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "dnnl_sgemm")
+        builder.call(fn, [builder.trunc(args[0], char), builder.trunc(args[1], char)] + list(args[2:]))
+        return context.get_dummy_value()
+
+    return types.void(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc), codegen
+
+
+def _dnnl_shim(order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    _dnnl_sgemm(ord("T") if ta == TRANS else ord("N"), ord("T") if tb == TRANS else ord("N"),
+                m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+
+def onednn_library():
+    """The path of oneDNN's library in this environment (the `onednn-cpu-gomp` wheel puts it in
+    sys.prefix/lib), or None."""
+    import glob
+    import sys
+
+    found = sorted(glob.glob(os.path.join(sys.prefix, "lib", "libdnnl.so.*")))
+    return found[0] if found else None
+
+
+def _onednn_sgemm():
+    """The address of a CBLAS-signature float32 function forwarding to oneDNN's dnnl_sgemm."""
+    path = onednn_library()
+    if path is None:
+        raise ImportError("FLUIDLITE_BLAS=onednn: oneDNN's library is not in this environment; "
+                          "pip install onednn-cpu-gomp (or unset FLUIDLITE_BLAS)")
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError as e:  # its OpenMP runtime is the system's
+        raise ImportError(f"FLUIDLITE_BLAS=onednn: {path} does not load ({e}); it needs the system's libgomp "
+                          "(apt-get install libgomp1)") from e
+    binding.add_symbol("dnnl_sgemm", ctypes.cast(lib.dnnl_sgemm, ctypes.c_void_p).value)
+    p = types.CPointer(types.float32)
+    compiled = cfunc(types.void(types.int32, types.int32, types.int32, types.int64, types.int64, types.int64,
+                                types.float32, p, types.int64, p, types.int64, types.float32, p, types.int64))(_dnnl_shim)
+    _keep.extend((lib, compiled))
+    return compiled.address
+
+
 _keep = []  # the shims' compiled code must outlive this module's import
 BACKEND = "numpy"
-_addresses = None if os.environ.get("FLUIDLITE_BLAS") == "scipy" else _numpy_cblas()
+_CHOICE = os.environ.get("FLUIDLITE_BLAS", "")
+if _CHOICE not in ("", "numpy", "scipy", "onednn"):
+    raise ImportError(f"FLUIDLITE_BLAS={_CHOICE!r}: choose numpy, scipy or onednn (or leave it unset)")
+_addresses = None if _CHOICE == "scipy" else _numpy_cblas()
 if _addresses is None:
     BACKEND, _addresses = "scipy", _scipy_shims()
+FLOAT32 = BACKEND  # the library float32 products go to: BACKEND's, or oneDNN
+if _CHOICE == "onednn":
+    FLOAT32, _addresses = "onednn", dict(_addresses, float32=_onednn_sgemm())
 for _dtype, _address in _addresses.items():
     binding.add_symbol(SYMBOLS[_dtype], _address)
 

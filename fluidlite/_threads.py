@@ -63,7 +63,8 @@ def choose_layer() -> str:
 
 def _kernel_blas() -> list:
     """threadpoolctl controllers of the BLAS library the kernels call (kernels/blas.py: NumPy's or SciPy's
-    copy, told apart by the directory it was loaded from); empty without threadpoolctl."""
+    copy, told apart by the directory it was loaded from; with FLUIDLITE_BLAS=onednn also oneDNN's OpenMP
+    runtime); empty without threadpoolctl."""
     import sys
 
     from .kernels import blas
@@ -79,8 +80,10 @@ def _kernel_blas() -> list:
     package = __import__(blas.BACKEND)
     root = os.path.dirname(os.path.dirname(os.path.abspath(package.__file__)))
     mine = tuple(os.path.join(root, blas.BACKEND + tail) for tail in ("", ".libs", os.sep + ".dylibs"))
+    # FLUIDLITE_BLAS=onednn: oneDNN runs on the system's libgomp; wheels bundle theirs renamed (libgomp-<hash>)
     return [lib for lib in ThreadpoolController().lib_controllers
-            if lib.user_api == "blas" and os.path.abspath(lib.filepath).startswith(mine)]
+            if (lib.user_api == "blas" and os.path.abspath(lib.filepath).startswith(mine))
+            or (blas.FLOAT32 == "onednn" and lib.user_api == "openmp" and os.path.basename(lib.filepath).startswith("libgomp.so"))]
 
 
 def _cores() -> int:

@@ -1,5 +1,6 @@
 """Matrix products for every kernel, through one BLAS: NumPy's own OpenBLAS when it exports a 64-bit-index
 CBLAS (NumPy's wheels do), else SciPy's (what `np.dot` in a Numba kernel reaches; FLUIDLITE_BLAS=scipy forces it).
+FLUIDLITE_BLAS=onednn sends the float32 products to oneDNN instead (FLOAT32 names where they go).
 
 Why not `np.dot` in kernels: it reaches SciPy's OpenBLAS, a second copy of the library next to
 NumPy's, and on the development machine NumPy's (0.3.31) multiplied an LSTM step's (32, 256) x
@@ -19,7 +20,7 @@ from numba.core import cgutils
 from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic
 
-from .._blas import BACKEND, NO_TRANS, ROW_MAJOR, TRANS  # noqa: F401  (importing it registers the symbols)
+from .._blas import BACKEND, FLOAT32, NO_TRANS, ROW_MAJOR, TRANS  # noqa: F401  (importing it registers the symbols)
 
 _I32, _I64 = ir.IntType(32), ir.IntType(64)
 ONE_BLOCK_K = 256  # OpenBLAS sums an inner dimension up to this in one block: out = alpha * AB + beta * out rounds AB once

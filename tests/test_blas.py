@@ -84,3 +84,68 @@ def test_scipy_fallback_gives_the_same_products():
     env = dict(os.environ, FLUIDLITE_BLAS="scipy")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def _child(code, *args, **env):
+    return subprocess.run([sys.executable, "-c", code, *args], env=dict(os.environ, **env), capture_output=True,
+                          text=True, timeout=300)
+
+
+_ONEDNN_CHILD = """
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[2])
+from fluidlite.kernels import blas
+from fluidlite import _threads
+want = sys.argv[3]
+assert (blas.FLOAT32, blas.BACKEND) == (want, "numpy"), (blas.FLOAT32, blas.BACKEND)
+assert want != "onednn" or any(lib.user_api == "openmp" for lib in _threads._kernel_blas())
+rng = np.random.default_rng(3)
+for dt in (np.float32, np.float64):
+    for ta in (False, True):
+        for tb in (False, True):
+            a = rng.standard_normal((4, 6) if ta else (6, 4)).astype(dt)
+            b = rng.standard_normal((5, 4) if tb else (4, 5)).astype(dt)
+            A, B = (a.T if ta else a), (b.T if tb else b)
+            out = np.ones((6, 5), dt)
+            blas.gemm(A, B, out, 2.0, 0.5)
+            err = np.abs(out - (0.5 + 2 * A.astype(np.float64) @ B)).max()
+            assert err < (1e-5 if dt == np.float32 else 1e-12), (dt, ta, tb, err)
+import fluidlite as fl
+from test_compiler import _lstm
+np.random.seed(0)  # seeds the unseeded initializers
+loss, grads = _lstm("float32", seq_len=5)
+exe = fl.Executor()
+exe.run(fl.default_startup_program())
+r = np.random.default_rng(0)
+feed = {"x": r.standard_normal((5, 3, 5)).astype("float32"), "label": r.integers(0, 3, (3, 1))}
+got = exe.run(feed=feed, fetch_list=[loss] + [grads[n] for n in sorted(grads)])
+np.save(sys.argv[1], np.concatenate([np.ravel(g) for g in got]))
+"""
+
+
+def test_onednn_takes_the_float32_products_and_they_match(tmp_path):
+    """FLUIDLITE_BLAS=onednn (the onednn-cpu-gomp wheel, a test dependency): float32 products of every layout
+    through oneDNN, float64 ones still through NumPy's BLAS, an LSTM's loss and gradients as the default
+    backend's up to float32 rounding, and the thread policy sees oneDNN's OpenMP runtime."""
+    import ctypes.util
+
+    from fluidlite._blas import onednn_library
+
+    assert onednn_library() is not None, "pip install onednn-cpu-gomp (a test dependency)"
+    if ctypes.util.find_library("gomp") is None:  # a machine without it: the backend must say so at import
+        done = _child("import fluidlite", FLUIDLITE_BLAS="onednn")
+        assert done.returncode != 0 and "needs the system's libgomp" in done.stderr, done.stderr[-2000:]
+        return
+    outs = {}
+    for choice in ("onednn", "numpy"):
+        path = str(tmp_path / f"{choice}.npy")
+        done = _child(_ONEDNN_CHILD, path, os.path.dirname(os.path.abspath(__file__)), choice, FLUIDLITE_BLAS=choice)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outs[choice] = np.load(path)
+    np.testing.assert_allclose(outs["onednn"], outs["numpy"], rtol=1e-4, atol=1e-6)
+
+
+def test_an_unknown_blas_choice_is_refused_by_name():
+    done = _child("import fluidlite", FLUIDLITE_BLAS="mkl")
+    assert done.returncode != 0 and "FLUIDLITE_BLAS='mkl': choose numpy, scipy or onednn" in done.stderr
