@@ -149,3 +149,8 @@ def test_onednn_takes_the_float32_products_and_they_match(tmp_path):
 def test_an_unknown_blas_choice_is_refused_by_name():
     done = _child("import fluidlite", FLUIDLITE_BLAS="mkl")
     assert done.returncode != 0 and "FLUIDLITE_BLAS='mkl': choose numpy, scipy or onednn" in done.stderr
+
+
+def test_onednn_without_its_wheel_is_refused_at_import():
+    done = _child("import sys; sys.prefix = '/nonexistent'; import fluidlite", FLUIDLITE_BLAS="onednn")
+    assert done.returncode != 0 and "pip install onednn-cpu-gomp" in done.stderr, done.stderr[-2000:]
