@@ -2,9 +2,10 @@
 64-bit-index CBLAS (NumPy's wheels do), else SciPy's through Numba's helper (`FLUIDLITE_BLAS=scipy`
 forces it). `FLUIDLITE_BLAS=onednn` sends float32 products to oneDNN's `dnnl_sgemm` (the optional
 `onednn-cpu-gomp` wheel; float64 stays with NumPy's): an LSTM step's small recurrent products run
-1.4x faster there, but its OpenMP pool must then be the only BLAS pool working (docs/design.md). Importing this module registers the C symbols `fluidlite_sgemm` / `fluidlite_dgemm`
-(CBLAS's row-major signature with 64-bit sizes) with LLVM; kernels call them by name, so a kernel
-loaded from the disk cache links to whichever library this process found.
+1.4x faster there, but its OpenMP pool must then be the only BLAS pool working (docs/design.md).
+Importing this module registers the C symbols `fluidlite_sgemm` / `fluidlite_dgemm` (CBLAS's row-major
+signature with 64-bit sizes) with LLVM; kernels call them by name, so a kernel loaded from the disk
+cache links to whichever library this process found.
 """
 import ctypes
 import os

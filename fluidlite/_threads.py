@@ -83,7 +83,8 @@ def _kernel_blas() -> list:
     # FLUIDLITE_BLAS=onednn: oneDNN runs on the system's libgomp; wheels bundle theirs renamed (libgomp-<hash>)
     return [lib for lib in ThreadpoolController().lib_controllers
             if (lib.user_api == "blas" and os.path.abspath(lib.filepath).startswith(mine))
-            or (blas.FLOAT32 == "onednn" and lib.user_api == "openmp" and os.path.basename(lib.filepath).startswith("libgomp.so"))]
+            or (blas.FLOAT32 == "onednn" and lib.user_api == "openmp"
+                and os.path.basename(lib.filepath).startswith("libgomp.so"))]
 
 
 def _cores() -> int:
