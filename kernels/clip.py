@@ -11,6 +11,8 @@ import numpy as np
 from numba import carray, njit, prange, types
 from numba.extending import intrinsic
 
+from .inplace import same_buffer
+
 
 @njit(cache=True, error_model="numpy")
 def address_of(a, size, itemsize):
@@ -51,9 +53,13 @@ def _clip_grad_el(v, g, lo, hi):
 def clip_into(x, out, lo, hi):
     """out = min(max(x, lo), hi); NaN stays NaN. `out` may be `x`; lo, hi in x's dtype."""
     xf = x.reshape(-1)
-    of = out.reshape(-1)
-    for i in range(xf.size):
-        of[i] = _clip_el(xf[i], lo, hi)
+    if same_buffer(x, out):
+        for i in range(xf.size):
+            xf[i] = _clip_el(xf[i], lo, hi)
+    else:
+        of = out.reshape(-1)
+        for i in range(xf.size):
+            of[i] = _clip_el(xf[i], lo, hi)
     return out
 
 
@@ -61,8 +67,12 @@ def clip_into(x, out, lo, hi):
 def clip_into_parallel(x, out, lo, hi):
     xf = x.reshape(-1)
     of = out.reshape(-1)
-    for i in prange(xf.size):
-        of[i] = _clip_el(xf[i], lo, hi)
+    if same_buffer(x, out):
+        for i in prange(xf.size):
+            xf[i] = _clip_el(xf[i], lo, hi)
+    else:
+        for i in prange(xf.size):
+            of[i] = _clip_el(xf[i], lo, hi)
     return out
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fluidlite as fl
-from fluidlite.ops.common import PARALLEL_MIN
+from fluidlite.ops import common
 from fluidlite import layers
 from fluidlite.framework import ROLE_OPTIMIZE
 from op_test import check_forward, run_op
@@ -77,8 +77,9 @@ def test_sign_op(dtype):
     check_forward("sign", {"X": x}, lambda X: np.sign(X).astype(dtype))
 
 
-def test_large_param_uses_parallel_kernels_and_agrees():
-    n = PARALLEL_MIN
+def test_large_param_uses_parallel_kernels_and_agrees(monkeypatch):
+    monkeypatch.setattr(common, "UPDATE_PARALLEL_MIN", 4096)
+    n = 4099
     p, g, v = (rng.standard_normal(n) for _ in range(3))
     got = run_op("momentum", {"Param": p, "Grad": g, "Velocity": v, "LearningRate": np.array([0.1])},
                  {"mu": 0.9}, outputs=("ParamOut", "VelocityOut"))
@@ -461,9 +462,10 @@ def test_clip_comes_before_weight_decay():
     np.testing.assert_allclose(fl.fetch_var("w"), 2.0 - 0.1 * expected, rtol=1e-12)
 
 
-@pytest.mark.parametrize("dtype,n", [("float32", 7), ("float64", 7), ("float64", PARALLEL_MIN)])
-def test_adam_in_place_kernels_update_the_scopes_arrays_like_numpy(dtype, n):
-    """Outputs named like the inputs take the in-place kernels (serial, and parallel for large Param)."""
+@pytest.mark.parametrize("dtype,n", [("float32", 7), ("float64", 7), ("float64", 4099)])
+def test_adam_in_place_kernels_update_the_scopes_arrays_like_numpy(dtype, n, monkeypatch):
+    """Outputs named like the inputs take the in-place loops (serial, and parallel for large Param)."""
+    monkeypatch.setattr(common, "UPDATE_PARALLEL_MIN", 4096)
     main = fl.Program()
     block = main.global_block()
     names = ("p", "g", "lr", "m1", "m2", "b1p", "b2p")

@@ -4,7 +4,7 @@ import pytest
 
 import fluidlite as fl
 from fluidlite import layers
-from fluidlite.ops.common import PARALLEL_MIN
+from fluidlite.ops import common
 from op_test import check_forward, run_op
 
 rng = np.random.default_rng(3)
@@ -75,8 +75,9 @@ def test_adamw_op(dtype):
     check_forward("adamw", inputs, ref, {"coeff": 0.3}, outputs=outs)
 
 
-def test_large_params_use_the_parallel_kernels_and_agree():
-    n = PARALLEL_MIN
+def test_large_params_use_the_parallel_kernels_and_agree(monkeypatch):
+    monkeypatch.setattr(common, "UPDATE_PARALLEL_MIN", 4096)
+    n = 4099
     p, g, mom = (rng.standard_normal(n) for _ in range(3))
     ms = rng.random(n)
     got = run_op("rmsprop", {"Param": p, "Grad": g, "MeanSquare": ms, "Moment": mom, "LearningRate": np.array([0.1])},
