@@ -88,8 +88,11 @@ def test_update_clip_is_off_by_default_and_changes_the_steps_when_on():
 
 @pytest.mark.parametrize("size", [1000, 600_000])  # serial and parallel kernels
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_update_clip_rate_op_matches_numpy(size, dtype):
+def test_update_clip_rate_op_matches_numpy(size, dtype, monkeypatch):
+    from fluidlite.ops import common
     from op_test import run_op
+
+    monkeypatch.setattr(common, "PARALLEL_MIN", 1 << 19)
 
     rng = np.random.default_rng(size)
     g = rng.standard_normal(size).astype(dtype)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import fluidlite as fl
-from fluidlite.ops.common import PARALLEL_MIN
+from fluidlite.ops import common
 from op_test import check_forward, check_op, run_op
 
 rng = np.random.default_rng(0)
@@ -65,8 +65,9 @@ def test_scale(after):
              lambda X: (2.5 * X + 1.0 if after else 2.5 * (X + 1.0)).astype(X.dtype), attrs=attrs)
 
 
-def test_scale_large_uses_parallel_kernel_and_agrees():
-    x = rng.standard_normal(PARALLEL_MIN).astype(np.float32)
+def test_scale_large_uses_parallel_kernel_and_agrees(monkeypatch):
+    monkeypatch.setattr(common, "PARALLEL_MIN", 4096)
+    x = rng.standard_normal(4099).astype(np.float32)
     check_forward("scale", {"X": x}, lambda X: (X * np.float32(3.0)).astype(X.dtype), {"scale": 3.0})
 
 
@@ -110,10 +111,11 @@ def test_int_input_to_float_op_is_rejected():
         block.append_op("tanh", {"X": x}, {"Out": "o"})
 
 
-def test_sum_of_many_and_of_large_inputs():
+def test_sum_of_many_and_of_large_inputs(monkeypatch):
+    monkeypatch.setattr(common, "PARALLEL_MIN", 4096)
     xs = [rng.standard_normal((4, 3)) for _ in range(7)]
     check_op("sum", lambda dt: {"X": [a.astype(dt) for a in xs]}, lambda X: np.sum(X, axis=0).astype(X[0].dtype))
-    big = [rng.standard_normal(PARALLEL_MIN).astype(np.float32) for _ in range(3)]
+    big = [rng.standard_normal(4099).astype(np.float32) for _ in range(3)]
     check_forward("sum", {"X": big}, lambda X: (X[0] + X[1]) + X[2])
 
 

@@ -7,14 +7,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fluidlite as fl
+from fluidlite.ops import common
 from fluidlite.ops.clip_ops import address_table, chunk_table
-from fluidlite.ops.common import PARALLEL_MIN
 from fluidlite import clip as C
 from fluidlite import layers
 from op_test import check_forward, check_op, run_op
 
 rng = np.random.default_rng(1)
 INF = float("inf")
+PARALLEL_MIN = 1 << 19  # these tests' two-thread threshold: the parallel kernels at sizes that test fast
+
+
+@pytest.fixture(autouse=True)
+def _small_parallel_min(monkeypatch):
+    monkeypatch.setattr(common, "PARALLEL_MIN", PARALLEL_MIN)
 
 
 def away_from(x, *bounds, gap=0.05):

@@ -4,7 +4,7 @@ import pytest
 
 import fluidlite as fl
 from fluidlite import layers
-from fluidlite.ops import conv_ops
+from fluidlite.ops import common, conv_ops
 from op_test import check_forward, check_grad, check_op
 
 rng = np.random.default_rng(0)
@@ -98,7 +98,7 @@ def test_pool2d_forward_and_gradient(xs, k, s, p, kind, excl, ceil):
 def test_max_pool_gradient_goes_to_the_first_maximum_of_overlapping_windows(monkeypatch, parallel_min):
     """Ties (ReLU zeros) in 3x3 windows with stride 2: each window's gradient lands on its first maximum in
     row-major order, summed where windows overlap; reference written here."""
-    monkeypatch.setattr(conv_ops, "_POOL_PARALLEL_MIN", parallel_min)
+    monkeypatch.setattr(common, "PARALLEL_MIN", parallel_min)
     x = np.maximum(rng.standard_normal((2, 3, 7, 8)), 0.0)
     x[0, 0, :3, :3] = 1.5  # a whole window tied
     dout = rng.standard_normal((2, 3, 3, 3))
@@ -120,7 +120,7 @@ def test_max_pool_gradient_goes_to_the_first_maximum_of_overlapping_windows(monk
 
 def test_global_pooling_and_parallel_planes(monkeypatch):
     x = rng.standard_normal((3, 4, 5, 6))
-    monkeypatch.setattr(conv_ops, "_POOL_PARALLEL_MIN", 0)
+    monkeypatch.setattr(common, "PARALLEL_MIN", 0)
     for kind in ("max", "avg"):
         attrs = {"pooling_type": kind, "global_pooling": True, "ksize": (2, 2)}  # ksize ignored
         ref = (lambda X: X.max(axis=(2, 3), keepdims=True)) if kind == "max" else (

@@ -70,6 +70,8 @@ def test_two_executors_in_two_threads_survive_the_workqueue_layer_with_clips(tmp
     script = textwrap.dedent("""
         import threading, numpy as np, fluidlite as fl, numba
         from fluidlite import layers
+        from fluidlite.ops import common
+        common.PARALLEL_MIN = 1 << 16  # the parallel kernels at a size that runs fast
         main, startup = fl.Program(), fl.Program()
         with fl.program_guard(main, startup):
             x = layers.data("x", [512])

@@ -215,9 +215,11 @@ def test_one_plan_and_kernel_serve_every_batch_size():
     assert kernels[0] is kernels[1] is kernels[2] and len(kernels[0].signatures) == 1
 
 
-def test_large_chain_uses_the_parallel_kernel():
-    from fluidlite.ops.common import PARALLEL_MIN
+def test_large_chain_uses_the_parallel_kernel(monkeypatch):
+    from fluidlite.ops import common
 
+    monkeypatch.setattr(common, "PARALLEL_MIN", 1 << 14)
+    PARALLEL_MIN = common.PARALLEL_MIN
     x = layers.data(name="x", shape=[PARALLEL_MIN], dtype="float32", append_batch_size=False)
     b = layers.data(name="b", shape=[PARALLEL_MIN // 4], dtype="float32", append_batch_size=False)
     y = layers.tanh(layers.elementwise_add(layers.reshape(x, [4, PARALLEL_MIN // 4]), b))

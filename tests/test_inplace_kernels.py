@@ -146,11 +146,11 @@ def test_same_buffer():
 
 
 @pytest.mark.parametrize("n,kernel", [(4095, "sgd"), (4096, "sgd_parallel")])
-def test_updates_take_two_threads_from_update_parallel_min(n, kernel, monkeypatch):
+def test_updates_take_two_threads_from_parallel_min(n, kernel, monkeypatch):
     import fluidlite as fl
     from fluidlite.ops import common
 
-    monkeypatch.setattr(common, "UPDATE_PARALLEL_MIN", 4096)
+    monkeypatch.setattr(common, "PARALLEL_MIN", 4096)
     calls = []
     for name in ("sgd", "sgd_parallel"):
         real = getattr(optim, name)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import fluidlite as fl
-from fluidlite.ops.common import PARALLEL_MIN
+from fluidlite.ops import common
 from fluidlite import layers
 from op_test import build_op, check_forward, check_op
 
@@ -140,8 +140,9 @@ def test_square_error_cost_grads_to_both():
              lambda X, Y: ((X - Y) ** 2).astype(X.dtype), wrt=("X", "Y"))
 
 
-def test_square_error_cost_large_uses_parallel_kernels():
-    x, y, r = (rng.standard_normal(PARALLEL_MIN) for _ in range(3))
+def test_square_error_cost_large_uses_parallel_kernels(monkeypatch):
+    monkeypatch.setattr(common, "PARALLEL_MIN", 4096)
+    x, y, r = (rng.standard_normal(4099) for _ in range(3))
     program, ins, outs = build_op("square_error_cost", {"X": x, "Y": y})
     rv = program.global_block().create_var(name="r", shape=r.shape, dtype="float64", is_data=True)
     gx, gy = fl.gradients([outs["Out"]], [ins["X"][0], ins["Y"][0]], target_gradients=[rv])

@@ -42,8 +42,6 @@ def test_batch_norm_forward_and_gradient(shape, is_test):
 
 def test_batch_norm_parallel_channels(monkeypatch):
     monkeypatch.setattr(common, "PARALLEL_MIN", 1)
-    from fluidlite.ops import norm_ops
-    monkeypatch.setattr(norm_ops, "PARALLEL_MIN", 1)
     x = rng.standard_normal((4, 3, 2, 2))
     stats = {"Scale": rng.standard_normal(3), "Bias": rng.standard_normal(3), "Mean": np.zeros(3), "Variance": np.ones(3)}
     check_forward("batch_norm", {"X": x, **stats}, np_batch_norm(False), outputs=BN_OUTS)  # float64 only: compile time

@@ -78,7 +78,7 @@ def test_sign_op(dtype):
 
 
 def test_large_param_uses_parallel_kernels_and_agrees(monkeypatch):
-    monkeypatch.setattr(common, "UPDATE_PARALLEL_MIN", 4096)
+    monkeypatch.setattr(common, "PARALLEL_MIN", 4096)
     n = 4099
     p, g, v = (rng.standard_normal(n) for _ in range(3))
     got = run_op("momentum", {"Param": p, "Grad": g, "Velocity": v, "LearningRate": np.array([0.1])},
@@ -465,7 +465,7 @@ def test_clip_comes_before_weight_decay():
 @pytest.mark.parametrize("dtype,n", [("float32", 7), ("float64", 7), ("float64", 4099)])
 def test_adam_in_place_kernels_update_the_scopes_arrays_like_numpy(dtype, n, monkeypatch):
     """Outputs named like the inputs take the in-place loops (serial, and parallel for large Param)."""
-    monkeypatch.setattr(common, "UPDATE_PARALLEL_MIN", 4096)
+    monkeypatch.setattr(common, "PARALLEL_MIN", 4096)
     main = fl.Program()
     block = main.global_block()
     names = ("p", "g", "lr", "m1", "m2", "b1p", "b2p")

@@ -76,7 +76,7 @@ def test_adamw_op(dtype):
 
 
 def test_large_params_use_the_parallel_kernels_and_agree(monkeypatch):
-    monkeypatch.setattr(common, "UPDATE_PARALLEL_MIN", 4096)
+    monkeypatch.setattr(common, "PARALLEL_MIN", 4096)
     n = 4099
     p, g, mom = (rng.standard_normal(n) for _ in range(3))
     ms = rng.random(n)

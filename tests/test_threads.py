@@ -12,6 +12,8 @@ before = dict(os.environ)
 import numpy as np
 import fluidlite as fl
 from fluidlite import layers
+from fluidlite.ops import common
+common.PARALLEL_MIN = 1 << 16
 x = layers.data(name="x", shape=[1 << 19], dtype="float32", append_batch_size=False)
 y = layers.relu(x)   # large enough for the prange kernel
 exe = fl.Executor()
@@ -50,6 +52,8 @@ def test_two_executors_in_two_threads_do_not_abort_under_workqueue():
     code = """
 import threading, numpy as np, fluidlite as fl
 from fluidlite import layers
+from fluidlite.ops import common
+common.PARALLEL_MIN = 1 << 16  # the prange kernels, from both threads
 x = layers.data(name="x", shape=[1 << 19], dtype="float32", append_batch_size=False)
 y = layers.scale(layers.relu(x), scale=2.0)
 feed = {"x": np.full(1 << 19, 1.0, np.float32)}

@@ -20,7 +20,7 @@ from collections import Counter
 
 import numpy as np
 
-from ..ops.common import PARALLEL_MIN
+from ..ops import common
 from ..shapes import numel
 from .fused_kernel import COL, FULL, ROW, SCALAR, Chain, bind, load, render
 from .ir import FusedStep, PlanIR
@@ -137,7 +137,7 @@ class _Group:
         last = self.steps[-1]
         # batch-polymorphic: sizes, the row split and serial-or-parallel are all read from the arrays
         return [FusedStep(last.op, last.opdef, inputs=last.inputs, ctx=last.ctx, poly=True,
-                          kernel=bind(load(text, fns), values, donor, PARALLEL_MIN), members=list(self.steps),
+                          kernel=bind(load(text, fns), values, donor, common.PARALLEL_MIN), members=list(self.steps),
                           ins=list(self.arg_names), outs=outs)]
 
 

@@ -7,20 +7,20 @@ from ..kernels import activation as K
 from ..kernels import softmax as S
 from ..registry import Attr, Elementwise, defop
 from ..shapes import numel
-from .common import PARALLEL_MIN, batch_elementwise, float_same_as, is_large
+from .common import batch_elementwise, float_same_as, is_large, parallel_size
 
 
 def _lower_unary(ctx):
     """Batch-polymorphic: the shape and the serial-or-parallel choice are read from x at run time."""
     code, a = _code(ctx)
     serial, parallel = K.unary, K.unary_parallel
-    return lambda x: (parallel if x.size >= PARALLEL_MIN else serial)(x, code, a).reshape(x.shape)
+    return lambda x: (parallel if parallel_size(x.size) else serial)(x, code, a).reshape(x.shape)
 
 
 def _lower_unary_grad(ctx):
     code, a = _code(ctx)
     serial, parallel = K.unary_grad, K.unary_grad_parallel
-    return lambda v, g: (parallel if v.size >= PARALLEL_MIN else serial)(v, g, code, a).reshape(v.shape)
+    return lambda v, g: (parallel if parallel_size(v.size) else serial)(v, g, code, a).reshape(v.shape)
 
 
 def _code(ctx):

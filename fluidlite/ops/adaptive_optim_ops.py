@@ -1,7 +1,7 @@
 """Update ops of the adaptive optimizers: rmsprop, adagrad, adamw (in place like sgd, momentum, adam)."""
 from ..kernels import adaptive as K
 from ..registry import NO_GRAD, Attr, defop
-from .common import is_large_update
+from .common import is_large
 from .optim_ops import (_ADAM_POWS, _ADAM_STATE, _buffers, _check_update, _gated, _in_unit, _lower_adam,
                         _non_negative, _out)
 
@@ -11,7 +11,7 @@ def _unit_closed(v):
 
 
 def _lower_rmsprop(ctx):
-    kernel = K.rmsprop_parallel if is_large_update(ctx.meta("Param")) else K.rmsprop
+    kernel = K.rmsprop_parallel if is_large(ctx.meta("Param")) else K.rmsprop
     rho, eps, mu = ctx.attrs["rho"], ctx.attrs["epsilon"], ctx.attrs["momentum"]
     ip, ims, imom = _buffers(ctx, ("Param", "MeanSquare", "Moment"))
     return _gated(ctx, lambda p, g, ms, mom, lr: kernel(p, g, ms, mom, lr, rho, eps, mu, _out(ip, p), _out(ims, ms),
@@ -28,7 +28,7 @@ defop("rmsprop", inputs=("Param", "Grad", "MeanSquare", "Moment", "LearningRate"
 
 
 def _lower_adagrad(ctx):
-    kernel = K.adagrad_parallel if is_large_update(ctx.meta("Param")) else K.adagrad
+    kernel = K.adagrad_parallel if is_large(ctx.meta("Param")) else K.adagrad
     eps = ctx.attrs["epsilon"]
     ip, im = _buffers(ctx, ("Param", "Moment"))
     return _gated(ctx, lambda p, g, m, lr: kernel(p, g, m, lr, eps, _out(ip, p), _out(im, m)), (0, 2))

@@ -2,7 +2,7 @@
 from ..kernels import basic as K
 from ..registry import Attr, Elementwise, defop
 from ..shapes import dims_match, numel
-from .common import PARALLEL_MIN, batch_elementwise, float_same_as, grad_op, is_large, positive
+from .common import batch_elementwise, float_same_as, grad_op, is_large, parallel_size, positive
 
 
 def _scale_bias(attrs):
@@ -15,7 +15,7 @@ def _lower_scale(ctx):
     """Batch-polymorphic: serial or parallel is chosen on x's size at run time."""
     serial, parallel = K.scale, K.scale_parallel
     s, b = _scale_bias(ctx.attrs)
-    return lambda x: (parallel if x.size >= PARALLEL_MIN else serial)(x, s, b)
+    return lambda x: (parallel if parallel_size(x.size) else serial)(x, s, b)
 
 
 defop("scale", inputs=("X",),

@@ -15,7 +15,7 @@ from ..kernels import clip as K
 from ..kernels import clip_stream as KS
 from ..registry import NO_GRAD, REQUIRED, Attr, Elementwise, defop
 from ..shapes import numel
-from .common import PARALLEL_MIN, float_same_as, grad_op, is_large, positive
+from .common import float_same_as, grad_op, is_large, parallel_size, positive
 
 CHUNK = 1 << 18  # elements per parallel work item of the multi-tensor kernels (measured: 2^16 is 5% slower)
 INF = float("inf")
@@ -237,7 +237,7 @@ def group_scale(metas, stream=False):
 
 
 def _is_large_group(metas):
-    return sum(numel(m.shape) for m in metas) >= PARALLEL_MIN
+    return parallel_size(sum(numel(m.shape) for m in metas))
 
 
 def _multi_infer(ctx):

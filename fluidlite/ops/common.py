@@ -4,12 +4,10 @@ from __future__ import annotations
 from ..registry import GradOpSpec
 from ..shapes import numel
 
-# arrays of at least this many elements use the prange kernels
-PARALLEL_MIN = 1 << 19  # below this, threads cost more than they save on memory-bound kernels (2 cores)
-# Optimizer updates (in place, vectorized): one thread beats two below this, since waking Numba's
-# workqueue threads costs ~0.1 ms a call (benchmarks/update_kernels.py: sgd on 2^20 float32 0.10 ms
-# on one thread, 0.19 on two; adam, rmsprop and momentum break even at 2^22 to 2^23).
-UPDATE_PARALLEL_MIN = 1 << 23
+# Arrays of at least this many elements use the prange kernels. Below it one thread beats two on the
+# 2-core development machine: each parallel call wakes Numba's sleeping workqueue threads twice
+# (~0.1 ms), and they overlap poorly once woken (benchmarks/parallel_min.py; docs/design.md).
+PARALLEL_MIN = 1 << 23
 
 
 def same_as(slot="X", out="Out"):
@@ -31,13 +29,13 @@ def float_same_as(slot="X", out="Out"):
     return infer
 
 
+def parallel_size(n: int) -> bool:
+    """Does a pass over `n` elements take its two-thread (prange) kernel?"""
+    return n >= PARALLEL_MIN
+
+
 def is_large(meta) -> bool:
-    return numel(meta.shape) >= PARALLEL_MIN
-
-
-def is_large_update(meta) -> bool:
-    """Does an optimizer update of a Param of `meta`'s size run its two-thread kernel?"""
-    return numel(meta.shape) >= UPDATE_PARALLEL_MIN
+    return parallel_size(numel(meta.shape))
 
 
 def grad_op(type, g, inputs, outputs, attrs=None) -> GradOpSpec:

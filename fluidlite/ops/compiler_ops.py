@@ -7,7 +7,7 @@ import numpy as np
 from ..kernels import basic as K
 from ..registry import NO_GRAD, Attr, defop
 from .basic import _MUL_ATTRS, _as2d, _mul_infer
-from .common import is_large_update
+from .common import is_large
 
 
 def _stacked_y(xs, ys) -> bool:
@@ -108,7 +108,7 @@ def _lower_decay_acc(ctx):
     d2 = (x2[0], a2[1])
     beta = ctx.dtype("Acc").type(ctx.attrs["beta"])  # in Acc's precision, as momentum's kernel computes
     in_place = "Acc" in ctx.overwritable
-    kernel = K.matmul_tn_decay_acc_parallel if is_large_update(ctx.meta("Acc")) else K.matmul_tn_decay_acc
+    kernel = K.matmul_tn_decay_acc_parallel if is_large(ctx.meta("Acc")) else K.matmul_tn_decay_acc
 
     def run(x, d, acc):
         out = acc if in_place and acc.flags.c_contiguous and acc.flags.writeable else acc.copy()

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..kernels import conv as K
 from ..registry import Attr, defop
+from .common import parallel_size
 
 # work (multiply-adds) from which a conv unrolls a block's images on threads. The unrolling is memory-bound
 # and BLAS already threads the products: on 2 cores the LeNet convs of benchmarks/cnn_step.py ran as fast
@@ -21,9 +22,6 @@ _PARALLEL_FLOPS = 1 << 30
 _BLOCK_COLS = 1 << 15
 _MIN_PRODUCT_COLS = 512
 _PARALLEL_BLOCK_COLS = 1 << 20
-# pooled input elements from which the planes run on threads: memory-bound, and on 2 cores the LeNet step
-# (pools of 737K and 205K inputs) was 6% faster with both serial (one process, plans alternating)
-_POOL_PARALLEL_MIN = 1 << 23
 
 
 def _pair_check(minimum):
@@ -173,7 +171,9 @@ def _pool_infer(ctx):
 
 def _pool_flags(ctx):
     xs, geo = _pool_geometry(ctx)
-    parallel = xs[0] * xs[1] > 1 and xs[0] * xs[1] * xs[2] * xs[3] >= _POOL_PARALLEL_MIN
+    # planes on threads from PARALLEL_MIN pooled inputs: the LeNet step (pools of 737K and 205K inputs) was
+    # 6% faster with both serial (one process, plans alternating)
+    parallel = xs[0] * xs[1] > 1 and parallel_size(xs[0] * xs[1] * xs[2] * xs[3])
     return parallel, geo, ctx.attrs["pooling_type"] == "max", ctx.attrs["exclusive"]
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from ..kernels import elementwise as K
 from ..registry import Attr, Elementwise, defop
 from ..shapes import broadcast, numel
-from .common import PARALLEL_MIN, batch_binary, is_large
+from .common import batch_binary, is_large, parallel_size
 
 
 
@@ -102,7 +102,7 @@ def _lower(ctx):
     xs, ys = ctx.shape("X"), ctx.shape("Y")
     out_shape = layout(xs, ys, ctx.attrs["axis"])[0]
     form = canonical(xs, ys, ctx.attrs["axis"])
-    large = numel(out_shape) >= PARALLEL_MIN
+    large = parallel_size(numel(out_shape))
     if form[0] == "same":
         kernel = K.same_parallel if large else K.same
         return lambda x, y: kernel(x, y, op).reshape(out_shape)

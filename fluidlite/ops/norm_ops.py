@@ -11,7 +11,7 @@ import numpy as np
 from ..kernels import norm as K
 from ..registry import Attr, defop
 from ..shapes import numel
-from .common import PARALLEL_MIN
+from .common import parallel_size
 
 _BN_ATTRS = {"momentum": Attr(float, 0.9, lambda v: None if 0 <= v <= 1 else "must be in [0, 1]"),
              "epsilon": Attr(float, 1e-5, lambda v: None if v >= 0 else "must be >= 0"),
@@ -45,7 +45,7 @@ def _x3(shape):
 
 
 def _is_parallel(shape):
-    return numel(shape) >= PARALLEL_MIN and shape[1] > 1
+    return parallel_size(numel(shape)) and shape[1] > 1
 
 
 def _lower_bn(ctx):
@@ -119,7 +119,7 @@ def _ln_infer(ctx):
 
 def _ln_plan(ctx):
     rows, d = _ln_shapes(ctx)
-    parallel = rows > 1 and rows * d >= PARALLEL_MIN
+    parallel = rows > 1 and parallel_size(rows * d)
     return rows, d, parallel, 4 * numba.get_num_threads() if parallel else 1
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from ..kernels import optim as K
 from ..registry import NO_GRAD, Attr, defop
 from ..shapes import dims_match, numel
-from .common import float_same_as, is_large, is_large_update
+from .common import float_same_as, is_large
 
 
 def _in_unit(v):
@@ -64,7 +64,7 @@ def _gated(ctx, run, state):
 
 
 def _lower_sgd(ctx):
-    kernel = K.sgd_parallel if is_large_update(ctx.meta("Param")) else K.sgd
+    kernel = K.sgd_parallel if is_large(ctx.meta("Param")) else K.sgd
     (ip,) = _buffers(ctx, ("Param",))
     return _gated(ctx, lambda p, g, lr: kernel(p, g, lr, _out(ip, p)), (0,))
 
@@ -75,7 +75,7 @@ defop("sgd", inputs=("Param", "Grad", "LearningRate", "SkipUpdate"), outputs=("P
 
 
 def _lower_momentum(ctx):
-    kernel = K.momentum_parallel if is_large_update(ctx.meta("Param")) else K.momentum
+    kernel = K.momentum_parallel if is_large(ctx.meta("Param")) else K.momentum
     # mu in Param's precision: float32 arithmetic vectorizes twice as wide (as Paddle's and torch's kernels compute)
     mu, nesterov = ctx.dtype("Param").type(ctx.attrs["mu"]), ctx.attrs["use_nesterov"]
     ip, iv = _buffers(ctx, ("Param", "Velocity"))
@@ -95,7 +95,7 @@ _ADAM_POWS = ("Beta1Pow", "Beta2Pow")
 
 def _lower_adam(ctx):
     """adam and adamw (coeff > 0)."""
-    kernel = K.adam_parallel if is_large_update(ctx.meta("Param")) else K.adam
+    kernel = K.adam_parallel if is_large(ctx.meta("Param")) else K.adam
     b1, b2, eps = ctx.attrs["beta1"], ctx.attrs["beta2"], ctx.attrs["epsilon"]
     coeff = ctx.attrs.get("coeff", 0.0)  # adamw's decoupled weight decay
     ip, i1, i2, ib1, ib2 = _buffers(ctx, ("Param",) + _ADAM_STATE + _ADAM_POWS)

@@ -1,12 +1,13 @@
-"""Optimizer updates in place: one thread against two, and against NumPy and torch, by size.
+"""One thread against two for elementwise and update kernels, by size: where PARALLEL_MIN belongs.
 
-    python benchmarks/update_kernels.py [--quick] [--import-torch-first] [--json]
+    python benchmarks/parallel_min.py [--quick] [--import-torch-first] [--json]
 
-Per float32 Param size: the update op run by the Executor on persistable arrays in place (what a
-training step does; the plan picks one or two threads by `UPDATE_PARALLEL_MIN`); the serial and
-two-thread kernels called directly; NumPy and torch in place (`out=` / `add_`, `addcdiv_`: the
-arithmetic of torch.optim's single-tensor path). Sizes where two threads lose show where the
-threshold belongs on this machine.
+Per float32 size: each kernel's serial and two-thread (prange) twin called directly: add, relu,
+relu's gradient and gelu (each allocating its output, as in a step), and the optimizer updates in place.
+For sgd, momentum and adam also the update op run by the Executor on persistable arrays in place
+(what a training step does; the plan picks one or two threads by `PARALLEL_MIN`), and NumPy and torch
+in place (`out=` / `add_`, `addcdiv_`: the arithmetic of torch.optim's single-tensor path). Sizes where
+two threads lose show where the threshold belongs on this machine.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ except ImportError:  # run as a script
 
 _harness.early_imports(__name__)
 import fluidlite as fl  # noqa: E402
-from fluidlite.kernels import adaptive, optim  # noqa: E402
+from fluidlite.kernels import activation, adaptive, elementwise, optim  # noqa: E402
 from fluidlite.ops import common  # noqa: E402
 
 LR, MU, B1, B2, EPS = 1e-3, 0.9, 0.9, 0.999, 1e-8
@@ -54,6 +55,13 @@ def _program(kind, n):
 def _kernel_calls(kind, n):
     rng = np.random.default_rng(1)
     p, g, v, w = (np.abs(rng.standard_normal(n)).astype(F) for _ in range(4))
+    if kind in ("add", "relu", "relu_grad", "gelu"):
+        unary = {"relu": activation.RELU, "gelu": activation.GELU_VEC}.get(kind, activation.RELU)
+        one, two = {"add": (lambda: elementwise.same(p, g, elementwise.ADD), lambda: elementwise.same_parallel(p, g, elementwise.ADD)),
+                    "relu_grad": (lambda: activation.unary_grad(p, g, unary, 0.0),
+                                  lambda: activation.unary_grad_parallel(p, g, unary, 0.0))}.get(
+            kind, (lambda: activation.unary(p, unary, 0.0), lambda: activation.unary_parallel(p, unary, 0.0)))
+        return {"one_thread": one, "two_threads": two}
     lr, b1p, b2p = np.array([LR], F), np.array([B1], F), np.array([B2], F)
     calls = {
         "sgd": lambda k: lambda: k(p, g, lr, p),
@@ -119,7 +127,7 @@ def run(quick: bool = False) -> list:
     sizes = [1 << 16, 1 << 20, 1 << 22] if quick else [1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 23, 1 << 24]
     results = []
     exe = fl.Executor()
-    for kind in ("sgd", "momentum", "adam", "rmsprop", "adagrad"):
+    for kind in ("add", "relu", "relu_grad", "gelu", "sgd", "momentum", "adam", "rmsprop", "adagrad"):
         for n in sizes:
             fns = dict(_kernel_calls(kind, n))
             if kind in ("sgd", "momentum", "adam"):
@@ -130,7 +138,7 @@ def run(quick: bool = False) -> list:
             ms, _ = _harness.time_ms(fns, warmup=1, repeats=repeats)
             ratios = {"two_threads_vs_one": ms["two_threads"] / ms["one_thread"]}
             ratios.update({f"fluidlite_vs_{k}": ms["fluidlite"] / ms[k] for k in ("numpy", "torch") if k in ms})
-            results.append({"name": f"update_{kind}", "elements": n, "ms": ms, "ratios": ratios})
+            results.append({"name": kind, "elements": n, "ms": ms, "ratios": ratios})
     return results
 
 
@@ -141,11 +149,11 @@ def main():
     results = run(args.quick)
     if args.json:
         return _harness.emit_json(results)
-    print(f"in-place float32 updates, ms (median); UPDATE_PARALLEL_MIN = 2^{common.UPDATE_PARALLEL_MIN.bit_length() - 1}")
+    print(f"float32 kernels, ms (median; updates in place); PARALLEL_MIN = 2^{common.PARALLEL_MIN.bit_length() - 1}")
     for r in results:
         cells = "  ".join(f"{k} {v:7.3f}" for k, v in r["ms"].items())
         ratios = "  ".join(f"{k} {v:.2f}" for k, v in r["ratios"].items())
-        print(f"  {r['name'][7:]:9s} 2^{r['elements'].bit_length() - 1:<3d} {cells}   | {ratios}")
+        print(f"  {r['name']:9s} 2^{r['elements'].bit_length() - 1:<3d} {cells}   | {ratios}")
 
 
 if __name__ == "__main__":
