@@ -1,13 +1,13 @@
 """fluidlite's own thread pools, chosen without touching any other library's.
 
-fluidlite's parallel kernels (`prange`, arrays of 2^19 elements or more) run on Numba's threading
-layer. Numba's default pick, OpenMP, loads a second libgomp whose idle threads spin; the old fix
-(setting OMP_WAIT_POLICY=PASSIVE in `os.environ` at import) changed every OpenMP library loaded
-afterwards too, torch's included (its steps got 2-7x slower), and came too late when torch was
-imported first. Instead, the first Executor asks Numba for its `workqueue` layer, whose idle threads
-sleep on a condition variable: fluidlite then never loads an OpenMP runtime of its own, whatever was
-imported before it. A layer the user chose (NUMBA_THREADING_LAYER, or Numba already running parallel
-code) is left alone. Nothing here writes environment variables.
+fluidlite's parallel kernels (`prange`, arrays of PARALLEL_MIN = 2^23 elements or more) run on
+Numba's threading layer. Numba's default pick, OpenMP, loads a second libgomp whose idle threads
+spin; the old fix (setting OMP_WAIT_POLICY=PASSIVE in `os.environ` at import) changed every OpenMP
+library loaded afterwards too, torch's included (its steps got 2-7x slower), and came too late when
+torch was imported first. Instead, the first Executor asks Numba for its `workqueue` layer, whose
+idle threads sleep on a condition variable: fluidlite then never loads an OpenMP runtime of its own,
+whatever was imported before it. A layer the user chose (NUMBA_THREADING_LAYER, or Numba already
+running parallel code) is left alone. Nothing here writes environment variables.
 
 Numba's workqueue must not launch parallel kernels from two threads at once (it aborts the
 process), so while it is the layer, plans run one at a time per process (`RunGuard`).
