@@ -127,6 +127,15 @@ def test_clip_in_place(dtype, parallel):
     np.testing.assert_array_equal(in_place[0], np.clip(x, lo, hi))  # NumPy keeps NaN too
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scale_in_place(dtype):
+    (x,) = _arrays(dtype, 1)
+    s = dtype(0.37)
+    separate, in_place = _twice(lambda x_, out: (clip.scale_into(x_, out, s),), [x], 1)
+    _same_bits(separate, in_place)
+    np.testing.assert_array_equal(in_place[0], x * s)  # one rounding, as NumPy's
+
+
 def test_half_in_place_takes_the_general_loop():
     # Param in place but a separate velocity output: the in-place loop must not be taken
     p, v, g = _arrays(np.float32, 3)

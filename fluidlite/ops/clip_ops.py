@@ -128,7 +128,7 @@ def _lower_clip_by_norm(ctx):
         s = _scale_for(_norm(x, inf_norm), c)
         if s == 1.0 and inplace:
             return x
-        return K.scale_inplace(x, dtype.type(s)) if inplace else K.scale_into(x, _dest(out, 0, x), dtype.type(s))
+        return K.scale_into(x, x if inplace else _dest(out, 0, x), dtype.type(s))
 
     return run
 
