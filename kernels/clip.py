@@ -197,9 +197,7 @@ def _scale_segments(addrs, out_addrs, like, tid, start, stop, lo, hi, s, zero):
         out = _chunk(out_addrs, like, tid[k], start[k], stop[k])
         if zero:
             _fill_zero(out)
-        elif out_addrs[tid[k]] == addrs[tid[k]]:
-            scale_into(out, out, s)
-        else:
+        else:  # in place when out_addrs is addrs: scale_into sees the one buffer itself
             scale_into(_chunk(addrs, like, tid[k], start[k], stop[k]), out, s)
 
 
