@@ -9,7 +9,8 @@ ratio to the peer timed in the same process (noise that slows a whole process ca
 peer is also timed at its best: in processes of its own where fluidlite is never imported, with its
 default threads and with one thread, the faster kept (`benchmarks/_harness.py`). The last table holds
 each target of issue #13 against what was measured: `fluidlite bench --full` gives every figure the
-README quotes in one go.
+README quotes in one go. Where the `onednn-cpu-gomp` wheel is installed, the LSTM step also runs with
+FLUIDLITE_BLAS=onednn (its own rows, `rnn_step_onednn`).
 """
 from __future__ import annotations
 
@@ -20,12 +21,16 @@ import time
 
 BENCHMARKS = ("executor_overhead", "mlp_step", "clip", "rnn_step", "cnn_step", "transformer_step", "dp_step")
 NO_PEERS_ALONE = ("dp_step",)  # its peers (a per-example loop, Opacus) are timed in its own run only
+# benchmark -> (suffix, environment): the same script again with another BLAS, when that BLAS is installed
+VARIANTS = {"rnn_step": ("onednn", {"FLUIDLITE_BLAS": "onednn"})}
 ORDERS = (("fluidlite first", []), ("torch first", ["--import-torch-first"]))
 
 # label, benchmark, result name, fluidlite's key in peers_ms, the peer's key (a prefix: the fastest match), goal
 TARGETS = (
     ("MLP step / hand-written NumPy", "mlp_step", "mlp_step", "fluidlite", "numpy", 0.9),
     ("LSTM step / torch nn.LSTM", "rnn_step", "rnn_step", "fluidlite", "torch", 1.0),
+    ("LSTM step, FLUIDLITE_BLAS=onednn (opt-in) / torch nn.LSTM", "rnn_step_onednn", "rnn_step_onednn", "fluidlite",
+     "torch", 1.0),
     ("Transformer step / torch eager", "transformer_step", "transformer_step", "fluidlite", "torch", 1.0),
     ("clip by value, persistable out / torch clamp_", "clip", "clip_by_value", "fluidlite_persistable_out",
      "torch_clamp_", 1.1),
@@ -58,7 +63,8 @@ def _mine(result: dict):
 
 
 def run_all(names, full: bool, log=print, repeat: int | None = None):
-    """results[name][order] = [result, ...] and alone[name] = {(result name, peer): (ms, threads)}."""
+    """results[key][order] = [result, ...] and alone[key] = {(result name, peer): (ms, threads)}; key is a
+    benchmark's name, or name_suffix for its VARIANTS run (result names suffixed alike)."""
     from .benchmarks import _harness
 
     quick = [] if full else ["--quick"]
@@ -66,21 +72,42 @@ def run_all(names, full: bool, log=print, repeat: int | None = None):
     results, alone = {}, {}
     for name in names:
         path = importlib.util.find_spec(f"fluidlite.benchmarks.{name}").origin
-        try:  # one failing benchmark loses its own rows, not the whole table
-            runs = {}
-            for order, flags in sequence:
-                t0 = time.perf_counter()
-                out = _harness.run_script(path, quick + flags)
-                runs.setdefault(order, []).append(out if isinstance(out, list) else [out])
-                log(f"  ran {name} ({order}) in {time.perf_counter() - t0:.1f} s")
-            results[name] = {order: faster_process(outs) for order, outs in runs.items()}
-            if name not in NO_PEERS_ALONE:
+        jobs = [(name, {})]
+        if name in VARIANTS and _variant_installed(VARIANTS[name][0]):
+            jobs.append((f"{name}_{VARIANTS[name][0]}", VARIANTS[name][1]))
+        for key, env in jobs:
+            try:  # one failing run loses its own rows, not the whole table
+                runs = {}
+                for order, flags in sequence:
+                    t0 = time.perf_counter()
+                    out = _harness.run_script(path, quick + flags, env)
+                    runs.setdefault(order, []).append(_renamed(out if isinstance(out, list) else [out], name, key))
+                    log(f"  ran {key} ({order}) in {time.perf_counter() - t0:.1f} s")
+                results[key] = {order: faster_process(outs) for order, outs in runs.items()}
+                if name in NO_PEERS_ALONE:
+                    continue
+                if key != name:  # the peers do not import fluidlite: its BLAS setting changes nothing of theirs
+                    alone[key] = {(n.replace(name, key, 1), p): v for (n, p), v in alone.get(name, {}).items()}
+                    continue
                 t0 = time.perf_counter()
                 alone[name] = _harness.peers_at_best(path, not full)
                 log(f"  ran {name}'s peers alone in {time.perf_counter() - t0:.1f} s")
-        except (RuntimeError, ValueError, OSError) as exc:
-            log(f"  {name} FAILED: {str(exc)[-1500:]}")
+            except (RuntimeError, ValueError, OSError) as exc:
+                log(f"  {key} FAILED: {str(exc)[-1500:]}")
     return results, alone
+
+
+def _variant_installed(suffix: str) -> bool:
+    from ._blas import onednn_library
+
+    return suffix == "onednn" and onednn_library() is not None
+
+
+def _renamed(results: list, name: str, key: str) -> list:
+    """A variant run's results, their names suffixed as its key is."""
+    if key == name:
+        return results
+    return [dict(r, name=r.get("name", name).replace(name, key, 1)) for r in results]
 
 
 def order_sequence(repeat: int) -> list:
@@ -137,7 +164,7 @@ def target_rows(results, alone) -> list:
         if "floor_ratio_vs_numpy" in rs[0]:
             rows.append(("MLP floor: its matrix products alone (NumPy) / the NumPy step", "-",
                          {order: (rs[0]["floor_ratio_vs_numpy"], None)}))
-    for bench, label in (("rnn_step", "LSTM"), ("transformer_step", "Transformer")):
+    for bench, label in (("rnn_step", "LSTM"), ("rnn_step_onednn", "LSTM, oneDNN,"), ("transformer_step", "Transformer")):
         for order, rs in results.get(bench, {}).items():
             if "floor_ratio_vs_torch" in rs[0]:
                 rows.append((f"{label} floor: its matrix products alone (fluidlite's BLAS) / the torch step", "-",

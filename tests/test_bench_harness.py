@@ -75,3 +75,26 @@ def test_repeated_orders_alternate_which_runs_first():
     names = [order for order, _ in bench.order_sequence(3)]
     a, b = (order for order, _ in bench.ORDERS)
     assert names == [a, b, b, a, a, b]
+
+
+def test_a_blas_variant_runs_the_script_again_with_its_environment_and_borrows_the_peers_alone(monkeypatch):
+    from fluidlite import bench
+    from fluidlite.benchmarks import _harness
+
+    calls = []
+
+    def run_script(path, args, env=None):
+        calls.append(dict(env or {}))
+        mine = 3.0 if (env or {}).get("FLUIDLITE_BLAS") == "onednn" else 4.0
+        return {"name": "rnn_step", "peers_ms": {"fluidlite": mine, "torch": 5.0}}
+
+    monkeypatch.setattr(_harness, "run_script", run_script)
+    monkeypatch.setattr(_harness, "peers_at_best", lambda path, quick: {("rnn_step", "torch"): (2.0, "default")})
+    monkeypatch.setattr(bench, "_variant_installed", lambda suffix: True)
+    results, alone = bench.run_all(["rnn_step"], full=False, log=lambda m: None)
+    assert sorted(results) == ["rnn_step", "rnn_step_onednn"]
+    assert calls.count({"FLUIDLITE_BLAS": "onednn"}) == 2 and calls.count({}) == 2  # both import orders each
+    assert alone["rnn_step_onednn"] == {("rnn_step_onednn", "torch"): (2.0, "default")}
+    rows = {label: cells for label, _, cells in bench.target_rows(results, alone)}
+    assert rows["LSTM step / torch nn.LSTM"]["fluidlite first"] == (2.0, 0.8)
+    assert rows["LSTM step, FLUIDLITE_BLAS=onednn (opt-in) / torch nn.LSTM"]["torch first"] == (1.5, 0.6)
