@@ -24,8 +24,14 @@ the time since the last read (`OtherLoad`). Not the load average, which counts f
 threads (an idle 2-core MLP run throttled itself to one thread); not a count of runnable threads at
 one instant, which a process running for a moment (a shell's polling loop) turned into a phantom job
 often enough to throttle some runs to one thread. Other pools (torch's, a second OpenBLAS copy) are
-never touched. FLUIDLITE_FIXED_THREADS=1 turns the limit off: a product's last bits can depend on
-its thread count, so only fixed counts repeat bit for bit.
+never touched.
+
+Something /proc does not show can slow one of a VM's cores (no steal time shows): for seconds to a
+minute, a LeNet convolution's two-thread products took 6.7 ms against 2.8, while one thread took 3.1
+throughout. So each plan also times itself (`ThreadTrial`): every few seconds a few runs on the other
+setting against the runs before them, and the faster setting is kept until the next trial
+(docs/design.md has the measurements). FLUIDLITE_FIXED_THREADS=1 turns both off: a product's last
+bits can depend on its thread count, so only fixed counts repeat bit for bit.
 
 Every product of a plan goes to that one OpenBLAS: calling NumPy's (np.matmul) for `mul` while the
 kernels used SciPy's made an LSTM step 3x slower, as each pool's worker spins for a while after a
@@ -34,6 +40,7 @@ call and starves the other pool and Numba's workers.
 from __future__ import annotations
 
 import os
+import statistics
 import threading
 import time
 
@@ -133,20 +140,78 @@ def free_cores(others: float) -> int:
     return max(1, _cores() - int(others + 0.5))
 
 
+class ThreadTrial:
+    """One plan's choice between one thread and all: now and then RUNS runs on the other setting; their
+    median, against the median of the BASE runs before them, decides (the other wins when it takes under
+    GAIN of the time); a trial run no faster than that median ends the trial at once. Trials start
+    EVERY_S apart at least, and take at most SHARE of the plan's time, except right after a switch.
+    Plans quicker than MIN_S are never tried."""
+
+    EVERY_S = 2.0
+    SHARE = 0.02
+    RUNS = 3
+    BASE = 7  # more than RUNS: one slow spell of a few runs does not make the baseline
+    GAIN = 0.85
+    MIN_S = 1e-3
+
+    def __init__(self, clock=time.monotonic):
+        self.one_thread = False  # the choice
+        self._clock = clock
+        self._recent = []  # the last BASE durations under the choice
+        self._trial = None  # durations on the other setting while a trial runs
+        self._next = clock() + self.EVERY_S
+
+    def wants_one_thread(self) -> bool:
+        """The setting of the next run."""
+        return self.one_thread != (self._trial is not None)
+
+    def record(self, seconds: float):
+        if self._trial is None:
+            self._recent = (self._recent + [seconds])[-self.BASE:]
+            if (len(self._recent) == self.BASE and self._clock() >= self._next
+                    and statistics.median(self._recent) >= self.MIN_S):
+                self._trial = []
+            return
+        self._trial.append(seconds)
+        before = statistics.median(self._recent)
+        if seconds >= before or len(self._trial) == self.RUNS:  # a run no faster than before: it cannot win
+            wait = max(self.EVERY_S, self.RUNS * statistics.median(self._recent) / self.SHARE)
+            if len(self._trial) == self.RUNS and statistics.median(self._trial) < self.GAIN * before:
+                # switched: tried again once BASE runs are in, so a switch that a slow spell caused is undone soon
+                self.one_thread, self._recent, wait = not self.one_thread, self._trial, 0.0
+            self._trial, self._next = None, self._clock() + wait
+
+
 class RunGuard:
     """Held while a plan runs: serialises plans under workqueue, and limits the kernels' BLAS and Numba's
-    threads to the free cores while the machine is oversubscribed."""
+    threads to the free cores while the machine is oversubscribed, or to one while the plan's own
+    `ThreadTrial` found one thread faster."""
 
     RECHECK_S = 1.0
+    MAX_TRIALS = 256  # plans remembered; the oldest is forgotten first
 
     def __init__(self):
         self._lock = _lock if _chosen == "workqueue" else None
         self._libs = None
         self._next_check = 0.0
         self._limit = 0  # threads allowed while the machine is busy; 0: no limit
-        self._saved = ()
-        self._numba_threads = 1
+        self._tried = False
         self._others = OtherLoad()
+        self._trials = {}  # plan key -> ThreadTrial, oldest first
+        self._run = threading.local()  # this thread's run in progress: its plan key, limit, saved counts
+
+    def using(self, key):
+        """This guard, for a run of the plan `key`: its ThreadTrial times the run."""
+        self._run.key = key
+        return self
+
+    def _trial_of(self, key):
+        trial = self._trials.get(key)
+        if trial is None:
+            if len(self._trials) >= self.MAX_TRIALS:
+                del self._trials[next(iter(self._trials))]
+            trial = self._trials[key] = ThreadTrial()
+        return trial
 
     def _check(self, now):
         self._next_check = now + self.RECHECK_S
@@ -157,6 +222,7 @@ class RunGuard:
         # OpenBLAS): FLUIDLITE_FIXED_THREADS=1 keeps the counts, so runs repeat bit for bit.
         fixed = os.environ.get("FLUIDLITE_FIXED_THREADS", "") not in ("", "0")
         self._limit = free if free < _cores() and not fixed else 0
+        self._tried = not fixed and _cores() > 1  # whether plans' ThreadTrials decide
 
     def __enter__(self):
         if self._lock is not None:
@@ -164,24 +230,32 @@ class RunGuard:
         now = time.monotonic()
         if now >= self._next_check:
             self._check(now)
-        if self._limit:
-            self._saved = [(lib, lib.get_num_threads()) for lib in self._libs]
-            for lib, n in self._saved:
-                if n > self._limit:
-                    lib.set_num_threads(self._limit)
-            self._numba_threads = _numba.get_num_threads()
-            if self._numba_threads > self._limit:
-                _numba.set_num_threads(self._limit)
+        run = self._run
+        key, run.key = getattr(run, "key", None), None
+        run.trial = self._trial_of(key) if key is not None and self._tried else None
+        run.limit = 1 if run.trial is not None and run.trial.wants_one_thread() else self._limit
+        if run.limit:
+            run.saved = [(lib, lib.get_num_threads()) for lib in self._libs]
+            for lib, n in run.saved:
+                if n > run.limit:
+                    lib.set_num_threads(run.limit)
+            run.numba_threads = _numba.get_num_threads()
+            if run.numba_threads > run.limit:
+                _numba.set_num_threads(run.limit)
+        run.started = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
-        if self._limit:
-            for lib, n in self._saved:
-                if n > self._limit:
+        run = self._run
+        if run.trial is not None and exc[0] is None:
+            run.trial.record(time.perf_counter() - run.started)
+        if run.limit:
+            for lib, n in run.saved:
+                if n > run.limit:
                     lib.set_num_threads(n)
-            self._saved = ()
-            if self._numba_threads > self._limit:
-                _numba.set_num_threads(self._numba_threads)
+            run.saved = ()
+            if run.numba_threads > run.limit:
+                _numba.set_num_threads(run.numba_threads)
         if self._lock is not None:
             self._lock.release()
         return False

@@ -186,13 +186,13 @@ class Executor:
         self._lock = threading.Lock()
         tune_malloc()
         choose_layer()  # Numba's workqueue for fluidlite's parallel kernels, unless the user chose a layer
-        self._guard = RunGuard()  # one plan at a time under workqueue; one BLAS thread when oversubscribed
+        self._guard = RunGuard()  # one plan at a time under workqueue; one BLAS thread when oversubscribed or faster
 
     def run(self, program=None, feed=None, fetch_list=None, scope=None, return_numpy=True):
         """Run `program`; returns the fetched values as numpy arrays (copies)."""
         scope = global_scope() if scope is None else scope
         plan, step, feed = self._plan(program, feed, fetch_list)
-        with self._guard:
+        with self._guard.using(id(step)):
             return plan.run(feed, scope, step)
 
     def compile(self, program=None, feed=None, fetch_list=None) -> Plan:

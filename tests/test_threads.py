@@ -180,3 +180,103 @@ def test_busy_machine_limits_the_kernels_blas_during_a_run_only_and_no_other_cop
             assert all(lib.get_num_threads() == 1 for lib in libs)
             assert all(lib.get_num_threads() == before[lib.filepath] for lib in others)
         assert {lib.filepath: lib.get_num_threads() for lib in libs + others} == before
+
+
+def test_thread_trial_keeps_whichever_setting_ran_faster(monkeypatch):
+    """Runs under the choice, then a trial of RUNS runs on the other setting once EVERY_S has passed
+    and BASE runs are in: the trial wins only by a clear margin (GAIN); right after a switch the next
+    trial comes as soon as BASE runs are in, and can switch back."""
+    from fluidlite._threads import ThreadTrial
+
+    monkeypatch.setattr(ThreadTrial, "EVERY_S", 5.0)  # these runs are short: EVERY_S sets the pace
+    base, runs = ThreadTrial.BASE, ThreadTrial.RUNS
+    now = [0.0]
+    trial = ThreadTrial(clock=lambda: now[0])
+
+    def run(seconds_all, seconds_one, count):
+        settings = []
+        for _ in range(count):
+            one = trial.wants_one_thread()
+            settings.append(one)
+            trial.record(seconds_one if one else seconds_all)
+            now[0] += 1.0
+        return settings
+
+    assert run(0.010, 0.005, base) == [False] * base  # clock 0 .. base - 1 >= EVERY_S: a trial next
+    assert run(0.010, 0.005, runs) == [True] * runs and trial.one_thread  # 5 ms < 0.85 * 10 ms
+    # just switched: the trial of all threads comes once BASE runs are in; 4 ms < 0.85 * 5 ms: back
+    assert run(0.004, 0.005, base - runs + runs) == [True] * (base - runs) + [False] * runs
+    assert not trial.one_thread
+    # switched back: tried again soon; one slow run on one thread ends that trial at once
+    assert run(0.004, 0.006, base - runs + 2) == [False] * (base - runs) + [True, False]
+    # from now on EVERY_S apart (5 runs after that trial); 9 ms against 10 is not a clear win
+    assert run(0.010, 0.009, 4 + runs + 1) == [False] * 4 + [True] * runs + [False]
+    assert not trial.one_thread
+
+
+def test_thread_trials_of_a_slow_plan_take_a_small_share_of_its_time():
+    from fluidlite._threads import ThreadTrial
+
+    now = [0.0]
+    trial = ThreadTrial(clock=lambda: now[0])
+    trial_runs = 0
+    for i in range(400):
+        trial_runs += trial.wants_one_thread()
+        trial.record(0.9 if trial.wants_one_thread() else 1.0)  # a second a run; one thread a little faster
+        now[0] += 1.0
+    assert 0 < trial_runs <= ThreadTrial.SHARE * 400 + ThreadTrial.RUNS
+
+
+def test_thread_trial_leaves_quick_plans_alone():
+    from fluidlite._threads import ThreadTrial
+
+    now = [0.0]
+    trial = ThreadTrial(clock=lambda: now[0])
+    for _ in range(50):
+        assert not trial.wants_one_thread()
+        trial.record(ThreadTrial.MIN_S / 2)
+        now[0] += 1.0
+
+
+def test_guard_runs_a_plan_on_one_thread_while_its_trial_says_so(monkeypatch):
+    import numba
+
+    from fluidlite import _threads as T
+
+    monkeypatch.setattr(T, "_cores", lambda: 2)
+    monkeypatch.delenv("FLUIDLITE_FIXED_THREADS", raising=False)
+    before = numba.get_num_threads()
+    guard = T.RunGuard()
+    guard._libs, guard._others = [], lambda: 0.0
+    guard._trial_of("plan").one_thread = True
+    with guard.using("plan"):
+        assert numba.get_num_threads() == 1
+    assert numba.get_num_threads() == before
+    with guard.using("other plan"):
+        assert numba.get_num_threads() == before
+    with guard:  # no plan named: no trial
+        assert numba.get_num_threads() == before
+    monkeypatch.setenv("FLUIDLITE_FIXED_THREADS", "1")
+    guard._next_check = 0.0
+    with guard.using("plan"):
+        assert numba.get_num_threads() == before
+
+
+def test_executor_times_each_run_for_its_plans_trial():
+    import numpy as np
+
+    import fluidlite as fl
+    from fluidlite import layers
+
+    main, startup = fl.Program(), fl.Program()
+    with fl.program_guard(main, startup):
+        x = layers.data("x", [4], dtype="float32")
+        y = layers.relu(x)
+    exe = fl.Executor()
+    for _ in range(2):
+        exe.run(main, feed={"x": np.ones((3, 4), np.float32)}, fetch_list=[y])
+    trials = list(exe._guard._trials.values())
+    if os.environ.get("FLUIDLITE_FIXED_THREADS", "") not in ("", "0") or len(os.sched_getaffinity(0)) < 2:
+        assert trials == []
+    else:
+        assert len(trials) == 1 and len(trials[0]._recent) == 2 and all(t > 0 for t in trials[0]._recent)
