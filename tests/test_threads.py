@@ -205,7 +205,7 @@ def test_thread_trial_keeps_whichever_setting_ran_faster(monkeypatch):
     assert run(0.010, 0.005, base) == [False] * base  # clock 0 .. base - 1 >= EVERY_S: a trial next
     assert run(0.010, 0.005, runs) == [True] * runs and trial.one_thread  # 5 ms < 0.85 * 10 ms
     # just switched: the trial of all threads comes once BASE runs are in; 4 ms < 0.85 * 5 ms: back
-    assert run(0.004, 0.005, base - runs + runs) == [True] * (base - runs) + [False] * runs
+    assert run(0.004, 0.005, base) == [True] * (base - runs) + [False] * runs
     assert not trial.one_thread
     # switched back: tried again soon; one slow run on one thread ends that trial at once
     assert run(0.004, 0.006, base - runs + 2) == [False] * (base - runs) + [True, False]
@@ -220,7 +220,7 @@ def test_thread_trials_of_a_slow_plan_take_a_small_share_of_its_time():
     now = [0.0]
     trial = ThreadTrial(clock=lambda: now[0])
     trial_runs = 0
-    for i in range(400):
+    for _ in range(400):
         trial_runs += trial.wants_one_thread()
         trial.record(0.9 if trial.wants_one_thread() else 1.0)  # a second a run; one thread a little faster
         now[0] += 1.0
