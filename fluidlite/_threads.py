@@ -208,8 +208,8 @@ class RunGuard:
     def _trial_of(self, key):
         trial = self._trials.get(key)
         if trial is None:
-            if len(self._trials) >= self.MAX_TRIALS:
-                del self._trials[next(iter(self._trials))]
+            if len(self._trials) >= self.MAX_TRIALS:  # pop, not del: another thread may have dropped it
+                self._trials.pop(next(iter(self._trials)), None)
             trial = self._trials[key] = ThreadTrial()
         return trial
 

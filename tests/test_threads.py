@@ -280,3 +280,15 @@ def test_executor_times_each_run_for_its_plans_trial():
         assert trials == []
     else:
         assert len(trials) == 1 and len(trials[0]._recent) == 2 and all(t > 0 for t in trials[0]._recent)
+
+
+def test_guard_forgets_the_oldest_plans_trial_beyond_its_limit(monkeypatch):
+    from fluidlite import _threads as T
+
+    monkeypatch.setattr(T.RunGuard, "MAX_TRIALS", 3)
+    guard = T.RunGuard()
+    first = guard._trial_of("a")
+    for key in "bcd":
+        guard._trial_of(key)
+    assert list(guard._trials) == ["b", "c", "d"] and guard._trial_of("b") is guard._trials["b"]
+    assert guard._trial_of("a") is not first  # a fresh trial for a plan seen again
