@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import os
 import statistics
+from collections import deque
 import threading
 import time
 
@@ -157,7 +158,7 @@ class ThreadTrial:
     def __init__(self, clock=time.monotonic):
         self.one_thread = False  # the choice
         self._clock = clock
-        self._recent = []  # the last BASE durations under the choice
+        self._recent = deque(maxlen=self.BASE)  # the last durations under the choice
         self._trial = None  # durations on the other setting while a trial runs
         self._next = clock() + self.EVERY_S
 
@@ -167,7 +168,7 @@ class ThreadTrial:
 
     def record(self, seconds: float):
         if self._trial is None:
-            self._recent = (self._recent + [seconds])[-self.BASE:]
+            self._recent.append(seconds)
             if (len(self._recent) == self.BASE and self._clock() >= self._next
                     and statistics.median(self._recent) >= self.MIN_S):
                 self._trial = []
@@ -178,7 +179,7 @@ class ThreadTrial:
             wait = max(self.EVERY_S, self.RUNS * statistics.median(self._recent) / self.SHARE)
             if len(self._trial) == self.RUNS and statistics.median(self._trial) < self.GAIN * before:
                 # switched: tried again once BASE runs are in, so a switch that a slow spell caused is undone soon
-                self.one_thread, self._recent, wait = not self.one_thread, self._trial, 0.0
+                self.one_thread, self._recent, wait = not self.one_thread, deque(self._trial, self.BASE), 0.0
             self._trial, self._next = None, self._clock() + wait
 
 
