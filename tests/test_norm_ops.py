@@ -140,6 +140,16 @@ def test_layer_norm_forward_and_gradient(shape, axis, scale, shift):
              attrs={"begin_norm_axis": axis}, wrt=tuple(make(np.float64)), outputs=LN_OUTS, grad_outputs=("Y",))
 
 
+
+def test_float32_layer_norm_of_rows_far_from_zero_is_within_the_datas_own_rounding():
+    """float32 rows sum in float32. Around 1e4 a float32 is only known to within 1e-3, so the mean can
+    be no closer; a plain float32 running sum of the 128 values drifts 5x further (5.3e-3 in NumPy)."""
+    x = (1e4 + rng.standard_normal((64, 128))).astype(np.float32)
+    want = {k: v.astype(np.float32) for k, v in np_layer_norm(x.astype(np.float64), None, None, 1).items()}
+    check_forward("layer_norm", {"X": x}, lambda X: want, attrs={"begin_norm_axis": 1}, outputs=LN_OUTS,
+                  atol=float(np.spacing(np.float32(1e4))), rtol=1e-6)
+
+
 def test_layer_norm_layer_shapes():
     x = layers.data("x", [6, 4, 5], dtype="float64")
     y = layers.layer_norm(x, begin_norm_axis=2, act="relu")

@@ -170,4 +170,5 @@ defop("layer_norm", inputs=("X", "Scale", "Bias"), outputs=("Y", "Mean", "Varian
       grad_reads=("X", "Scale", "Mean", "Variance"), grad_lower=_lower_ln_grad, grad_infer=_ln_grad_infer,
       doc="Each row of X flattened at begin_norm_axis ([prod(dims before), prod(dims from)]) is normalised: "
           "Y = (X - mean) / sqrt(var + epsilon) * Scale + Bias, biased variance; Scale and Bias (optional) "
-          "have the row's length. Mean and Variance (one per row) are saved for the gradient.")
+          "have the row's length. Mean and Variance (one per row, computed in X's dtype) are saved for the "
+          "gradient.")
