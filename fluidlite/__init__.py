@@ -7,6 +7,9 @@ if _util.find_spec("fluidlite.kernels") is None:
     # a non-editable install imported from inside a source checkout: kernels/ sits beside this package
     __path__.append(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
 
+from . import _kernel_cache  # noqa: E402
+
+_kernel_cache.install()  # before any kernel is defined
 from . import ops  # noqa: E402,F401  (registers every op)
 from . import initializer, layers, unique_name  # noqa: E402,F401
 from .data_feeder import DataFeeder, data  # noqa: E402

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import numba
 import numpy as np
 
+from .. import _kernel_cache
+
 FULL, ROW, COL, SCALAR = "full", "row", "col", "scalar"
 
 
@@ -166,6 +168,7 @@ def load(text: str, fns: list):
     mod = _loaded.get(digest)
     if mod is None:
         folder = _writable(cache_dir())
+        _kernel_cache.covered_dirs.add(os.path.realpath(folder))  # it inlines kernels' functions
         path = os.path.join(folder, f"fused_{digest}.py")
         if not _has(path, text):
             _publish(folder, path, text)
