@@ -6,8 +6,9 @@ the order A B B A A B ... so that neither always goes first (a first process mee
 and each order's fastest process counts: on a shared machine one process can run 1.3x slower than the
 next for no reason of its own. The spread rows compare the orders twice: fluidlite's time, and its
 ratio to the peer timed in the same process (noise that slows a whole process cancels there). Every
-peer is also timed at its best: in processes of its own where fluidlite is never imported, with its
-default threads and with one thread, the faster kept (`benchmarks/_harness.py`). The last table holds
+peer is also timed at its best: in processes of its own where fluidlite is never imported, as many
+as fluidlite gets per order, with its default threads and with one thread, the fastest kept
+(`benchmarks/_harness.py`). The last table holds
 each target of issue #13 against what was measured: `fluidlite bench --full` gives every figure the
 README quotes in one go. Where the `onednn-cpu-gomp` wheel is installed, the LSTM step also runs with
 FLUIDLITE_BLAS=onednn (its own rows, `rnn_step_onednn`).
@@ -90,7 +91,7 @@ def run_all(names, full: bool, log=print, repeat: int | None = None):
                     alone[key] = {(n.replace(name, key, 1), p): v for (n, p), v in alone.get(name, {}).items()}
                     continue
                 t0 = time.perf_counter()
-                alone[name] = _harness.peers_at_best(path, not full)
+                alone[name] = _harness.peers_at_best(path, not full, len(sequence) // len(ORDERS))
                 log(f"  ran {name}'s peers alone in {time.perf_counter() - t0:.1f} s")
             except (RuntimeError, ValueError, OSError) as exc:
                 log(f"  {key} FAILED: {str(exc)[-1500:]}")
@@ -210,7 +211,8 @@ def print_tables(rows, targets, missing=()):
         cells = [f"{by_order[o]:.2f}x" if o in by_order else "-" for o, _ in ORDERS]
         print(f"{bench:<{width}}  {label:<{lwidth}}  {cells[0]:>15}  {cells[1]:>11}")
     print("\nratio = fluidlite's time / the peer's time (below 1: fluidlite is faster), each order in a fresh "
-          "process;\n'alone' = the peer in a process of its own, fluidlite never imported, at its faster thread setting")
+          "process;\n'alone' = the peer in processes of its own, fluidlite never imported: its fastest process (as many as\n"
+          "fluidlite's per order) at its faster thread setting")
     twidth = max(len(t[0]) for t in targets) if targets else 6
     print(f"\n{'target (issue #13)':<{twidth}}  {'goal':>9}  {'fluidlite first':>15}  {'torch first':>13}")
     for label, goal, cells in targets:
