@@ -86,16 +86,16 @@ def run_script(path: str, args: list, env: dict | None = None, timeout: float = 
         return json.loads("\n".join(lines[first:]))
 
 
-def peers_at_best(path: str, quick: bool, processes: int = 1) -> dict:
+def peers_at_best(path: str, quick: bool) -> dict:
     """(result name, peer) -> (ms, threads): each peer's time in processes of its own (fluidlite never
-    imported), the fastest of `processes` processes at its default threads and as many at one thread
-    (fluidlite's own figure is likewise its fastest process of an import order: a peer alone that fell
-    in a slow spell once made fluidlite's Transformer step look 1.2x faster). A script may print one result or a list of
-    them (one per case)."""
+    imported), the faster of its default threads and one thread. A script may print one result or a
+    list of them (one per case). `fluidlite bench` runs this as often as it runs each import order,
+    and keeps each peer's fastest: a single torch-alone process that fell in a slow spell had made
+    fluidlite's Transformer step look 1.2x faster."""
     extra = ["--quick"] if quick else []
     best = {}
-    settings = (("default", {}), ("1", {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}))
-    for label, env in settings * processes:
+    for label, env in (("default", {}), ("1", {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                                               "MKL_NUM_THREADS": "1"})):
         results = run_script(path, ["--peers-only", *extra], env)
         for result in results if isinstance(results, list) else [results]:
             assert not result.get("fluidlite_imported"), "a peers-only run imported fluidlite"

@@ -6,9 +6,9 @@ the order A B B A A B ... so that neither always goes first (a first process mee
 and each order's fastest process counts: on a shared machine one process can run 1.3x slower than the
 next for no reason of its own. The spread rows compare the orders twice: fluidlite's time, and its
 ratio to the peer timed in the same process (noise that slows a whole process cancels there). Every
-peer is also timed at its best: in processes of its own where fluidlite is never imported, as many
-as fluidlite gets per order, with its default threads and with one thread, the fastest kept
-(`benchmarks/_harness.py`). The last table holds
+peer is also timed at its best: in processes of its own where fluidlite is never imported, run after
+each round of both orders (as many as fluidlite gets per order, and spread over the same minutes), with
+its default threads and with one thread, the fastest kept (`benchmarks/_harness.py`). The last table holds
 each target of issue #13 against what was measured: `fluidlite bench --full` gives every figure the
 README quotes in one go. Where the `onednn-cpu-gomp` wheel is installed, the LSTM step also runs with
 FLUIDLITE_BLAS=onednn (its own rows, `rnn_step_onednn`).
@@ -78,21 +78,24 @@ def run_all(names, full: bool, log=print, repeat: int | None = None):
             jobs.append((f"{name}_{VARIANTS[name][0]}", VARIANTS[name][1]))
         for key, env in jobs:
             try:  # one failing run loses its own rows, not the whole table
-                runs = {}
-                for order, flags in sequence:
+                runs, peers = {}, []
+                for i, (order, flags) in enumerate(sequence):
                     t0 = time.perf_counter()
                     out = _harness.run_script(path, quick + flags, env)
                     runs.setdefault(order, []).append(_renamed(out if isinstance(out, list) else [out], name, key))
                     log(f"  ran {key} ({order}) in {time.perf_counter() - t0:.1f} s")
+                    if key == name and name not in NO_PEERS_ALONE and (i + 1) % len(ORDERS) == 0:
+                        # the peers alone after each round of both orders, as often as fluidlite runs per
+                        # order and in between: a slow spell of the machine meets both sides
+                        t0 = time.perf_counter()
+                        peers.append(_harness.peers_at_best(path, not full))
+                        log(f"  ran {name}'s peers alone in {time.perf_counter() - t0:.1f} s")
                 results[key] = {order: faster_process(outs) for order, outs in runs.items()}
-                if name in NO_PEERS_ALONE:
-                    continue
-                if key != name:  # the peers do not import fluidlite: its BLAS setting changes nothing of theirs
+                if peers:
+                    alone[name] = fastest_alone(peers)
+                elif key != name and name not in NO_PEERS_ALONE:
+                    # the peers do not import fluidlite: its BLAS setting changes nothing of theirs
                     alone[key] = {(n.replace(name, key, 1), p): v for (n, p), v in alone.get(name, {}).items()}
-                    continue
-                t0 = time.perf_counter()
-                alone[name] = _harness.peers_at_best(path, not full, len(sequence) // len(ORDERS))
-                log(f"  ran {name}'s peers alone in {time.perf_counter() - t0:.1f} s")
             except (RuntimeError, ValueError, OSError) as exc:
                 log(f"  {key} FAILED: {str(exc)[-1500:]}")
     return results, alone
@@ -114,6 +117,16 @@ def _renamed(results: list, name: str, key: str) -> list:
 def order_sequence(repeat: int) -> list:
     """Each import order `repeat` times, as A B B A A B ...: neither order always runs first."""
     return [pair for i in range(repeat) for pair in (ORDERS if i % 2 == 0 else ORDERS[::-1])]
+
+
+def fastest_alone(parts: list) -> dict:
+    """Of several `peers_at_best` results, per (result name, peer) the fastest."""
+    best = {}
+    for part in parts:
+        for key, (ms, threads) in part.items():
+            if key not in best or ms < best[key][0]:
+                best[key] = (ms, threads)
+    return best
 
 
 def faster_process(outs: list) -> list:
