@@ -1,4 +1,5 @@
-"""Keep freed kernel outputs in the process heap (glibc only).
+"""Keep freed kernel outputs in the process heap (glibc only); and the size above which an output is
+written by streaming stores (`stream_min_bytes`).
 
 Kernels return fresh arrays every step. glibc hands large freed blocks back to the kernel, so the
 next step's arrays arrive as new pages, each zeroed on first touch: about 3,400 page faults (a
@@ -8,6 +9,7 @@ blocks for reuse. Set FLUIDLITE_MALLOPT=0 to leave malloc as it is.
 from __future__ import annotations
 
 import ctypes
+import glob
 import os
 import sys
 
@@ -31,3 +33,34 @@ def tune_malloc() -> bool:
             _done = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
                 libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     return _done
+
+
+def _cpus(text: str) -> int:
+    """CPUs in a sysfs CPU list such as '0-3,8'."""
+    count = 0
+    for part in text.strip().split(","):
+        lo, _, hi = part.partition("-")
+        count += int(hi or lo) - int(lo) + 1
+    return count
+
+
+def stream_min_bytes(cache_dir: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
+    """3/4 of one CPU's share of the largest cache (sysfs: its size over the CPUs sharing it), the rule
+    glibc's memcpy uses for its non-temporal threshold; 12 MiB where sysfs cannot be read. A VM's
+    last-level cache is shared with other tenants: on a 2-CPU VM reporting 480 MiB, a 64 MiB clip into
+    another array took 3.9 ms streamed against 5.5 plainly, a 16 MiB one 1.6 against 0.8."""
+    best = None
+    for index in glob.glob(f"{cache_dir}/index*"):
+        try:
+            with open(f"{index}/size") as f:
+                text = f.read().strip()
+            size = int(text[:-1]) * {"K": 1 << 10, "M": 1 << 20}[text[-1]] if text[-1] in "KM" else int(text)
+            with open(f"{index}/shared_cpu_list") as f:
+                sharing = max(1, _cpus(f.read()))
+        except (OSError, ValueError, KeyError):
+            continue
+        if best is None or size > best[0]:
+            best = (size, sharing)
+    if best is None:
+        return 12 << 20
+    return best[0] // best[1] * 3 // 4

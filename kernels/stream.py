@@ -3,7 +3,8 @@
 A plain store first reads the destination's cache line (read for ownership): writing a separate
 400 MB output moves 1.2 GB, not 0.8. A streaming store writes a whole 64-byte line straight to
 memory, without that read and without evicting the cache. For small outputs it is slower (the
-data is not in the cache afterwards), so callers use it above the cache size only.
+data is not in the cache afterwards), so callers use it above a share of the cache only
+(fluidlite/_memory.py's stream_min_bytes).
 
 The pattern (kernels/clip_stream.py): `line_head(out)` plain elements up to the first 64-byte
 boundary, then blocks of whole lines computed into a small L1-resident buffer and written out by

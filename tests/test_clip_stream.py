@@ -6,6 +6,7 @@ from numba import njit
 from numba.core.errors import TypingError
 
 import fluidlite as fl
+from fluidlite import _memory
 from fluidlite.kernels import clip_stream as KS
 from fluidlite.kernels.stream import line_elements, line_head, stream_line
 from fluidlite.ops import clip_ops
@@ -123,5 +124,20 @@ def test_ops_stream_separate_outputs_above_the_threshold_only(dtype, monkeypatch
     assert calls == []
 
 
-def test_last_level_cache_size_is_read_or_defaults():
-    assert clip_ops._last_level_cache_bytes() >= 1 << 20
+def _cache_dir(root, caches):
+    for i, (size, cpus) in enumerate(caches):
+        d = root / f"index{i}"
+        d.mkdir(parents=True)
+        (d / "size").write_text(size + "\n")
+        (d / "shared_cpu_list").write_text(cpus + "\n")
+    return str(root)
+
+
+def test_streaming_threshold_is_three_quarters_of_one_cpus_share_of_the_largest_cache(tmp_path):
+    caches = [("48K", "0"), ("2048K", "0"), ("491520K", "0-1")]
+    assert _memory.stream_min_bytes(_cache_dir(tmp_path / "vm", caches)) == 491520 * 1024 // 2 * 3 // 4
+    caches = [("32K", "0"), ("1M", "0"), ("32M", "0-7,16-23")]
+    assert _memory.stream_min_bytes(_cache_dir(tmp_path / "host", caches)) == (32 << 20) // 16 * 3 // 4
+    (tmp_path / "empty").mkdir()
+    assert _memory.stream_min_bytes(str(tmp_path / "empty")) == 12 << 20  # no sysfs: a default
+    assert _memory.stream_min_bytes() >= 1 << 20  # this machine's

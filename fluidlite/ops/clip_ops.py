@@ -5,15 +5,15 @@ Global-norm clipping is two ops: `global_norm` (one parallel pass over every ten
 float64 accumulation) writes a fetchable [1] norm; `scale_by_global_norm` rescales every tensor in
 one more pass, in place where the executor allows it and not at all when nothing is clipped.
 """
-import glob
 import math
 import platform
 from itertools import repeat
 
 import numpy as np
+from .._memory import stream_min_bytes
 from ..kernels import clip as K
 from ..kernels import clip_stream as KS
-from ..registry import NO_GRAD, REQUIRED, Attr, Elementwise, defop
+from ..registry import REQUIRED, Attr, Elementwise, defop
 from ..shapes import numel
 from .common import float_same_as, grad_op, is_large, parallel_size, positive
 
@@ -21,22 +21,9 @@ CHUNK = 1 << 18  # elements per parallel work item of the multi-tensor kernels (
 INF = float("inf")
 
 
-def _last_level_cache_bytes():
-    """The largest CPU cache (Linux sysfs); 32 MiB where it cannot be read."""
-    sizes = []
-    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
-        try:
-            with open(path) as f:
-                text = f.read().strip()
-            sizes.append(int(text[:-1]) * {"K": 1 << 10, "M": 1 << 20}[text[-1]] if text[-1] in "KM" else int(text))
-        except (OSError, ValueError):
-            pass
-    return max(sizes, default=32 << 20)
-
-
 # a separate output larger than this is written by streaming stores (kernels/stream.py): below it the
 # output may still be in the cache for its reader, and streaming would evict it. x86 only (sfence).
-STREAM_MIN_BYTES = _last_level_cache_bytes() if platform.machine().lower() in ("x86_64", "amd64") else math.inf
+STREAM_MIN_BYTES = stream_min_bytes() if platform.machine().lower() in ("x86_64", "amd64") else math.inf
 
 
 def _streams(metas, dtype, inplace):
