@@ -1,4 +1,5 @@
-"""A float32 exp in plain float32 arithmetic, so that loops calling it vectorize 8 lanes wide.
+"""A float32 exp in plain float32 arithmetic, so that loops calling it vectorize (16 lanes wide with
+AVX-512: it asks for the widest vectors, vecmath.wide_vectors).
 
 `expf_(p)` is vecmath_fma.exp_fma's method in float32: p = k ln 2 + r with |r| <= ln 2 / 2 (ln 2 split in
 two so k * the high part is exact), a degree-7 Taylor polynomial in r, and 2^k built in the exponent
@@ -16,7 +17,7 @@ Callers must not be compiled with fastmath "reassoc": rounding to an integer add
 import numpy as np
 from numba import njit
 
-from .vecmath import bits_f32, f32_bits
+from .vecmath import bits_f32, f32_bits, wide_vectors
 
 _F = np.float32
 
@@ -31,6 +32,7 @@ _LO, _HI = _F(-104.0), _F(89.0)  # exp(-104) is below the smallest subnormal, ex
 
 @njit(cache=True, error_model="numpy", inline="always")
 def expf_(p):
+    wide_vectors()
     p = _LO if p < _LO else p  # clamp (a NaN passes both tests unchanged)
     p = _HI if p > _HI else p
     t = p * _LOG2E + _SHIFT

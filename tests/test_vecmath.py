@@ -30,3 +30,42 @@ def test_float32_gelu_within_7_ulp_of_float64_in_both_tails():
     assert ulps.max() <= 7, ulps.max()
     want_dx = phi + xd * np.exp(-0.5 * xd * xd) / math.sqrt(2 * math.pi)
     np.testing.assert_allclose(dx, want_dx, rtol=0, atol=3e-7)
+
+
+def test_wide_vectors_marks_the_loop_function_and_changes_no_result():
+    """vecmath.wide_vectors() puts LLVM's prefer-vector-width=512 on the function it is inlined into: on an
+    AVX-512 CPU its loop uses zmm registers; either way the results are bit for bit those without it.
+    The float32 exps call it, so a gelu kernel carries it too."""
+    from numba import njit
+
+    from fluidlite.kernels import activation
+    from fluidlite.kernels.vecmath import wide_vectors
+
+    def body(x, out):
+        for i in range(x.size):
+            v = x[i]
+            out[i] = ((v * np.float32(0.25) + np.float32(-0.5)) * v + np.float32(1.5)) / (v * v + np.float32(1))
+
+    narrow = njit(error_model="numpy")(body)
+    inlined = njit(inline="always", error_model="numpy")(body)
+
+    @njit(error_model="numpy")
+    def wide(x, out):
+        wide_vectors()
+        inlined(x, out)
+
+    x = np.random.default_rng(5).standard_normal(4099).astype(np.float32) * 6
+    a, b = np.empty_like(x), np.empty_like(x)
+    wide(x, a)
+    narrow(x, b)
+    np.testing.assert_array_equal(a, b)
+    attribute = '"prefer-vector-width"="512"'
+    assert attribute in next(iter(wide.inspect_llvm().values()))
+    assert attribute not in next(iter(narrow.inspect_llvm().values()))
+    gelu = njit(error_model="numpy")(activation.unary.py_func)  # compiled here: cached code has no IR to read
+    gelu(x, activation.GELU_VEC, np.float32(0))
+    assert attribute in next(iter(gelu.inspect_llvm().values()))
+    import llvmlite.binding as llvm
+
+    if "+avx512f" in llvm.get_host_cpu_features().flatten():
+        assert "zmm" in next(iter(wide.inspect_asm().values()))
