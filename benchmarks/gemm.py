@@ -10,7 +10,7 @@
 - `tall`: fluidlite's call for the same sums with the output transposed, C^T = B^T A^T from row-major
   copies of B^T and A^T (OpenBLAS's kernels here run a row-major product faster when its output is tall);
 - `mkl`, `onednn`: `cblas_sgemm` of the `mkl` wheel and `dnnl_sgemm` of the `onednn-cpu-gomp` wheel, through
-  ctypes, when `pip install mkl onednn-cpu-gomp` put them in this environment (neither is a dependency).
+  ctypes, when they are in this environment (the `[mkl]` and `[onednn]` extras, for FLUIDLITE_BLAS=mkl / onednn).
 
 Shapes (m, k, n; `nt`: a @ b.T, `tn`: a.T @ b) are those of the MLP, LSTM and Transformer steps'
 forward and backward products; the LSTM's recurrent dX appears as `nt` (through W's transposed view)

@@ -3,6 +3,8 @@
 forces it). `FLUIDLITE_BLAS=onednn` sends float32 products to oneDNN's `dnnl_sgemm` (the optional
 `onednn-cpu-gomp` wheel; float64 stays with NumPy's): an LSTM step's small recurrent products run
 1.4x faster there, but its OpenMP pool must then be the only BLAS pool working (docs/design.md).
+`FLUIDLITE_BLAS=mkl` sends every product to MKL's 64-bit-index CBLAS (the optional `mkl` wheel, on its
+own Intel OpenMP threads): on Intel CPUs 1.1-1.4x faster than OpenBLAS for the benchmarks' shapes.
 Importing this module registers the C symbols `fluidlite_sgemm` / `fluidlite_dgemm` (CBLAS's row-major
 signature with 64-bit sizes) with LLVM; kernels call them by name, so a kernel loaded from the disk
 cache links to whichever library this process found.
@@ -131,13 +133,42 @@ def _onednn_sgemm():
     return compiled.address
 
 
+def mkl_library():
+    """The path of MKL's single dynamic library (the `mkl` wheel puts it in sys.prefix/lib), or None."""
+    import glob
+    import sys
+
+    found = sorted(glob.glob(os.path.join(sys.prefix, "lib", "libmkl_rt.so*")))
+    return found[0] if found else None
+
+
+def _mkl_cblas():
+    """{dtype name: address} of MKL's 64-bit-index cblas_?gemm_64 (MKL's default threading: Intel OpenMP;
+    choosing another layer would change it for every MKL user of the process)."""
+    path = mkl_library()
+    if path is None:
+        raise ImportError("FLUIDLITE_BLAS=mkl: MKL is not in this environment; pip install mkl "
+                          "(or unset FLUIDLITE_BLAS)")
+    try:
+        lib = ctypes.CDLL(path)
+        addresses = {d: ctypes.cast(getattr(lib, f"cblas_{c}gemm_64"), ctypes.c_void_p).value
+                     for d, c in (("float32", "s"), ("float64", "d"))}
+    except (OSError, AttributeError) as e:  # an MKL older than 2023 has no 64-bit-index CBLAS symbols
+        raise ImportError(f"FLUIDLITE_BLAS=mkl: {path} does not load or has no cblas_sgemm_64 ({e}); "
+                          "pip install 'mkl>=2023'") from e
+    _keep.append(lib)
+    return addresses
+
+
 _keep = []  # the shims' compiled code must outlive this module's import
 BACKEND = "numpy"
 _CHOICE = os.environ.get("FLUIDLITE_BLAS", "")
-if _CHOICE not in ("", "numpy", "scipy", "onednn"):
-    raise ImportError(f"FLUIDLITE_BLAS={_CHOICE!r}: choose numpy, scipy or onednn (or leave it unset)")
-_addresses = None if _CHOICE == "scipy" else _numpy_cblas()
-if _addresses is None:
+if _CHOICE not in ("", "numpy", "scipy", "onednn", "mkl"):
+    raise ImportError(f"FLUIDLITE_BLAS={_CHOICE!r}: choose numpy, scipy, onednn or mkl (or leave it unset)")
+_addresses = None if _CHOICE in ("scipy", "mkl") else _numpy_cblas()
+if _CHOICE == "mkl":
+    BACKEND, _addresses = "mkl", _mkl_cblas()
+elif _addresses is None:
     BACKEND, _addresses = "scipy", _scipy_shims()
 FLOAT32 = BACKEND  # the library float32 products go to: BACKEND's, or oneDNN
 if _CHOICE == "onednn":

@@ -71,10 +71,11 @@ def choose_layer() -> str:
 
 def _kernel_blas() -> list:
     """threadpoolctl controllers of the BLAS library the kernels call (kernels/blas.py: NumPy's or SciPy's
-    copy, told apart by the directory it was loaded from; with FLUIDLITE_BLAS=onednn also oneDNN's OpenMP
-    runtime); empty without threadpoolctl."""
+    copy, told apart by the directory it was loaded from; MKL's with FLUIDLITE_BLAS=mkl; with
+    FLUIDLITE_BLAS=onednn also oneDNN's OpenMP runtime); empty without threadpoolctl."""
     import sys
 
+    from . import _blas
     from .kernels import blas
 
     first = "threadpoolctl" not in sys.modules and "KMP_DUPLICATE_LIB_OK" not in os.environ
@@ -85,6 +86,10 @@ def _kernel_blas() -> list:
     finally:
         if first:  # threadpoolctl's import sets KMP_DUPLICATE_LIB_OK for the whole process: not through us
             os.environ.pop("KMP_DUPLICATE_LIB_OK", None)
+    if blas.BACKEND == "mkl":  # the mkl wheel's, in this environment's lib/ (torch's MKL is built into torch)
+        folder = os.path.dirname(os.path.abspath(_blas.mkl_library()))
+        return [lib for lib in ThreadpoolController().lib_controllers
+                if lib.internal_api == "mkl" and os.path.dirname(os.path.abspath(lib.filepath)) == folder]
     package = __import__(blas.BACKEND)
     root = os.path.dirname(os.path.dirname(os.path.abspath(package.__file__)))
     mine = tuple(os.path.join(root, blas.BACKEND + tail) for tail in ("", ".libs", os.sep + ".dylibs"))

@@ -11,7 +11,8 @@ each round of both orders (as many as fluidlite gets per order, and spread over 
 its default threads and with one thread, the fastest kept (`benchmarks/_harness.py`). The last table holds
 each target of issue #13 against what was measured: `fluidlite bench --full` gives every figure the
 README quotes in one go. Where the `onednn-cpu-gomp` wheel is installed, the LSTM step also runs with
-FLUIDLITE_BLAS=onednn (its own rows, `rnn_step_onednn`).
+FLUIDLITE_BLAS=onednn (its own rows, `rnn_step_onednn`); where the `mkl` wheel is, the MLP, LSTM and
+Transformer steps also run with FLUIDLITE_BLAS=mkl (`mlp_step_mkl`, ...).
 """
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ import time
 
 BENCHMARKS = ("executor_overhead", "mlp_step", "clip", "rnn_step", "cnn_step", "transformer_step", "dp_step")
 NO_PEERS_ALONE = ("dp_step",)  # its peers (a per-example loop, Opacus) are timed in its own run only
-# benchmark -> (suffix, environment): the same script again with another BLAS, when that BLAS is installed
-VARIANTS = {"rnn_step": ("onednn", {"FLUIDLITE_BLAS": "onednn"})}
+# benchmark -> ((suffix, environment), ...): the same script again with another BLAS, when that BLAS is installed
+_MKL = ("mkl", {"FLUIDLITE_BLAS": "mkl"})
+VARIANTS = {"rnn_step": (("onednn", {"FLUIDLITE_BLAS": "onednn"}), _MKL), "mlp_step": (_MKL,),
+            "transformer_step": (_MKL,)}
 ORDERS = (("fluidlite first", []), ("torch first", ["--import-torch-first"]))
 
 # label, benchmark, result name, fluidlite's key in peers_ms, the peer's key (a prefix: the fastest match), goal
@@ -32,7 +35,12 @@ TARGETS = (
     ("LSTM step / torch nn.LSTM", "rnn_step", "rnn_step", "fluidlite", "torch", 1.0),
     ("LSTM step, FLUIDLITE_BLAS=onednn (opt-in) / torch nn.LSTM", "rnn_step_onednn", "rnn_step_onednn", "fluidlite",
      "torch", 1.0),
+    ("LSTM step, FLUIDLITE_BLAS=mkl (opt-in) / torch nn.LSTM", "rnn_step_mkl", "rnn_step_mkl", "fluidlite", "torch", 1.0),
+    ("MLP step, FLUIDLITE_BLAS=mkl (opt-in) / hand-written NumPy", "mlp_step_mkl", "mlp_step_mkl", "fluidlite", "numpy",
+     0.9),
     ("Transformer step / torch eager", "transformer_step", "transformer_step", "fluidlite", "torch", 1.0),
+    ("Transformer step, FLUIDLITE_BLAS=mkl (opt-in) / torch eager", "transformer_step_mkl", "transformer_step_mkl",
+     "fluidlite", "torch", 1.0),
     ("clip by value, persistable out / torch clamp_", "clip", "clip_by_value", "fluidlite_persistable_out",
      "torch_clamp_", 1.1),
     ("global-norm clip, persistable outs, 200 tensors / torch clip_grad_norm_", "clip",
@@ -74,8 +82,7 @@ def run_all(names, full: bool, log=print, repeat: int | None = None):
     for name in names:
         path = importlib.util.find_spec(f"fluidlite.benchmarks.{name}").origin
         jobs = [(name, {})]
-        if name in VARIANTS and _variant_installed(VARIANTS[name][0]):
-            jobs.append((f"{name}_{VARIANTS[name][0]}", VARIANTS[name][1]))
+        jobs += [(f"{name}_{suffix}", env) for suffix, env in VARIANTS.get(name, ()) if _variant_installed(suffix)]
         for key, env in jobs:
             try:  # one failing run loses its own rows, not the whole table
                 runs, peers = {}, []
@@ -102,9 +109,9 @@ def run_all(names, full: bool, log=print, repeat: int | None = None):
 
 
 def _variant_installed(suffix: str) -> bool:
-    from ._blas import onednn_library
+    from ._blas import mkl_library, onednn_library
 
-    return suffix == "onednn" and onednn_library() is not None
+    return {"onednn": onednn_library, "mkl": mkl_library}[suffix]() is not None
 
 
 def _renamed(results: list, name: str, key: str) -> list:
@@ -178,7 +185,8 @@ def target_rows(results, alone) -> list:
         if "floor_ratio_vs_numpy" in rs[0]:
             rows.append(("MLP floor: its matrix products alone (NumPy) / the NumPy step", "-",
                          {order: (rs[0]["floor_ratio_vs_numpy"], None)}))
-    for bench, label in (("rnn_step", "LSTM"), ("rnn_step_onednn", "LSTM, oneDNN,"), ("transformer_step", "Transformer")):
+    for bench, label in (("rnn_step", "LSTM"), ("rnn_step_onednn", "LSTM, oneDNN,"), ("rnn_step_mkl", "LSTM, MKL,"),
+                         ("transformer_step", "Transformer"), ("transformer_step_mkl", "Transformer, MKL,")):
         for order, rs in results.get(bench, {}).items():
             if "floor_ratio_vs_torch" in rs[0]:
                 rows.append((f"{label} floor: its matrix products alone (fluidlite's BLAS) / the torch step", "-",

@@ -85,19 +85,20 @@ def test_a_blas_variant_runs_the_script_again_with_its_environment_and_borrows_t
 
     def run_script(path, args, env=None):
         calls.append(dict(env or {}))
-        mine = 3.0 if (env or {}).get("FLUIDLITE_BLAS") == "onednn" else 4.0
+        mine = {"onednn": 3.0, "mkl": 3.5}.get((env or {}).get("FLUIDLITE_BLAS"), 4.0)
         return {"name": "rnn_step", "peers_ms": {"fluidlite": mine, "torch": 5.0}}
 
     monkeypatch.setattr(_harness, "run_script", run_script)
     monkeypatch.setattr(_harness, "peers_at_best", lambda path, quick: {("rnn_step", "torch"): (2.0, "default")})
     monkeypatch.setattr(bench, "_variant_installed", lambda suffix: True)
     results, alone = bench.run_all(["rnn_step"], full=False, log=lambda m: None)
-    assert sorted(results) == ["rnn_step", "rnn_step_onednn"]
-    assert calls.count({"FLUIDLITE_BLAS": "onednn"}) == 2 and calls.count({}) == 2  # both import orders each
+    assert sorted(results) == ["rnn_step", "rnn_step_mkl", "rnn_step_onednn"]
+    assert [calls.count(e) for e in ({}, {"FLUIDLITE_BLAS": "onednn"}, {"FLUIDLITE_BLAS": "mkl"})] == [2, 2, 2]  # both orders
     assert alone["rnn_step_onednn"] == {("rnn_step_onednn", "torch"): (2.0, "default")}
     rows = {label: cells for label, _, cells in bench.target_rows(results, alone)}
     assert rows["LSTM step / torch nn.LSTM"]["fluidlite first"] == (2.0, 0.8)
     assert rows["LSTM step, FLUIDLITE_BLAS=onednn (opt-in) / torch nn.LSTM"]["torch first"] == (1.5, 0.6)
+    assert rows["LSTM step, FLUIDLITE_BLAS=mkl (opt-in) / torch nn.LSTM"]["torch first"] == (1.75, 0.7)
 
 
 def test_a_peer_alone_is_its_fastest_process_as_fluidlite_is_and_runs_between_them(monkeypatch):
@@ -117,6 +118,7 @@ def test_a_peer_alone_is_its_fastest_process_as_fluidlite_is_and_runs_between_th
         return {"name": "mlp_step", "peers_ms": {"fluidlite": 5.0, "numpy": 8.0}}
 
     monkeypatch.setattr(harness, "run_script", run_script)
+    monkeypatch.setattr(bench, "_variant_installed", lambda suffix: False)  # no FLUIDLITE_BLAS=mkl runs
     results, alone = bench.run_all(["mlp_step"], full=True, log=lambda m: None, repeat=3)
     assert ["--peers-only" in a for a in calls] == [False, False, True, True] * 3
     assert alone["mlp_step"] == {("mlp_step", "numpy"): (6.0, "default")}

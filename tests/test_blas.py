@@ -91,15 +91,16 @@ def _child(code, *args, **env):
                           text=True, timeout=300)
 
 
-_ONEDNN_CHILD = """
+_BACKEND_CHILD = """
 import sys
 import numpy as np
 sys.path.insert(0, sys.argv[2])
 from fluidlite.kernels import blas
 from fluidlite import _threads
 want = sys.argv[3]
-assert (blas.FLOAT32, blas.BACKEND) == (want, "numpy"), (blas.FLOAT32, blas.BACKEND)
+assert (blas.FLOAT32, blas.BACKEND) == (want, "mkl" if want == "mkl" else "numpy"), (blas.FLOAT32, blas.BACKEND)
 assert want != "onednn" or any(lib.user_api == "openmp" for lib in _threads._kernel_blas())
+assert want != "mkl" or [lib.internal_api for lib in _threads._kernel_blas()] == ["mkl"]
 rng = np.random.default_rng(3)
 for dt in (np.float32, np.float64):
     for ta in (False, True):
@@ -140,15 +141,36 @@ def test_onednn_takes_the_float32_products_and_they_match(tmp_path):
     outs = {}
     for choice in ("onednn", "numpy"):
         path = str(tmp_path / f"{choice}.npy")
-        done = _child(_ONEDNN_CHILD, path, os.path.dirname(os.path.abspath(__file__)), choice, FLUIDLITE_BLAS=choice)
+        done = _child(_BACKEND_CHILD, path, os.path.dirname(os.path.abspath(__file__)), choice, FLUIDLITE_BLAS=choice)
         assert done.returncode == 0, done.stderr[-3000:]
         outs[choice] = np.load(path)
     np.testing.assert_allclose(outs["onednn"], outs["numpy"], rtol=1e-4, atol=1e-6)
 
 
+def test_mkl_takes_every_product_and_they_match(tmp_path):
+    """FLUIDLITE_BLAS=mkl (the mkl wheel, a test dependency): float32 and float64 products of every layout
+    through MKL's cblas_?gemm_64, an LSTM's loss and gradients as the default backend's up to float32
+    rounding, and the thread policy limits MKL's threads (and no other library's)."""
+    from fluidlite._blas import mkl_library
+
+    assert mkl_library() is not None, "pip install mkl (a test dependency)"
+    outs = {}
+    for choice in ("mkl", "numpy"):
+        path = str(tmp_path / f"{choice}.npy")
+        done = _child(_BACKEND_CHILD, path, os.path.dirname(os.path.abspath(__file__)), choice, FLUIDLITE_BLAS=choice)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outs[choice] = np.load(path)
+    np.testing.assert_allclose(outs["mkl"], outs["numpy"], rtol=1e-4, atol=1e-6)
+
+
+def test_mkl_without_its_wheel_is_refused_at_import():
+    done = _child("import sys; sys.prefix = '/nonexistent'; import fluidlite", FLUIDLITE_BLAS="mkl")
+    assert done.returncode != 0 and "pip install mkl" in done.stderr, done.stderr[-2000:]
+
+
 def test_an_unknown_blas_choice_is_refused_by_name():
-    done = _child("import fluidlite", FLUIDLITE_BLAS="mkl")
-    assert done.returncode != 0 and "FLUIDLITE_BLAS='mkl': choose numpy, scipy or onednn" in done.stderr
+    done = _child("import fluidlite", FLUIDLITE_BLAS="blis")
+    assert done.returncode != 0 and "FLUIDLITE_BLAS='blis': choose numpy, scipy, onednn or mkl" in done.stderr
 
 
 def test_onednn_without_its_wheel_is_refused_at_import():
