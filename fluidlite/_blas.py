@@ -104,27 +104,39 @@ def _dnnl_shim(order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
                 m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 
 
-def onednn_library():
-    """The path of oneDNN's library in this environment (the `onednn-cpu-gomp` wheel puts it in
-    sys.prefix/lib), or None."""
+def _prefix_library(pattern):
+    """The path of a library a wheel put in this environment's lib/ (sys.prefix/lib), or None."""
     import glob
     import sys
 
-    found = sorted(glob.glob(os.path.join(sys.prefix, "lib", "libdnnl.so.*")))
+    found = sorted(glob.glob(os.path.join(sys.prefix, "lib", pattern)))
     return found[0] if found else None
+
+
+def onednn_library():
+    """The path of oneDNN's library (the `onednn-cpu-gomp` wheel), or None."""
+    return _prefix_library("libdnnl.so.*")
+
+
+def mkl_library():
+    """The path of MKL's single dynamic library (the `mkl` wheel), or None."""
+    return _prefix_library("libmkl_rt.so*")
+
+
+def _open(choice, path, package, why):
+    """A ctypes handle of `path`, or an ImportError naming FLUIDLITE_BLAS=choice and what to install."""
+    if path is None:
+        raise ImportError(f"FLUIDLITE_BLAS={choice}: its library is not in this environment; pip install {package} "
+                          "(or unset FLUIDLITE_BLAS)")
+    try:
+        return ctypes.CDLL(path)
+    except OSError as e:
+        raise ImportError(f"FLUIDLITE_BLAS={choice}: {path} does not load ({e}); {why}") from e
 
 
 def _onednn_sgemm():
     """The address of a CBLAS-signature float32 function forwarding to oneDNN's dnnl_sgemm."""
-    path = onednn_library()
-    if path is None:
-        raise ImportError("FLUIDLITE_BLAS=onednn: oneDNN's library is not in this environment; "
-                          "pip install onednn-cpu-gomp (or unset FLUIDLITE_BLAS)")
-    try:
-        lib = ctypes.CDLL(path)
-    except OSError as e:  # its OpenMP runtime is the system's
-        raise ImportError(f"FLUIDLITE_BLAS=onednn: {path} does not load ({e}); it needs the system's libgomp "
-                          "(apt-get install libgomp1)") from e
+    lib = _open("onednn", onednn_library(), "onednn-cpu-gomp", "it needs the system's libgomp (apt-get install libgomp1)")
     binding.add_symbol("dnnl_sgemm", ctypes.cast(lib.dnnl_sgemm, ctypes.c_void_p).value)
     p = types.CPointer(types.float32)
     compiled = cfunc(types.void(types.int32, types.int32, types.int32, types.int64, types.int64, types.int64,
@@ -133,29 +145,15 @@ def _onednn_sgemm():
     return compiled.address
 
 
-def mkl_library():
-    """The path of MKL's single dynamic library (the `mkl` wheel puts it in sys.prefix/lib), or None."""
-    import glob
-    import sys
-
-    found = sorted(glob.glob(os.path.join(sys.prefix, "lib", "libmkl_rt.so*")))
-    return found[0] if found else None
-
-
 def _mkl_cblas():
     """{dtype name: address} of MKL's 64-bit-index cblas_?gemm_64 (MKL's default threading: Intel OpenMP;
     choosing another layer would change it for every MKL user of the process)."""
-    path = mkl_library()
-    if path is None:
-        raise ImportError("FLUIDLITE_BLAS=mkl: MKL is not in this environment; pip install mkl "
-                          "(or unset FLUIDLITE_BLAS)")
+    lib = _open("mkl", mkl_library(), "mkl", "pip install 'mkl>=2023'")
     try:
-        lib = ctypes.CDLL(path)
         addresses = {d: ctypes.cast(getattr(lib, f"cblas_{c}gemm_64"), ctypes.c_void_p).value
                      for d, c in (("float32", "s"), ("float64", "d"))}
-    except (OSError, AttributeError) as e:  # an MKL older than 2023 has no 64-bit-index CBLAS symbols
-        raise ImportError(f"FLUIDLITE_BLAS=mkl: {path} does not load or has no cblas_sgemm_64 ({e}); "
-                          "pip install 'mkl>=2023'") from e
+    except AttributeError as e:  # an MKL older than 2023 has no 64-bit-index CBLAS symbols
+        raise ImportError(f"FLUIDLITE_BLAS=mkl: {e}; pip install 'mkl>=2023'") from e
     _keep.append(lib)
     return addresses
 

@@ -125,6 +125,17 @@ np.save(sys.argv[1], np.concatenate([np.ravel(g) for g in got]))
 """
 
 
+def _matches_the_default_backend(tmp_path, choice):
+    """_BACKEND_CHILD under FLUIDLITE_BLAS=choice and under the default: the same LSTM losses and gradients."""
+    outs = {}
+    for backend in (choice, "numpy"):
+        path = str(tmp_path / f"{backend}.npy")
+        done = _child(_BACKEND_CHILD, path, os.path.dirname(os.path.abspath(__file__)), backend, FLUIDLITE_BLAS=backend)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outs[backend] = np.load(path)
+    np.testing.assert_allclose(outs[choice], outs["numpy"], rtol=1e-4, atol=1e-6)
+
+
 def test_onednn_takes_the_float32_products_and_they_match(tmp_path):
     """FLUIDLITE_BLAS=onednn (the onednn-cpu-gomp wheel, a test dependency): float32 products of every layout
     through oneDNN, float64 ones still through NumPy's BLAS, an LSTM's loss and gradients as the default
@@ -138,13 +149,7 @@ def test_onednn_takes_the_float32_products_and_they_match(tmp_path):
         done = _child("import fluidlite", FLUIDLITE_BLAS="onednn")
         assert done.returncode != 0 and "needs the system's libgomp" in done.stderr, done.stderr[-2000:]
         return
-    outs = {}
-    for choice in ("onednn", "numpy"):
-        path = str(tmp_path / f"{choice}.npy")
-        done = _child(_BACKEND_CHILD, path, os.path.dirname(os.path.abspath(__file__)), choice, FLUIDLITE_BLAS=choice)
-        assert done.returncode == 0, done.stderr[-3000:]
-        outs[choice] = np.load(path)
-    np.testing.assert_allclose(outs["onednn"], outs["numpy"], rtol=1e-4, atol=1e-6)
+    _matches_the_default_backend(tmp_path, "onednn")
 
 
 def test_mkl_takes_every_product_and_they_match(tmp_path):
@@ -154,13 +159,7 @@ def test_mkl_takes_every_product_and_they_match(tmp_path):
     from fluidlite._blas import mkl_library
 
     assert mkl_library() is not None, "pip install mkl (a test dependency)"
-    outs = {}
-    for choice in ("mkl", "numpy"):
-        path = str(tmp_path / f"{choice}.npy")
-        done = _child(_BACKEND_CHILD, path, os.path.dirname(os.path.abspath(__file__)), choice, FLUIDLITE_BLAS=choice)
-        assert done.returncode == 0, done.stderr[-3000:]
-        outs[choice] = np.load(path)
-    np.testing.assert_allclose(outs["mkl"], outs["numpy"], rtol=1e-4, atol=1e-6)
+    _matches_the_default_backend(tmp_path, "mkl")
 
 
 def test_mkl_without_its_wheel_is_refused_at_import():
