@@ -4,7 +4,7 @@ forces it). `FLUIDLITE_BLAS=onednn` sends float32 products to oneDNN's `dnnl_sge
 `onednn-cpu-gomp` wheel; float64 stays with NumPy's): an LSTM step's small recurrent products run
 1.4x faster there, but its OpenMP pool must then be the only BLAS pool working (docs/design.md).
 `FLUIDLITE_BLAS=mkl` sends every product to MKL's 64-bit-index CBLAS (the optional `mkl` wheel, on its
-own Intel OpenMP threads): on Intel CPUs 1.1-1.4x faster than OpenBLAS for the benchmarks' shapes.
+own Intel OpenMP threads): 1.1-1.6x faster than OpenBLAS for the benchmarks' shapes on an Intel AVX-512 VM.
 Importing this module registers the C symbols `fluidlite_sgemm` / `fluidlite_dgemm` (CBLAS's row-major
 signature with 64-bit sizes) with LLVM; kernels call them by name, so a kernel loaded from the disk
 cache links to whichever library this process found.
