@@ -149,7 +149,7 @@ def main():
     results = run(args.quick)
     if args.json:
         return _harness.emit_json(results)
-    print(f"float32 kernels, ms (median; updates in place); PARALLEL_MIN = 2^{common.PARALLEL_MIN.bit_length() - 1}")
+    print(f"float32 kernels, ms (median; updates in place); PARALLEL_MIN = 2^{common.parallel_min().bit_length() - 1}")
     for r in results:
         cells = "  ".join(f"{k} {v:7.3f}" for k, v in r["ms"].items())
         ratios = "  ".join(f"{k} {v:.2f}" for k, v in r["ratios"].items())

@@ -10,6 +10,11 @@ if _util.find_spec("fluidlite.kernels") is None:
 from . import _kernel_cache  # noqa: E402
 
 _kernel_cache.install()  # before any kernel is defined
+from . import _threads  # noqa: E402
+
+# Numba's threading layer, before any kernel loads: a cached kernel whose products may split calls a
+# parallel function, which needs the layer's threads running (without, loading it crashed the process)
+_threads.choose_layer()
 from . import ops  # noqa: E402,F401  (registers every op)
 from . import initializer, layers, unique_name  # noqa: E402,F401
 from .data_feeder import DataFeeder, data  # noqa: E402

@@ -19,6 +19,7 @@ from numba.extending import intrinsic
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 SYMBOLS = {"float32": "fluidlite_sgemm", "float64": "fluidlite_dgemm"}
+SPLIT_SYMBOL = "fluidlite_split_products"
 _I32, _I64 = ir.IntType(32), ir.IntType(64)
 
 
@@ -158,6 +159,11 @@ def _mkl_cblas():
     return addresses
 
 
+# The threads a large product is split over while the BLAS runs one thread (fluidlite/_threads.py); 0: none.
+# A C global: kernels/blas.gemm reads it at every call, so cached kernels see this process's value.
+_split = ctypes.c_int32(0)
+
+
 _keep = []  # the shims' compiled code must outlive this module's import
 BACKEND = "numpy"
 _CHOICE = os.environ.get("FLUIDLITE_BLAS", "")
@@ -173,5 +179,13 @@ if _CHOICE == "onednn":
     FLOAT32, _addresses = "onednn", dict(_addresses, float32=_onednn_sgemm())
 for _dtype, _address in _addresses.items():
     binding.add_symbol(SYMBOLS[_dtype], _address)
+binding.add_symbol(SPLIT_SYMBOL, ctypes.addressof(_split))
+
+
+def split_products(parts: int | None = None) -> int:
+    """Threads the kernels split a large product over (0: BLAS threads it itself); `parts` sets it."""
+    if parts is not None:
+        _split.value = max(0, int(parts))
+    return _split.value
 
 

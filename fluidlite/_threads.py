@@ -1,13 +1,20 @@
 """fluidlite's own thread pools, chosen without touching any other library's.
 
-fluidlite's parallel kernels (`prange`, arrays of PARALLEL_MIN = 2^23 elements or more) run on
-Numba's threading layer. Numba's default pick, OpenMP, loads a second libgomp whose idle threads
-spin; the old fix (setting OMP_WAIT_POLICY=PASSIVE in `os.environ` at import) changed every OpenMP
-library loaded afterwards too, torch's included (its steps got 2-7x slower), and came too late when
-torch was imported first. Instead, the first Executor asks Numba for its `workqueue` layer, whose
-idle threads sleep on a condition variable: fluidlite then never loads an OpenMP runtime of its own,
-whatever was imported before it. A layer the user chose (NUMBA_THREADING_LAYER, or Numba already
-running parallel code) is left alone. Nothing here writes environment variables.
+One pool runs fluidlite's threads: Numba's TBB threading layer (the `tbb` wheel), chosen at import.
+It runs the parallel kernels (`prange`, arrays of `parallel_min()` = 2^16 elements or more) and the
+matrix products, which kernels/blas.py splits into one single-thread BLAS call per thread while a
+plan runs (`BlasPin` holds the kernels' BLAS at one thread meanwhile, and gives it back after). Two
+pools fought: OpenBLAS's idle workers spin after a call and took the cores Numba's threads needed.
+GNU OpenMP would do as a pool but stops forked children that run parallel code; TBB does not.
+
+Without the `tbb` wheel (or with FLUIDLITE_BLAS=onednn, whose products crashed on TBB's threads) the
+layer is Numba's `workqueue`, whose idle threads sleep on a condition variable, the products are
+threaded by the BLAS, and `parallel_min()` is 2^23. Numba's default pick, OpenMP, would load a
+second libgomp whose idle threads spin; the old fix (setting OMP_WAIT_POLICY=PASSIVE in
+`os.environ` at import) changed every OpenMP library loaded afterwards too, torch's included (its
+steps got 2-7x slower), and came too late when torch was imported first. A layer the user chose
+(NUMBA_THREADING_LAYER, or Numba already running parallel code) is left alone, with products
+threaded by the BLAS. Nothing here writes environment variables.
 
 Numba's workqueue must not launch parallel kernels from two threads at once (it aborts the
 process), so while it is the layer, plans run one at a time per process (`RunGuard`).
@@ -52,7 +59,8 @@ _lock = threading.RLock()
 
 
 def choose_layer() -> str:
-    """Pick Numba's threading layer for fluidlite once per process; returns the layer name requested."""
+    """Pick Numba's threading layer for fluidlite once per process; returns the layer's name. Under TBB,
+    fluidlite's products are split over its threads too (`pool_on`)."""
     global _chosen
     if _chosen is None:
         from numba import config
@@ -63,10 +71,67 @@ def choose_layer() -> str:
         elif os.environ.get("NUMBA_THREADING_LAYER") or str(config.THREADING_LAYER).lower() != "default":
             _chosen = str(config.THREADING_LAYER).lower()
         else:
-            config.THREADING_LAYER = "workqueue"
-            parallel._launch_threads()  # fix the choice now: a later config reload cannot undo it
-            _chosen = parallel.threading_layer()
+            from .kernels import blas
+
+            # FLUIDLITE_BLAS=onednn keeps the workqueue: oneDNN's products run on its own OpenMP pool
+            # (called from TBB's threads they crashed the process)
+            _chosen = _launch("tbb") if blas.FLOAT32 != "onednn" and _load_tbb() else None
+            _chosen = _chosen or _launch("workqueue")
+        if _chosen == "tbb" and _numba.get_num_threads() > 1 and _kernel_blas():
+            from . import _blas  # products split only where the BLAS can be held to one thread
+
+            _blas.split_products(_numba.get_num_threads())
     return _chosen
+
+
+def _launch(layer: str) -> str | None:
+    """Start Numba's threads on `layer` (fixing the choice: a later config reload cannot undo it); the
+    layer running, or None when it could not start."""
+    from numba import config
+    from numba.np.ufunc import parallel
+
+    config.THREADING_LAYER = layer
+    try:
+        parallel._launch_threads()
+    except (ValueError, ImportError, OSError):
+        return None
+    return parallel.threading_layer()
+
+
+def _load_tbb() -> bool:
+    """Load the `tbb` wheel's library where Numba's TBB layer will find it (the wheel puts it in the
+    environment's lib/, off the loader's path); False when the wheel is missing."""
+    import ctypes
+    from importlib import metadata
+
+    try:
+        files = metadata.files("tbb") or ()
+    except metadata.PackageNotFoundError:
+        return False
+    for f in files:
+        if f.name == "libtbb.so.12":
+            try:
+                ctypes.CDLL(str(f.locate()), mode=ctypes.RTLD_GLOBAL)
+                return True
+            except OSError:
+                return False
+    return False
+
+
+def pool_on() -> bool:
+    """Whether fluidlite's products and parallel kernels share one pool (Numba's TBB threads)."""
+    from . import _blas
+
+    return _blas.split_products() > 1
+
+
+def parallel_min() -> int:
+    """Elements from which a pass takes its prange kernel: 2^16 on the shared TBB pool, whose threads
+    stay awake between calls; 2^23 on the workqueue, whose sleeping threads cost ~0.1 ms a call."""
+    return POOL_PARALLEL_MIN if pool_on() else QUEUE_PARALLEL_MIN
+
+
+POOL_PARALLEL_MIN, QUEUE_PARALLEL_MIN = 1 << 16, 1 << 23
 
 
 def _kernel_blas() -> list:
@@ -188,9 +253,39 @@ class ThreadTrial:
             self._trial, self._next = None, self._clock() + wait
 
 
+class BlasPin:
+    """Holds the kernels' BLAS at one thread while any plan runs (its products are split over Numba's
+    pool instead) and gives the BLAS its own count back when the last run ends: NumPy's `@` outside
+    fluidlite keeps its threads."""
+
+    def __init__(self):
+        self._runs = 0
+        self._saved = ()
+        self._mutex = threading.Lock()
+
+    def enter(self, libs):
+        with self._mutex:
+            if self._runs == 0:
+                self._saved = [(lib, n) for lib in libs for n in (lib.get_num_threads(),) if n != 1]
+                for lib, _ in self._saved:
+                    lib.set_num_threads(1)
+            self._runs += 1
+
+    def exit(self):
+        with self._mutex:
+            self._runs -= 1
+            if self._runs == 0:
+                for lib, n in self._saved:
+                    lib.set_num_threads(n)
+                self._saved = ()
+
+
+_pin = BlasPin()
+
+
 class RunGuard:
-    """Held while a plan runs: serialises plans under workqueue, and limits the kernels' BLAS and Numba's
-    threads to the free cores while the machine is oversubscribed, or to one while the plan's own
+    """Held while a plan runs: serialises plans under workqueue, holds the kernels' BLAS at one thread
+    while products are split (`BlasPin`), and limits the kernels' BLAS and Numba's threads to the free cores while the machine is oversubscribed, or to one while the plan's own
     `ThreadTrial` found one thread faster."""
 
     RECHECK_S = 1.0
@@ -198,6 +293,7 @@ class RunGuard:
 
     def __init__(self):
         self._lock = _lock if _chosen == "workqueue" else None
+        self._pin = _pin if pool_on() else None
         self._libs = None
         self._next_check = 0.0
         self._limit = 0  # threads allowed while the machine is busy; 0: no limit
@@ -240,8 +336,10 @@ class RunGuard:
         key, run.key = getattr(run, "key", None), None
         run.trial = self._trial_of(key) if key is not None and self._tried else None
         run.limit = 1 if run.trial is not None and run.trial.wants_one_thread() else self._limit
+        if self._pin is not None:
+            self._pin.enter(self._libs)
         if run.limit:
-            run.saved = [(lib, lib.get_num_threads()) for lib in self._libs]
+            run.saved = [] if self._pin is not None else [(lib, lib.get_num_threads()) for lib in self._libs]
             for lib, n in run.saved:
                 if n > run.limit:
                     lib.set_num_threads(run.limit)
@@ -262,6 +360,8 @@ class RunGuard:
             run.saved = ()
             if run.numba_threads > run.limit:
                 _numba.set_num_threads(run.numba_threads)
+        if self._pin is not None:
+            self._pin.exit()
         if self._lock is not None:
             self._lock.release()
         return False

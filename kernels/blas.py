@@ -15,14 +15,17 @@ before any kernel is compiled or loaded from the disk cache.
 """
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import njit, prange, types
 from numba.core import cgutils
 from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic
 
-from .._blas import BACKEND, FLOAT32, NO_TRANS, ROW_MAJOR, TRANS  # noqa: F401  (importing it registers the symbols)
+from .._blas import BACKEND, FLOAT32, NO_TRANS, ROW_MAJOR, SPLIT_SYMBOL, TRANS  # noqa: F401  (importing it registers the symbols)
 
 _I32, _I64 = ir.IntType(32), ir.IntType(64)
+# Products of at least this many multiply-adds are split over Numba's threads while the pool is on: a
+# [2048, 128] x [128, 128] product (2^25) splits well, an attention head's 64 x 32 x 64 (2^17) does not.
+SPLIT_MIN = 1 << 21
 ONE_BLOCK_K = 256  # OpenBLAS sums an inner dimension up to this in one block: out = alpha * AB + beta * out rounds AB once
 
 
@@ -79,11 +82,50 @@ def _any_layout(typingctx, x):
     return x.copy(layout="A")(x), codegen
 
 
+@intrinsic
+def _split_parts(typingctx):
+    """fluidlite/_blas.py's split setting (threads to split a product over; 0 or 1: none), read from its C
+    global at each call (Numba's own get_num_threads would make a kernel uncachable)."""
+
+    def codegen(context, builder, sig, args):
+        parts = builder.module.globals.get(SPLIT_SYMBOL)
+        if parts is None:
+            parts = ir.GlobalVariable(builder.module, _I32, SPLIT_SYMBOL)  # external: the symbol _blas.py registered
+        return builder.sext(builder.load(parts), _I64)
+
+    return types.int64(), codegen
+
+
 @njit(cache=True, error_model="numpy", inline="always")
 def gemm(a, b, out, alpha, beta):
     """out = alpha * a @ b + beta * out, for 2-D float arrays of one dtype with any strides (a and b
-    are read in place when their rows or columns are contiguous); out's rows must be contiguous."""
-    _gemm(_any_layout(a), _any_layout(b), _any_layout(out), np.float64(alpha), np.float64(beta))
+    are read in place when their rows or columns are contiguous); out's rows must be contiguous.
+    While fluidlite/_threads.py splits products, a large one runs as one BLAS call per thread."""
+    a, b, out = _any_layout(a), _any_layout(b), _any_layout(out)
+    parts = _split_parts()
+    if parts > 1 and out.shape[0] * out.shape[1] * a.shape[1] >= SPLIT_MIN:
+        _gemm_parts(a, b, out, np.float64(alpha), np.float64(beta), parts)
+    else:
+        _gemm(a, b, out, np.float64(alpha), np.float64(beta))
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def _gemm_parts(a, b, out, alpha, beta, parts):
+    """`_gemm` as `parts` calls on bands of out's longer side (whole 16-wide tiles), one per thread."""
+    m, n = out.shape
+    if a.shape[0] != m or b.shape[1] != n or a.shape[1] != b.shape[0]:
+        raise ValueError("gemm: shapes do not match")  # here: not from inside the parallel loop
+    rows = m >= n
+    band = ((m if rows else n) + parts - 1) // parts
+    band = (band + 15) // 16 * 16
+    for p in prange(parts):
+        lo = p * band
+        hi = min(lo + band, m if rows else n)
+        if lo < hi:
+            if rows:
+                _gemm(a[lo:hi], b, out[lo:hi], alpha, beta)
+            else:
+                _gemm(a, b[:, lo:hi], out[:, lo:hi], alpha, beta)
 
 
 @njit(cache=True, error_model="numpy")

@@ -1,4 +1,5 @@
-"""fluidlite's thread pools: no process-wide side effects, a layer whose idle threads sleep."""
+"""fluidlite's thread pools: no process-wide side effects; Numba's TBB layer, whose threads also run the
+kernels' products (split), or the workqueue, whose idle threads sleep, where TBB is missing."""
 import json
 import os
 import subprocess
@@ -32,9 +33,38 @@ def _probe(extra_env=None, prelude=""):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_import_and_run_set_no_environment_variable_and_use_a_sleeping_pool():
+def test_import_and_run_set_no_environment_variable_and_use_the_tbb_pool():
     r = _probe()
+    assert r == {"env_changed": [], "layer": "tbb", "ok": True}
+
+
+def test_without_tbb_the_workqueue_runs_and_products_are_not_split():
+    hide_tbb = ("from importlib import metadata\n_files = metadata.files\n"
+                "def files(name):\n"
+                "    if name == 'tbb':\n"
+                "        raise metadata.PackageNotFoundError(name)\n"
+                "    return _files(name)\n"
+                "metadata.files = files\n")
+    r = _probe(prelude=hide_tbb)
     assert r == {"env_changed": [], "layer": "workqueue", "ok": True}
+
+
+def test_the_parallel_threshold_follows_the_pool(monkeypatch):
+    import fluidlite._threads as T
+    from fluidlite import _blas
+    from fluidlite.ops import common
+
+    before = _blas.split_products()
+    try:
+        monkeypatch.setattr(common, "PARALLEL_MIN", None)
+        _blas.split_products(2)
+        assert T.pool_on() and common.parallel_min() == T.POOL_PARALLEL_MIN == 1 << 16
+        _blas.split_products(0)
+        assert not T.pool_on() and common.parallel_min() == T.QUEUE_PARALLEL_MIN == 1 << 23
+        monkeypatch.setattr(common, "PARALLEL_MIN", 4096)  # a test's own threshold wins
+        assert common.parallel_min() == 4096 and common.parallel_size(4096) and not common.parallel_size(4095)
+    finally:
+        _blas.split_products(before)
 
 
 def test_a_layer_the_user_chose_is_kept():
@@ -45,10 +75,11 @@ def test_a_layer_the_user_chose_is_kept():
 def test_torch_imported_first_changes_nothing():
     pytest.importorskip("torch")
     r = _probe(prelude="import torch\n")
-    assert r == {"env_changed": [], "layer": "workqueue", "ok": True}
+    assert r == {"env_changed": [], "layer": "tbb", "ok": True}
 
 
-def test_two_executors_in_two_threads_do_not_abort_under_workqueue():
+@pytest.mark.parametrize("layer", ["workqueue", "tbb"])
+def test_two_executors_in_two_threads_do_not_abort(layer):
     code = """
 import threading, numpy as np, fluidlite as fl
 from fluidlite import layers
@@ -71,9 +102,11 @@ import numba
 print(numba.threading_layer(), len(errors))
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_THREADING", "OMP_"))}
+    if layer == "workqueue":
+        env["NUMBA_THREADING_LAYER"] = "workqueue"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["workqueue", "0"]
+    assert done.stdout.split() == [layer, "0"]
 
 
 def test_free_cores_counts_other_jobs_and_the_guard_limits_then_restores(monkeypatch):

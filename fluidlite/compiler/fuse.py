@@ -137,7 +137,7 @@ class _Group:
         last = self.steps[-1]
         # batch-polymorphic: sizes, the row split and serial-or-parallel are all read from the arrays
         return [FusedStep(last.op, last.opdef, inputs=last.inputs, ctx=last.ctx, poly=True,
-                          kernel=bind(load(text, fns), values, donor, common.PARALLEL_MIN), members=list(self.steps),
+                          kernel=bind(load(text, fns), values, donor, common.parallel_min()), members=list(self.steps),
                           ins=list(self.arg_names), outs=outs)]
 
 

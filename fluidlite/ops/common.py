@@ -1,13 +1,14 @@
 """Small pieces shared by op declarations."""
 from __future__ import annotations
 
+from .. import _threads
 from ..registry import GradOpSpec
 from ..shapes import numel
 
-# Arrays of at least this many elements use the prange kernels. Below it one thread beats two on the
-# 2-core development machine: each parallel call wakes Numba's sleeping workqueue threads twice
-# (~0.1 ms), and they overlap poorly once woken (benchmarks/parallel_min.py; docs/design.md).
-PARALLEL_MIN = 1 << 23
+# Arrays of at least this many elements use the prange kernels; None: the threading layer's threshold
+# (fluidlite/_threads.parallel_min: 2^16 on the TBB pool, 2^23 on the workqueue, whose sleeping threads
+# cost ~0.1 ms a call; benchmarks/parallel_min.py, docs/design.md). Tests set a number.
+PARALLEL_MIN = None
 
 
 def same_as(slot="X", out="Out"):
@@ -29,9 +30,13 @@ def float_same_as(slot="X", out="Out"):
     return infer
 
 
+def parallel_min() -> int:
+    return _threads.parallel_min() if PARALLEL_MIN is None else PARALLEL_MIN
+
+
 def parallel_size(n: int) -> bool:
-    """Does a pass over `n` elements take its two-thread (prange) kernel?"""
-    return n >= PARALLEL_MIN
+    """Does a pass over `n` elements take its multi-thread (prange) kernel?"""
+    return n >= parallel_min()
 
 
 def is_large(meta) -> bool:
