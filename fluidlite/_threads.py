@@ -55,6 +55,7 @@ import time
 import numba as _numba
 
 _chosen = None
+_pool_parts = 0  # threads the products are split over while plans run (0: the pool is off)
 _lock = threading.RLock()
 
 
@@ -69,18 +70,21 @@ def choose_layer() -> str:
         if parallel._is_initialized:
             _chosen = parallel.threading_layer()
         elif os.environ.get("NUMBA_THREADING_LAYER") or str(config.THREADING_LAYER).lower() != "default":
-            _chosen = str(config.THREADING_LAYER).lower()
+            if str(config.THREADING_LAYER).lower() in ("tbb", "safe"):
+                _load_tbb()  # the wheel's library is off the loader's path
+            parallel._launch_threads()  # the user's layer, started now (a failure is Numba's error, at once)
+            _chosen = parallel.threading_layer()
         else:
             from .kernels import blas
 
-            # FLUIDLITE_BLAS=onednn keeps the workqueue: oneDNN's products run on its own OpenMP pool
-            # (called from TBB's threads they crashed the process)
-            _chosen = _launch("tbb") if blas.FLOAT32 != "onednn" and _load_tbb() else None
+            # FLUIDLITE_BLAS=onednn or mkl keeps the workqueue: their products run on their own OpenMP
+            # pools (oneDNN's crashed when called from TBB's threads; MKL's steps ran 1.2-1.7x slower)
+            _chosen = _launch("tbb") if blas.FLOAT32 in ("numpy", "scipy") and _load_tbb() else None
             _chosen = _chosen or _launch("workqueue")
         if _chosen == "tbb" and _numba.get_num_threads() > 1 and _kernel_blas():
-            from . import _blas  # products split only where the BLAS can be held to one thread
+            global _pool_parts  # products split only where the BLAS can be held to one thread
 
-            _blas.split_products(_numba.get_num_threads())
+            _pool_parts = _numba.get_num_threads()
     return _chosen
 
 
@@ -120,9 +124,7 @@ def _load_tbb() -> bool:
 
 def pool_on() -> bool:
     """Whether fluidlite's products and parallel kernels share one pool (Numba's TBB threads)."""
-    from . import _blas
-
-    return _blas.split_products() > 1
+    return _pool_parts > 1
 
 
 def parallel_min() -> int:
@@ -254,27 +256,33 @@ class ThreadTrial:
 
 
 class BlasPin:
-    """Holds the kernels' BLAS at one thread while any plan runs (its products are split over Numba's
-    pool instead) and gives the BLAS its own count back when the last run ends: NumPy's `@` outside
-    fluidlite keeps its threads."""
+    """While any plan runs, the kernels split their products over `parts` of Numba's threads and their
+    BLAS runs one thread; when the last run ends, products are whole again and the BLAS gets its own
+    count back: NumPy's `@` and kernels called outside a plan keep the BLAS's threads."""
 
     def __init__(self):
         self._runs = 0
         self._saved = ()
         self._mutex = threading.Lock()
 
-    def enter(self, libs):
+    def enter(self, libs, parts):
+        from . import _blas
+
         with self._mutex:
             if self._runs == 0:
                 self._saved = [(lib, n) for lib in libs for n in (lib.get_num_threads(),) if n != 1]
                 for lib, _ in self._saved:
                     lib.set_num_threads(1)
+                _blas.split_products(parts)
             self._runs += 1
 
     def exit(self):
+        from . import _blas
+
         with self._mutex:
             self._runs -= 1
             if self._runs == 0:
+                _blas.split_products(0)
                 for lib, n in self._saved:
                     lib.set_num_threads(n)
                 self._saved = ()
@@ -337,7 +345,7 @@ class RunGuard:
         run.trial = self._trial_of(key) if key is not None and self._tried else None
         run.limit = 1 if run.trial is not None and run.trial.wants_one_thread() else self._limit
         if self._pin is not None:
-            self._pin.enter(self._libs)
+            self._pin.enter(self._libs, _pool_parts)
         if run.limit:
             run.saved = [] if self._pin is not None else [(lib, lib.get_num_threads()) for lib in self._libs]
             for lib, n in run.saved:

@@ -1,6 +1,6 @@
 """Data movement kernels: block copies along an axis (concat, split), permutation (transpose), copy."""
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -80,6 +80,31 @@ def gather_rows(x, shape, strides, inner):
     return out
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _permute_block(xf, out, base, o, n2, n3, s2, s3):
+    """out[o : o + n2 * n3] = the (n2, n3) block of xf at `base` stepping by s2, s3 (unsigned offsets)."""
+    if s3 == 1:  # the last axis stays: contiguous runs
+        for c in range(n2):
+            row = base + c * s2
+            oc = o + c * n3
+            for j in range(n3):
+                out[oc + j] = xf[row + j]
+    else:
+        # 32 x 32 tiles, the inner loop along the third axis: a [256, 1024] 2-D transpose took
+        # 740 us walking whole strided columns (a cache miss per read; vectorized as gathers, slow
+        # on AMD), 150 us this way
+        tile = np.uint64(32)
+        for cb in range(np.uint64(0), n2, tile):
+            ce = min(cb + tile, n2)
+            for jb in range(np.uint64(0), n3, tile):
+                je = min(jb + tile, n3)
+                for j in range(jb, je):
+                    col = base + j * s3
+                    oj = o + j
+                    for c in range(cb, ce):
+                        out[oj + c * n3] = xf[col + c * s2]
+
+
 @njit(cache=True, error_model="numpy")
 def permute4(x, d0, d1, d2, d3, s0, s1, s2, s3):
     """Flat copy of x read in the order of the 4-D shape (d0, d1, d2, d3), stepping by element strides
@@ -87,33 +112,22 @@ def permute4(x, d0, d1, d2, d3, s0, s1, s2, s3):
     makes Numba test and wrap negative values on every access, which kept this loop 6x slower."""
     out = np.empty(d0 * d1 * d2 * d3, x.dtype)
     xf = x.reshape(-1)
-    n2, n3 = np.uint64(d2), np.uint64(d3)
-    tile = np.uint64(32)
-    o = np.uint64(0)
-    for a in range(d0):
-        for b in range(d1):
-            base = np.uint64(a * s0 + b * s1)
-            if s3 == 1:  # the last axis stays: contiguous runs
-                for c in range(n2):
-                    row = base + c * np.uint64(s2)
-                    for j in range(n3):
-                        out[o + j] = xf[row + j]
-                    o += n3
-            else:
-                # 32 x 32 tiles, the inner loop along the third axis: a [256, 1024] 2-D transpose took
-                # 740 us walking whole strided columns (a cache miss per read; vectorized as gathers, slow
-                # on AMD), 150 us this way
-                u2, u3 = np.uint64(s2), np.uint64(s3)
-                for cb in range(np.uint64(0), n2, tile):
-                    ce = min(cb + tile, n2)
-                    for jb in range(np.uint64(0), n3, tile):
-                        je = min(jb + tile, n3)
-                        for j in range(jb, je):
-                            col = base + j * u3
-                            oj = o + j
-                            for c in range(cb, ce):
-                                out[oj + c * n3] = xf[col + c * u2]
-                o += n2 * n3
+    n2, n3, u2, u3 = np.uint64(d2), np.uint64(d3), np.uint64(s2), np.uint64(s3)
+    for ab in range(d0 * d1):
+        a, b = ab // d1, ab % d1
+        _permute_block(xf, out, np.uint64(a * s0 + b * s1), np.uint64(ab) * n2 * n3, n2, n3, u2, u3)
+    return out
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def permute4_parallel(x, d0, d1, d2, d3, s0, s1, s2, s3):
+    """`permute4` with the (d2, d3) blocks spread over threads."""
+    out = np.empty(d0 * d1 * d2 * d3, x.dtype)
+    xf = x.reshape(-1)
+    n2, n3, u2, u3 = np.uint64(d2), np.uint64(d3), np.uint64(s2), np.uint64(s3)
+    for ab in prange(d0 * d1):
+        a, b = ab // d1, ab % d1
+        _permute_block(xf, out, np.uint64(a * s0 + b * s1), np.uint64(ab) * n2 * n3, n2, n3, u2, u3)
     return out
 
 

@@ -221,6 +221,30 @@ def test_transpose_of_attention_heads_copies_rows():
     np.testing.assert_array_equal(b, xs)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, perm", [((4, 9, 3, 33), (0, 2, 1, 3)), ((3, 40, 37), (2, 0, 1)), ((2, 33, 3, 65), (0, 3, 2, 1))])
+def test_transpose_parallel_twin_matches_numpy(monkeypatch, shape, perm, dtype):
+    """Above the parallel threshold the (d2, d3) blocks go to threads (`permute4_parallel`): keeping the
+    last axis (rows) or moving it (tiles), against NumPy, bit for bit; the serial kernel gives the same."""
+    from fluidlite.kernels import shape as K
+    from fluidlite.ops import common
+
+    monkeypatch.setattr(common, "PARALLEL_MIN", 64)
+    x = rng.standard_normal(shape).astype(dtype)
+    main = fl.Program()
+    with fl.program_guard(main, fl.Program()):
+        v = layers.data("v", list(shape), dtype=np.dtype(dtype).name, append_batch_size=False)
+        t = layers.transpose(v, list(perm))
+    got, = fl.Executor().run(main, feed={"v": x}, fetch_list=[t])
+    np.testing.assert_array_equal(got, np.transpose(x, perm))
+    dims = (1,) * (4 - len(shape)) + tuple(shape[p] for p in perm)
+    strides = [int(np.prod(shape[i + 1:])) for i in range(len(shape))]
+    st = (0,) * (4 - len(shape)) + tuple(strides[p] for p in perm)
+    serial, threaded = K.permute4(x, *dims, *st), K.permute4_parallel(x, *dims, *st)
+    np.testing.assert_array_equal(threaded, serial)
+    np.testing.assert_array_equal(threaded.reshape(np.transpose(x, perm).shape), np.transpose(x, perm))
+
+
 @pytest.mark.parametrize("perm", [(0, 3, 1, 2, 4), (4, 0, 3, 1, 2)])
 def test_transpose_of_rank_5_keeping_or_moving_the_last_axis(perm):
     """Ranks above 4 take the general kernels (rows, or element by element)."""

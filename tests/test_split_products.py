@@ -82,15 +82,20 @@ class _Lib:
         self.n = n
 
 
-def test_blas_pin_holds_one_thread_while_any_run_is_on_and_restores_after_the_last():
+def test_blas_pin_holds_one_thread_and_splits_while_any_run_is_on_and_restores_after_the_last():
     pin, lib, single = _threads.BlasPin(), _Lib(4), _Lib(1)
-    pin.enter([lib, single])
-    assert lib.n == 1 and single.n == 1
-    pin.enter([lib, single])  # a second run, from another thread
-    pin.exit()
-    assert lib.n == 1  # still one run going
-    pin.exit()
-    assert lib.n == 4 and single.n == 1
+    before = _blas.split_products()
+    try:
+        _blas.split_products(0)
+        pin.enter([lib, single], 2)
+        assert lib.n == 1 and single.n == 1 and _blas.split_products() == 2
+        pin.enter([lib, single], 2)  # a second run, from another thread
+        pin.exit()
+        assert lib.n == 1 and _blas.split_products() == 2  # still one run going
+        pin.exit()
+        assert lib.n == 4 and single.n == 1 and _blas.split_products() == 0  # kernels outside a run: whole
+    finally:
+        _blas.split_products(before)
 
 
 def test_runs_from_two_threads_give_numpy_its_blas_threads_back():
@@ -125,6 +130,7 @@ def test_runs_from_two_threads_give_numpy_its_blas_threads_back():
         [t.start() for t in threads]
         [t.join() for t in threads]
         assert errors == [] and [lib.get_num_threads() for lib in libs] == before == [2] * len(libs)
+    assert _blas.split_products() == 0
 
 
 FORK = """

@@ -51,20 +51,15 @@ def test_without_tbb_the_workqueue_runs_and_products_are_not_split():
 
 def test_the_parallel_threshold_follows_the_pool(monkeypatch):
     import fluidlite._threads as T
-    from fluidlite import _blas
     from fluidlite.ops import common
 
-    before = _blas.split_products()
-    try:
-        monkeypatch.setattr(common, "PARALLEL_MIN", None)
-        _blas.split_products(2)
-        assert T.pool_on() and common.parallel_min() == T.POOL_PARALLEL_MIN == 1 << 16
-        _blas.split_products(0)
-        assert not T.pool_on() and common.parallel_min() == T.QUEUE_PARALLEL_MIN == 1 << 23
-        monkeypatch.setattr(common, "PARALLEL_MIN", 4096)  # a test's own threshold wins
-        assert common.parallel_min() == 4096 and common.parallel_size(4096) and not common.parallel_size(4095)
-    finally:
-        _blas.split_products(before)
+    monkeypatch.setattr(common, "PARALLEL_MIN", None)
+    monkeypatch.setattr(T, "_pool_parts", 2)
+    assert T.pool_on() and common.parallel_min() == T.POOL_PARALLEL_MIN == 1 << 16
+    monkeypatch.setattr(T, "_pool_parts", 0)
+    assert not T.pool_on() and common.parallel_min() == T.QUEUE_PARALLEL_MIN == 1 << 23
+    monkeypatch.setattr(common, "PARALLEL_MIN", 4096)  # a test's own threshold wins
+    assert common.parallel_min() == 4096 and common.parallel_size(4096) and not common.parallel_size(4095)
 
 
 def test_a_layer_the_user_chose_is_kept():

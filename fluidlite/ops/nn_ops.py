@@ -1,6 +1,7 @@
 """matmul (batched, broadcasting), lookup_table (embedding) and dropout."""
 import numpy as np
 
+from .. import _threads
 from ..kernels import basic as KB
 from ..kernels import nn as K
 from ..random_state import advance, rank_salted
@@ -12,9 +13,10 @@ from .init_ops import random_state_infer
 # ---------------------------------------------------------------- matmul
 
 _MATMUL_ATTRS = {"transpose_X": Attr(bool, False), "transpose_Y": Attr(bool, False), "alpha": Attr(float, 1.0)}
-# batches of at least this many matrices and multiply-adds spread over threads (measured on 2 busy
-# cores, threads lost to one BLAS call per matrix below this; BLAS threads itself within a big matrix)
-_PARALLEL_BATCH = 256
+# batches of at least this many matrices and multiply-adds spread over threads. On the workqueue (2 busy
+# cores) threads lost to one BLAS call per matrix below 256 matrices; on the TBB pool an attention step's
+# 128 (64, 32) x (32, 64) products took 0.21 ms on two threads against 0.36 on one.
+_PARALLEL_BATCH = {True: 2, False: 256}  # by _threads.pool_on()
 _PARALLEL_FLOPS = 1 << 20
 
 
@@ -60,7 +62,8 @@ def _matmul_plan(ctx):
     ai, bi = _batch_index(xb, batch), _batch_index(yb, batch)
     ident = np.arange(ai.size)
     m_k_n = x3[1] * x3[2] * (y3[1] if ty else y3[2])
-    kernel = K.bmm_parallel if ai.size >= _PARALLEL_BATCH and ai.size * m_k_n >= _PARALLEL_FLOPS else K.bmm
+    many = ai.size >= _PARALLEL_BATCH[_threads.pool_on()] and ai.size * m_k_n >= _PARALLEL_FLOPS
+    kernel = K.bmm_parallel if many else K.bmm
     return x3, y3, ai, bi, ident, tx, ty, out, kernel
 
 
