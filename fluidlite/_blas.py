@@ -159,7 +159,7 @@ def _mkl_cblas():
     return addresses
 
 
-# The threads a large product is split over while the BLAS runs one thread (fluidlite/_threads.py); 0: none.
+# The bands a large product is split into while the BLAS runs one thread (fluidlite/_threads.py); 0: none.
 # A C global: kernels/blas.gemm reads it at every call, so cached kernels see this process's value.
 _split = ctypes.c_int32(0)
 
@@ -183,7 +183,7 @@ binding.add_symbol(SPLIT_SYMBOL, ctypes.addressof(_split))
 
 
 def split_products(parts: int | None = None) -> int:
-    """Threads the kernels split a large product over (0: BLAS threads it itself); `parts` sets it."""
+    """Bands the kernels split a large product into, over Numba's threads (0: whole, BLAS threads it); `parts` sets it."""
     if parts is not None:
         _split.value = max(0, int(parts))
     return _split.value

@@ -111,7 +111,7 @@ def gemm(a, b, out, alpha, beta):
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _gemm_parts(a, b, out, alpha, beta, parts):
-    """`_gemm` as `parts` calls on bands of out's longer side (whole 16-wide tiles), one per thread."""
+    """`_gemm` as `parts` calls on bands of out's longer side (whole 16-wide tiles), over the threads."""
     m, n = out.shape
     if a.shape[0] != m or b.shape[1] != n or a.shape[1] != b.shape[0]:
         raise ValueError("gemm: shapes do not match")  # here: not from inside the parallel loop
