@@ -84,7 +84,7 @@ def _any_layout(typingctx, x):
 
 @intrinsic
 def _split_parts(typingctx):
-    """fluidlite/_blas.py's split setting (threads to split a product over; 0 or 1: none), read from its C
+    """fluidlite/_blas.py's split setting (bands to split a product into; 0 or 1: none), read from its C
     global at each call (Numba's own get_num_threads would make a kernel uncachable)."""
 
     def codegen(context, builder, sig, args):
@@ -100,7 +100,8 @@ def _split_parts(typingctx):
 def gemm(a, b, out, alpha, beta):
     """out = alpha * a @ b + beta * out, for 2-D float arrays of one dtype with any strides (a and b
     are read in place when their rows or columns are contiguous); out's rows must be contiguous.
-    While fluidlite/_threads.py splits products, a large one runs as one BLAS call per thread."""
+    While a plan runs on fluidlite's pool, a large one runs as single-thread BLAS calls on bands of out,
+    spread over Numba's threads (fluidlite/_threads.py)."""
     a, b, out = _any_layout(a), _any_layout(b), _any_layout(out)
     parts = _split_parts()
     if parts > 1 and out.shape[0] * out.shape[1] * a.shape[1] >= SPLIT_MIN:
