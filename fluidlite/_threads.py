@@ -46,6 +46,7 @@ call and starves the other pool and Numba's workers.
 """
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 from collections import deque
@@ -138,6 +139,7 @@ def parallel_min() -> int:
 POOL_PARALLEL_MIN, QUEUE_PARALLEL_MIN = 1 << 16, 1 << 23
 
 
+@functools.lru_cache(maxsize=None)  # the kernels' BLAS is loaded once, at import: scan for it once
 def _kernel_blas() -> list:
     """threadpoolctl controllers of the BLAS library the kernels call (kernels/blas.py: NumPy's or SciPy's
     copy, told apart by the directory it was loaded from; MKL's with FLUIDLITE_BLAS=mkl; with
