@@ -119,12 +119,9 @@ def matmul_tn_decay_acc_parallel(a, d, out, beta):
 
 @njit(cache=True, error_model="numpy")
 def matmul_row_acc(a, b, row):
-    """a @ b + row, `row` added to every row: BLAS adds the product into rows filled with `row` (beta = 1),
-    in place of its beta = 0 pass that zeroes them."""
+    """a @ b + row, `row` added to every row (blas.gemm_row: no pass of its own)."""
     out = np.empty((a.shape[0], b.shape[1]), a.dtype)
-    for i in range(out.shape[0]):
-        out[i, :] = row
-    blas.gemm(a, b, out, 1.0, 1.0)
+    blas.gemm_row(a, b, row, out)
     return out
 
 

@@ -63,6 +63,44 @@ def test_split_products_keep_the_rows_outside_the_output(split):
     np.testing.assert_allclose(big[4:516, 3:67], _ref(a, b), rtol=2e-5, atol=2e-4)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("parts", [0, 2, 4])
+def test_long_inner_dimensions_split_in_halves_match_numpy(split, dtype, parts):
+    """Inner dimension >= K_HALVES_FROM x out's longer side: two halves, the second summed in after;
+    with alpha, beta, a strided output and an odd length (halves of unequal size)."""
+    rng = np.random.default_rng(2)
+    tol = dict(rtol=2e-5, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-11)
+    split(parts)
+    for m, k, n in ((128, 2048, 128), (96, 2049, 160), (33, 1023, 250)):
+        assert k >= blas.K_HALVES_FROM * max(m, n) and m * n * k >= blas.SPLIT_MIN
+        a = rng.standard_normal((k, m)).astype(dtype).T  # a weight gradient's x^T, read transposed
+        b = rng.standard_normal((k, n)).astype(dtype)
+        big = rng.standard_normal((m + 2, n + 3)).astype(dtype)
+        out = big[1:m + 1, 1:n + 1]
+        want = 0.5 * _ref(a, b) - 1.5 * out.astype(np.float64)
+        blas.gemm(a, b, out, 0.5, -1.5)
+        np.testing.assert_allclose(out, want, **tol, err_msg=f"{m}x{k}x{n}")
+
+
+@pytest.mark.parametrize("parts", [0, 2, 4])
+def test_gemm_row_adds_the_row_to_every_row_of_the_product(split, parts):
+    rng = np.random.default_rng(3)
+    split(parts)
+    for m, k, n in ((2048, 128, 128), (32, 256, 1024), (128, 2048, 128), (5, 3, 4)):
+        a, b = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
+        row = rng.standard_normal(n).astype(np.float32)
+        out = np.full((m, n), np.nan, np.float32)  # whatever was there is not read
+        blas.gemm_row(a, b, row, out)
+        np.testing.assert_allclose(out, _ref(a, b) + row, rtol=2e-5, atol=2e-4, err_msg=f"{m}x{k}x{n}")
+
+
+def test_gemm_row_refuses_a_row_of_the_wrong_length(split):
+    split(4)
+    a, b = np.ones((2048, 128), np.float32), np.ones((128, 128), np.float32)
+    with pytest.raises(ValueError, match="one value per column"):
+        blas.gemm_row(a, b, np.ones(127, np.float32), np.empty((2048, 128), np.float32))
+
+
 def test_a_split_product_with_bad_shapes_is_refused(split):
     split(2)
     a, b = np.ones((2048, 128), np.float32), np.ones((128, 129), np.float32)
