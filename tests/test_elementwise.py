@@ -126,6 +126,26 @@ def test_large_parallel_kernels_agree_with_numpy(xs, ys, axis, monkeypatch):
     np.testing.assert_allclose(dy, sum_to(g * xb, ys), rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_large_bias_gradient_sums_columns_on_the_threads(dtype, monkeypatch):
+    """x + bias on (4100, 300): the bias's gradient (column sums) takes the prange kernel, in 64-row blocks
+    (a ragged last one); against float64 NumPy, and the serial kernel's sum."""
+    from fluidlite.kernels import elementwise as KE
+    from fluidlite.ops import common
+
+    monkeypatch.setattr(common, "PARALLEL_MIN", 1 << 16)
+    x = rng.standard_normal((4100, 300)).astype(dtype)
+    bias = rng.standard_normal(300).astype(dtype)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    out, dx, dbias = _grads("add", x, bias, g, 1)
+    want = g.astype(np.float64).sum(axis=0)
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-11)
+    np.testing.assert_allclose(dbias, want, **tol)
+    np.testing.assert_array_equal(dx, g)
+    np.testing.assert_allclose(KE.col_sum_parallel(g), KE.col_sum(g), **tol)
+    assert KE.col_sum_parallel(g[:0]).shape == (300,) and not KE.col_sum_parallel(g[:0]).any()
+
+
 @pytest.mark.parametrize("xs,ys,axis,out", [
     ((-1, 4), (4,), -1, (-1, 4)), ((-1, 3, 4), (3,), 1, (-1, 3, 4)), ((-1, 1), (5,), -1, (-1, 5)),
     ((4,), (-1, 4), -1, (-1, 4)), ((-1, 3), (-1, 3), -1, (-1, 3)), ((-1, 3, 4), (-1, 3), 0, (-1, 3, 4)),

@@ -129,9 +129,10 @@ def _lower_grad(ctx):
             return g, g
     elif op == K.ADD and form[0] == "pnp":  # a bias row or channel bias: dOut, and its sums
         _, pre, n, post, small_is_y = form
+        col_sum = K.col_sum_parallel if parallel_size(pre * n // 8) else K.col_sum  # see kernels/elementwise.py
 
         def run(x, y, g):
-            ds = K.col_sum(g.reshape(pre, n)) if post == 1 else K.plane_sum(g.reshape(pre, n, post))
+            ds = col_sum(g.reshape(pre, n)) if post == 1 else K.plane_sum(g.reshape(pre, n, post))
             return (g, ds) if small_is_y else (ds, g)
     elif form[0] == "same":
         kernel = K.grad_same_parallel if large else K.grad_same
