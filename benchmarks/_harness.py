@@ -106,14 +106,19 @@ def peers_at_best(path: str, quick: bool) -> dict:
     return best
 
 
+SETTLE_S = 0.2  # OpenBLAS's idle workers spin 2^28 cycles (about 0.1 s here) after a call
+
+
 def time_ms(fns: dict, warmup: int, repeats: int, rounds: int = 3):
     """Median and min ms per call of each fn: each fn runs `repeats` calls in a row, over several rounds.
 
-    Runs of calls, not single calls, are interleaved: torch and an OpenBLAS each bring a thread pool,
-    and one pool's threads still spinning after a call slowed the other."""
+    Runs of calls, not single calls, are interleaved, each after a pause of SETTLE_S: torch and an
+    OpenBLAS each bring a thread pool, and one pool's threads still spinning after a call slowed the
+    other (fluidlite's MLP step right after NumPy's: 8.7-9.0 ms median against 5.1-5.4 min)."""
     times = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
+            time.sleep(SETTLE_S)
             for _ in range(warmup):
                 fn()
             for _ in range(repeats):
