@@ -85,9 +85,10 @@ def choose_layer() -> str:
         if _chosen == "tbb" and _numba.get_num_threads() > 1 and _kernel_blas():
             global _pool_parts  # products split only where the BLAS can be held to one thread
 
-            # two bands a thread: of two, TBB often left both to one thread ([32, 256] x [256, 1024], the
-            # LSTM's recurrent product: 191 us in two bands, 115 in four, OpenBLAS's two threads 103)
-            _pool_parts = 2 * _numba.get_num_threads()
+            # one band a thread: steps took 3.7-4% less than with two (LSTM 19.9-20.2 ms against 20.7-21.0,
+            # Transformer 28.4-29.5 against 30.0-30.5); an earlier probe that found TBB leaving both bands
+            # to one thread ran right after OpenBLAS's own threads, which spin for 0.1 s after a call
+            _pool_parts = _numba.get_num_threads()
     return _chosen
 
 
