@@ -136,10 +136,11 @@ def _fill_rows(out, row, r0, r1, c0, c1):
                 out[i, j] = row[j]
 
 
-# The inner dimension is split in two when it is this many times out's longer side: a weight gradient's
-# [128, 2048] x [2048, 128] took 389 us in four bands of out (each band's call packs all of the other
-# operand again) and 252 as two halves of the inner dimension, the second half's product added after.
-K_HALVES_FROM = 4
+# The inner dimension is split in two when it is this many times out's longer side, and at least
+# K_HALVES_MIN: a weight gradient's [128, 2048] x [2048, 128] took 389 us in four bands of out (each
+# band's call packs all of the other operand again) and 252 as two halves of the inner dimension, the
+# second half's product added after; [128, 512] x [512, 128] took 77 in halves against 62 in two bands.
+K_HALVES_FROM, K_HALVES_MIN = 4, 1024
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
@@ -151,7 +152,7 @@ def _gemm_parts(a, b, out, alpha, beta, row, parts):
     k = a.shape[1]
     if a.shape[0] != m or b.shape[1] != n or b.shape[0] != k:
         raise ValueError("gemm: shapes do not match")  # here: not from inside the parallel loop
-    halves = 2 if k >= K_HALVES_FROM * max(m, n) else 1
+    halves = 2 if k >= K_HALVES_FROM * max(m, n) and k >= K_HALVES_MIN else 1
     bands = max(1, parts // halves)
     rows = m >= n
     side = m if rows else n

@@ -71,8 +71,8 @@ def test_long_inner_dimensions_split_in_halves_match_numpy(split, dtype, parts):
     rng = np.random.default_rng(2)
     tol = dict(rtol=2e-5, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-11)
     split(parts)
-    for m, k, n in ((128, 2048, 128), (96, 2049, 160), (33, 1023, 250)):
-        assert k >= blas.K_HALVES_FROM * max(m, n) and m * n * k >= blas.SPLIT_MIN
+    for m, k, n in ((128, 2048, 128), (96, 2049, 160), (33, 1025, 250)):
+        assert k >= max(blas.K_HALVES_FROM * max(m, n), blas.K_HALVES_MIN) and m * n * k >= blas.SPLIT_MIN
         a = rng.standard_normal((k, m)).astype(dtype).T  # a weight gradient's x^T, read transposed
         b = rng.standard_normal((k, n)).astype(dtype)
         big = rng.standard_normal((m + 2, n + 3)).astype(dtype)
