@@ -146,8 +146,9 @@ K_HALVES_FROM, K_HALVES_MIN = 4, 1024
 @njit(cache=True, error_model="numpy", parallel=True)
 def _gemm_parts(a, b, out, alpha, beta, row, parts):
     """`_gemm` as single-thread calls on `parts` bands of out's longer side (whole 16-wide tiles), over
-    the threads; a long inner dimension (K_HALVES_FROM) also in two halves, the second one's product
-    summed into out after (fixed halves: the bits do not depend on the thread count)."""
+    the threads; a long inner dimension (K_HALVES_FROM, K_HALVES_MIN) also in two halves, the second
+    one's product summed into out after (fixed halves: the bits do not depend on the thread count). A
+    non-empty `row` is written to every row of out first, by the thread that multiplies it."""
     m, n = out.shape
     k = a.shape[1]
     if a.shape[0] != m or b.shape[1] != n or b.shape[0] != k:
