@@ -121,13 +121,17 @@ def permute4(x, d0, d1, d2, d3, s0, s1, s2, s3):
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def permute4_parallel(x, d0, d1, d2, d3, s0, s1, s2, s3):
-    """`permute4` with the (d2, d3) blocks spread over threads."""
+    """`permute4` with the (d2, d3) blocks, in tiles of 32 rows, spread over threads: a single block (a
+    2-D transpose) too ([256, 1024]: 130 us serial, 82 here; [1024, 256]: 771 and 348)."""
     out = np.empty(d0 * d1 * d2 * d3, x.dtype)
     xf = x.reshape(-1)
-    n2, n3, u2, u3 = np.uint64(d2), np.uint64(d3), np.uint64(s2), np.uint64(s3)
-    for ab in prange(d0 * d1):
+    n3, u2, u3 = np.uint64(d3), np.uint64(s2), np.uint64(s3)
+    tiles = (d2 + 31) // 32
+    for task in prange(d0 * d1 * tiles):
+        ab, c0 = task // tiles, task % tiles * 32
         a, b = ab // d1, ab % d1
-        _permute_block(xf, out, np.uint64(a * s0 + b * s1), np.uint64(ab) * n2 * n3, n2, n3, u2, u3)
+        _permute_block(xf, out, np.uint64(a * s0 + b * s1 + c0 * s2), np.uint64((ab * d2 + c0) * d3),
+                       np.uint64(min(d2 - c0, 32)), n3, u2, u3)
     return out
 
 

@@ -222,10 +222,12 @@ def test_transpose_of_attention_heads_copies_rows():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape, perm", [((4, 9, 3, 33), (0, 2, 1, 3)), ((3, 40, 37), (2, 0, 1)), ((2, 33, 3, 65), (0, 3, 2, 1))])
+@pytest.mark.parametrize("shape, perm", [((4, 9, 3, 33), (0, 2, 1, 3)), ((3, 40, 37), (2, 0, 1)), ((2, 33, 3, 65), (0, 3, 2, 1)),
+                                         ((70, 45), (1, 0)), ((3, 100), (1, 0))])
 def test_transpose_parallel_twin_matches_numpy(monkeypatch, shape, perm, dtype):
-    """Above the parallel threshold the (d2, d3) blocks go to threads (`permute4_parallel`): keeping the
-    last axis (rows) or moving it (tiles), against NumPy, bit for bit; the serial kernel gives the same."""
+    """Above the parallel threshold the (d2, d3) blocks go to threads in 32-row tiles (`permute4_parallel`):
+    keeping the last axis (rows) or moving it (tiles), a 2-D transpose (one block, ragged tiles) too,
+    against NumPy, bit for bit; the serial kernel gives the same."""
     from fluidlite.kernels import shape as K
     from fluidlite.ops import common
 

@@ -215,7 +215,7 @@ def _lower_transpose(ctx):
         pad = 4 - len(xs)
         dims = (1,) * pad + out_shape
         st = (0,) * pad + tuple(strides[p] for p in perm)
-        kernel = K.permute4_parallel if parallel_size(numel(xs)) and dims[0] * dims[1] > 1 else K.permute4
+        kernel = K.permute4_parallel if parallel_size(numel(xs)) else K.permute4
         return lambda x: kernel(np.ascontiguousarray(x), *dims, *st).reshape(out_shape)
     if perm and perm[-1] == len(xs) - 1 and xs[-1] > 1:  # the last axis stays: copy whole rows
         shape = np.array(out_shape[:-1], np.int64)
