@@ -298,8 +298,9 @@ _pin = BlasPin()
 
 class RunGuard:
     """Held while a plan runs: serialises plans under workqueue, holds the kernels' BLAS at one thread
-    while products are split (`BlasPin`), and limits the kernels' BLAS and Numba's threads to the free cores while the machine is oversubscribed, or to one while the plan's own
-    `ThreadTrial` found one thread faster."""
+    while products are split (`BlasPin`), and limits the kernels' BLAS and Numba's threads to the free
+    cores while the machine is oversubscribed, or to one while the plan's own `ThreadTrial` found one
+    thread faster."""
 
     RECHECK_S = 1.0
     MAX_TRIALS = 256  # plans remembered; the oldest is forgotten first
