@@ -272,16 +272,23 @@ def bench_global(case, shapes, repeats, flush, rng, torch, copies):
 
 
 def stream_copy_reference(n):
-    """Timed reference: X read and written to another buffer by streaming stores, nothing computed.
-    The floor of any clip into a separate output (fluidlite_persistable_out) on this machine."""
-    from fluidlite.kernels.stream import line_head, sfence, stream_line
+    """Timed reference: X read and written to another buffer by streaming stores, nothing computed, four
+    lines from each of PAGES pages in turn as the clip writes them (kernels/stream.py). The floor of any
+    clip into a separate output (fluidlite_persistable_out) on this machine."""
+    from fluidlite.kernels.stream import PAGE, PAGES, line_head, sfence, stream_line
 
     @njit(error_model="numpy")
-    def stream_lines(dst, src):  # dst starts a 64-byte line and holds whole lines
-        k, n = np.uint64(0), np.uint64(dst.size)
-        while k < n:
+    def stream_lines(dst, src):  # dst starts a 64-byte line and holds whole lines (65536 elements: whole turns)
+        turn, page = PAGES * PAGE // 4, PAGE // 4
+        a = 0
+        while a + turn <= dst.size:
+            for off in range(0, page, 64):
+                for p in range(PAGES):
+                    for k in range(a + p * page + off, a + p * page + off + 64, 16):
+                        stream_line(dst, k, src, k)
+            a += turn
+        for k in range(a, dst.size, 16):
             stream_line(dst, k, src, k)
-            k += np.uint64(16)
         sfence()
 
     @njit(parallel=True, error_model="numpy")

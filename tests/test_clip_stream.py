@@ -8,7 +8,7 @@ from numba.core.errors import TypingError
 import fluidlite as fl
 from fluidlite import _memory
 from fluidlite.kernels import clip_stream as KS
-from fluidlite.kernels.stream import line_elements, line_head, stream_line
+from fluidlite.kernels.stream import PAGE, PAGES, line_elements, line_head, stream_line
 from fluidlite.ops import clip_ops
 from fluidlite.ops.clip_ops import address_table, chunk_table
 
@@ -39,8 +39,9 @@ def test_line_head_and_line_elements(dtype):
 def test_clip_into_streamed_matches_numpy_at_every_alignment(dtype):
     rng = np.random.default_rng(1)
     lo, hi = dtype(-0.5), dtype(0.75)
-    # sizes around a line, a buffer, and a parallel work item (KS.ITEM elements)
-    for n in (0, 1, 15, 17, 100, KS.ITEM + 37):
+    # sizes around a line, a buffer, the pages written in turn, and a parallel work item (KS.ITEM elements)
+    turn = PAGES * PAGE // np.dtype(dtype).itemsize
+    for n in (0, 1, 15, 17, 100, turn - 1, 2 * turn + 19, KS.ITEM + 37):
         x = rng.standard_normal(n).astype(dtype)
         if n > 3:
             x[:3] = [np.nan, np.inf, -np.inf]
@@ -54,18 +55,24 @@ def test_clip_into_streamed_matches_numpy_at_every_alignment(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_multi_scale_streamed_matches_numpy_with_aliased_and_zeroed_outputs(dtype):
     rng = np.random.default_rng(2)
-    shapes = [(300, 7), (5,), (1000,), (3, 4)]
+    turn = PAGES * PAGE // np.dtype(dtype).itemsize
+    shapes = [(300, 7), (5,), (1000,), (3, 4), (2 * turn + 77,)]
     xs = [rng.standard_normal(s).astype(dtype) for s in shapes]
     outs = [_at_offset(int(np.prod(s)), dtype, 3).reshape(s) for s in shapes]
     outs[1] = xs[1]  # one output is its input: scaled in place
+    pristine = xs[1].copy()
     s = dtype(0.3)
     want = [(x.astype(np.float64) * float(s)).astype(dtype) for x in xs]  # the float32 product rounds once
     like, sizes = np.empty(0, dtype), tuple(int(np.prod(sh)) for sh in shapes)
     _, addrs = address_table(xs, sizes, like)
     _, out_addrs = address_table(outs, sizes, like)
-    KS.multi_scale_streamed(addrs, out_addrs, like, *chunk_table(shapes, 512), s, False)
-    for o, w in zip(outs, want):
-        np.testing.assert_array_equal(o, w)
+    for item in (512, KS.ITEM):  # work items shorter than the pages written in turn, and longer
+        np.copyto(xs[1], pristine)  # scaled in place by the pass before
+        for o in outs[2:]:
+            o.fill(-7.0)
+        KS.multi_scale_streamed(addrs, out_addrs, like, *chunk_table(shapes, item), s, False)
+        for o, w in zip(outs, want):
+            np.testing.assert_array_equal(o, w)
     KS.multi_scale_streamed(addrs, out_addrs, like, *chunk_table(shapes, 512), s, True)
     assert all(not o.any() for o in outs)
 
