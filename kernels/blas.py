@@ -20,6 +20,7 @@ from numba.core import cgutils
 from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic
 
+from . import skinny
 from .._blas import BACKEND, FLOAT32, NO_TRANS, ROW_MAJOR, SPLIT_SYMBOL, TRANS  # noqa: F401  (importing it registers the symbols)
 
 _I32, _I64 = ir.IntType(32), ir.IntType(64)
@@ -121,7 +122,8 @@ def gemm_row(a, b, row, out):
 def _gemm_any(a, b, out, alpha, beta, row):
     parts = _split_parts()
     if parts > 1 and out.shape[0] * out.shape[1] * a.shape[1] >= SPLIT_MIN:
-        _gemm_parts(a, b, out, alpha, beta, row, parts)
+        if not _skinny_gemm(a, b, out, alpha, beta, row, parts):
+            _gemm_parts(a, b, out, alpha, beta, row, parts)
     else:
         _fill_rows(out, row, 0, out.shape[0], 0, out.shape[1])
         _gemm(a, b, _any_layout(out), alpha, beta)
@@ -181,6 +183,53 @@ def _gemm_parts(a, b, out, alpha, beta, row, parts):
         for i in range(m):
             for j in range(n):
                 out[i, j] += second[i, j]
+
+
+@intrinsic
+def _skinny_gemm(typingctx, a, b, out, alpha, beta, row, parts):
+    """Runs the product in kernels/skinny.py's tiles when it fits them (float32, 8 to 128 rows, alpha 1,
+    beta 0 or 1, contiguous rows): True; else False and nothing done. Other dtypes compile to False."""
+    sig = types.boolean(a, b, out, alpha, beta, row, parts)
+    if not (skinny.AVAILABLE and a.dtype == b.dtype == out.dtype == types.float32):
+        return sig, lambda context, builder, sig, args: context.get_constant(types.boolean, False)
+
+    def run(a, b, out, alpha, beta, row, parts):
+        m, n = out.shape
+        k = a.shape[1]
+        if not (skinny.ROWS <= m <= skinny.MAX_ROWS and n >= skinny.COLS and k > 0 and alpha == 1.0
+                and (beta == 0.0 or beta == 1.0) and a.shape[0] == m and b.shape == (k, n)):
+            return False
+        if _operand(a)[0] != NO_TRANS or _operand(b)[0] != NO_TRANS or _operand(out)[0] != NO_TRANS:
+            return False
+        if a.strides[1] != 4 or b.strides[1] != 4 or out.strides[1] != 4:
+            return False
+        _skinny_parts(a, b, out, beta, row, parts)
+        return True
+
+    return sig, lambda context, builder, sig, args: context.compile_internal(builder, run, sig, args)
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def _skinny_parts(a, b, out, beta, row, parts):
+    """The whole 32-column panels of out in `parts` bands over the threads (skinny.tiles), then the rows
+    and columns left over by BLAS. A non-empty `row` is written to out first, band by band."""
+    m, n = out.shape
+    wide = n // skinny.COLS * skinny.COLS
+    whole = m // skinny.ROWS * skinny.ROWS
+    add = beta == 1.0 or row.size > 0
+    per = (wide // skinny.COLS + parts - 1) // parts * skinny.COLS
+    for p in prange(parts):
+        lo = p * per
+        hi = min(lo + per, wide)
+        if lo < hi:
+            _fill_rows(out, row, 0, m, lo, hi)
+            skinny.tiles(a, b, out, add, lo, hi)
+    _fill_rows(out, row, 0, m, wide, n)
+    rest = 1.0 if add else 0.0
+    if wide < n:
+        _gemm(a, b[:, wide:], out[:, wide:], 1.0, rest)
+    if whole < m:
+        _gemm(a[whole:], b[:, :wide], out[whole:, :wide], 1.0, rest)
 
 
 @njit(cache=True, error_model="numpy")
