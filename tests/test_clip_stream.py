@@ -141,8 +141,10 @@ def _cache_dir(root, caches):
 
 
 def test_streaming_threshold_is_three_quarters_of_one_cpus_share_of_the_largest_cache(tmp_path):
-    caches = [("48K", "0"), ("2048K", "0"), ("491520K", "0-1")]
-    assert _memory.stream_min_bytes(_cache_dir(tmp_path / "vm", caches)) == 491520 * 1024 // 2 * 3 // 4
+    caches = [("48K", "0"), ("2048K", "0"), ("491520K", "0-1")]  # a VM's: 180 MiB by the rule, capped
+    assert _memory.stream_min_bytes(_cache_dir(tmp_path / "vm", caches)) == 32 << 20
+    caches = [("48K", "0"), ("2048K", "0"), ("40M", "0-1")]
+    assert _memory.stream_min_bytes(_cache_dir(tmp_path / "small", caches)) == (40 << 20) // 2 * 3 // 4
     caches = [("32K", "0"), ("1M", "0"), ("32M", "0-7,16-23")]
     assert _memory.stream_min_bytes(_cache_dir(tmp_path / "host", caches)) == (32 << 20) // 16 * 3 // 4
     (tmp_path / "empty").mkdir()
