@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 import fluidlite as fl
+from fluidlite import _blas, _threads
 
 
 @pytest.fixture(autouse=True)
@@ -16,3 +17,12 @@ def fresh_state():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def split():
+    """Products split in `parts` (the layer chosen first, as an Executor does); the setting restored."""
+    _threads.choose_layer()
+    before = _blas.split_products()
+    yield lambda parts: _blas.split_products(parts)
+    _blas.split_products(before)

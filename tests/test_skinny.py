@@ -3,19 +3,10 @@ kernels/blas.py while products are split, against float64 NumPy."""
 import numpy as np
 import pytest
 
-from fluidlite import _blas, _threads
 from fluidlite.kernels import blas, skinny
 
 pytestmark = pytest.mark.skipif(not skinny.AVAILABLE, reason="Numba does not compile for an AVX-512 CPU here")
 TOL = dict(rtol=2e-5, atol=2e-4)
-
-
-@pytest.fixture
-def split():
-    _threads.choose_layer()
-    before = _blas.split_products()
-    yield lambda parts: _blas.split_products(parts)
-    _blas.split_products(before)
 
 
 def _ref(a, b):

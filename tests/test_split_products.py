@@ -12,15 +12,6 @@ from fluidlite import _blas, _threads
 from fluidlite.kernels import blas
 
 
-@pytest.fixture
-def split():
-    """Products split in `parts` (the layer chosen first, as an Executor does); the setting restored."""
-    _threads.choose_layer()
-    before = _blas.split_products()
-    yield lambda parts: _blas.split_products(parts)
-    _blas.split_products(before)
-
-
 def _ref(a, b):
     return a.astype(np.float64) @ b.astype(np.float64)
 
