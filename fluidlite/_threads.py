@@ -5,6 +5,8 @@ It runs the parallel kernels (`prange`, arrays of `parallel_min()` = 2^16 elemen
 matrix products, which kernels/blas.py splits into one single-thread BLAS call per thread while a
 plan runs (`BlasPin` holds the kernels' BLAS at one thread meanwhile, and gives it back after). Two
 pools fought: OpenBLAS's idle workers spin after a call and took the cores Numba's threads needed.
+While a plan runs, those parallel loops go to fluidlite/_pool.py's dispatcher: resident workers that
+stay awake between loops, where TBB builds an arena per loop and its workers fall asleep within ~20 us.
 GNU OpenMP would do as a pool but stops forked children that run parallel code; TBB does not.
 
 Without the `tbb` wheel (or with FLUIDLITE_BLAS=onednn, whose products crashed on TBB's threads) the
@@ -89,6 +91,10 @@ def choose_layer() -> str:
             # Transformer 28.4-29.5 against 30.0-30.5); an earlier probe that found TBB leaving both bands
             # to one thread ran right after OpenBLAS's own threads, which spin for 0.1 s after a call
             _pool_parts = _numba.get_num_threads()
+            if os.environ.get("FLUIDLITE_POOL", "") != "tbb":  # TBB's own dispatch, for comparison
+                from . import _pool
+
+                _pool.install()
     return _chosen
 
 
@@ -132,8 +138,9 @@ def pool_on() -> bool:
 
 
 def parallel_min() -> int:
-    """Elements from which a pass takes its prange kernel: 2^16 on the shared TBB pool, whose threads
-    stay awake between calls; 2^23 on the workqueue, whose sleeping threads cost ~0.1 ms a call."""
+    """Elements from which a pass takes its prange kernel: 2^16 on the pool (TBB's threads, whose loops
+    fluidlite/_pool.py dispatches while plans run); 2^23 on the workqueue, whose sleeping threads cost
+    ~0.1 ms a call."""
     return POOL_PARALLEL_MIN if pool_on() else QUEUE_PARALLEL_MIN
 
 
