@@ -4,7 +4,7 @@ LSTM gate layout along the last axis of X: [i, f, o, j] (input, forget, output g
 GRU gate layout: [u, r, c] (update gate, reset gate, candidate).
 """
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from . import blas
 
@@ -66,29 +66,37 @@ def _tanh_row(src, dst, one):
 # "contract" lets LLVM fuse a * b + c into one FMA (the exp polynomial's Horner steps, inlined here):
 # 35 -> 20 us for a (32, 1024) step, and each fused step rounds once instead of twice.
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
-def lstm_unit(x, c_prev, forget_bias):
-    """x [N, 4H] pre-activations, c_prev [N, H] -> (c, h, gate): gate holds the activated [i, f, o, j]."""
-    return lstm_unit_into(x, c_prev, forget_bias, np.empty_like(c_prev), np.empty_like(c_prev), np.empty_like(x))
-
-
-@njit(cache=True, error_model="numpy", fastmath={"contract"})
 def lstm_unit_into(x, c_prev, forget_bias, c, h, gate):
-    """lstm_unit writing into the given c, h and gate (none of them x or c_prev); returns them."""
-    n, hid = c_prev.shape
-    one, zero, fb = _scalar(1, x), _scalar(0, x), _scalar(forget_bias, x)
-    for b in range(n):
-        xr, gr = x[b], gate[b]
-        gi, gf, go, gj = gr[:hid], gr[hid:2 * hid], gr[2 * hid:3 * hid], gr[3 * hid:4 * hid]
-        _sigmoid_row(xr[:hid], gi, zero, one)
-        _sigmoid_row(xr[hid:2 * hid], gf, fb, one)
-        _sigmoid_row(xr[2 * hid:3 * hid], go, zero, one)
-        _tanh_row(xr[3 * hid:4 * hid], gj, one)
-        cpr, cr, hr = c_prev[b], c[b], h[b]
-        for k in range(hid):
-            cv = gf[k] * cpr[k] + gi[k] * gj[k]
-            cr[k] = cv
-            hr[k] = go[k] * _tanh(cv, one)
+    """x [N, 4H] pre-activations, c_prev [N, H] -> (c, h, gate), written into the given arrays (none of
+    them x or c_prev): gate holds the activated [i, f, o, j]."""
+    for b in range(c_prev.shape[0]):
+        _lstm_row(x, c_prev, forget_bias, c, h, gate, b)
     return c, h, gate
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"}, parallel=True)
+def lstm_unit_into_parallel(x, c_prev, forget_bias, c, h, gate):
+    """lstm_unit_into with the rows spread over the threads."""
+    for b in prange(c_prev.shape[0]):
+        _lstm_row(x, c_prev, forget_bias, c, h, gate, b)
+    return c, h, gate
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"}, inline="always")
+def _lstm_row(x, c_prev, forget_bias, c, h, gate, b):
+    hid = c_prev.shape[1]
+    one, zero, fb = _scalar(1, x), _scalar(0, x), _scalar(forget_bias, x)
+    xr, gr = x[b], gate[b]
+    gi, gf, go, gj = gr[:hid], gr[hid:2 * hid], gr[2 * hid:3 * hid], gr[3 * hid:4 * hid]
+    _sigmoid_row(xr[:hid], gi, zero, one)
+    _sigmoid_row(xr[hid:2 * hid], gf, fb, one)
+    _sigmoid_row(xr[2 * hid:3 * hid], go, zero, one)
+    _tanh_row(xr[3 * hid:4 * hid], gj, one)
+    cpr, cr, hr = c_prev[b], c[b], h[b]
+    for k in range(hid):
+        cv = gf[k] * cpr[k] + gi[k] * gj[k]
+        cr[k] = cv
+        hr[k] = go[k] * _tanh(cv, one)
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
@@ -100,24 +108,37 @@ def lstm_unit_grad(gate, c_prev, c, dh, dc):
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
 def lstm_unit_grad_into(gate, c_prev, c, dh, dc, dx, dcp):
     """lstm_unit_grad writing into the given dx and dcp (neither an input); returns them."""
-    n, hid = c_prev.shape
-    one = _scalar(1, gate)
-    for b in range(n):
-        gr, dxr = gate[b], dx[b]
-        gi, gf, go, gj = gr[:hid], gr[hid:2 * hid], gr[2 * hid:3 * hid], gr[3 * hid:4 * hid]
-        di, df, do, dj = dxr[:hid], dxr[hid:2 * hid], dxr[2 * hid:3 * hid], dxr[3 * hid:4 * hid]
-        cpr, cr, dhr, dcr, dcpr = c_prev[b], c[b], dh[b], dc[b], dcp[b]
-        for k in range(hid):
-            i, f, o, j = gi[k], gf[k], go[k], gj[k]
-            tc = _tanh(cr[k], one)
-            # the cell's total gradient: directly, and through h = o * tanh(c)
-            g = dcr[k] + dhr[k] * o * (one - tc * tc)
-            di[k] = g * j * i * (one - i)
-            df[k] = g * cpr[k] * f * (one - f)
-            do[k] = dhr[k] * tc * o * (one - o)
-            dj[k] = g * i * (one - j * j)
-            dcpr[k] = g * f
+    for b in range(c_prev.shape[0]):
+        _lstm_grad_row(gate, c_prev, c, dh, dc, dx, dcp, b)
     return dx, dcp
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"}, parallel=True)
+def lstm_unit_grad_into_parallel(gate, c_prev, c, dh, dc, dx, dcp):
+    """lstm_unit_grad_into with the rows spread over the threads."""
+    for b in prange(c_prev.shape[0]):
+        _lstm_grad_row(gate, c_prev, c, dh, dc, dx, dcp, b)
+    return dx, dcp
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"}, inline="always")
+def _lstm_grad_row(gate, c_prev, c, dh, dc, dx, dcp, b):
+    hid = c_prev.shape[1]
+    one = _scalar(1, gate)
+    gr, dxr = gate[b], dx[b]
+    gi, gf, go, gj = gr[:hid], gr[hid:2 * hid], gr[2 * hid:3 * hid], gr[3 * hid:4 * hid]
+    di, df, do, dj = dxr[:hid], dxr[hid:2 * hid], dxr[2 * hid:3 * hid], dxr[3 * hid:4 * hid]
+    cpr, cr, dhr, dcr, dcpr = c_prev[b], c[b], dh[b], dc[b], dcp[b]
+    for k in range(hid):
+        i, f, o, j = gi[k], gf[k], go[k], gj[k]
+        tc = _tanh(cr[k], one)
+        # the cell's total gradient: directly, and through h = o * tanh(c)
+        g = dcr[k] + dhr[k] * o * (one - tc * tc)
+        di[k] = g * j * i * (one - i)
+        df[k] = g * cpr[k] * f * (one - f)
+        do[k] = dhr[k] * tc * o * (one - o)
+        dj[k] = g * i * (one - j * j)
+        dcpr[k] = g * f
 
 
 @njit(cache=True, error_model="numpy")

@@ -100,6 +100,33 @@ def test_lstm_unit_op(forget_bias):
              wrt=("X", "C_prev"), outputs=("C", "H", "Gate"), grad_outputs=("C", "H"))
 
 
+def test_lstm_unit_op_on_its_parallel_kernels(monkeypatch):
+    from fluidlite.ops import common
+
+    monkeypatch.setattr(common, "PARALLEL_MIN", 1)  # every cell takes its parallel twin
+    x, c = rng.standard_normal((5, 12)), rng.standard_normal((5, 3))
+    check_op("lstm_unit", lambda dt: {"X": x.astype(dt), "C_prev": c.astype(dt)},
+             lambda X, C_prev: lstm_ref(X, C_prev, 1.0), attrs={"forget_bias": 1.0},
+             wrt=("X", "C_prev"), outputs=("C", "H", "Gate"), grad_outputs=("C", "H"))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lstm_unit_parallel_kernels_give_the_serial_kernels_bits(dtype):
+    n, h = 33, 37  # rows that do not split evenly; a hidden size off the SIMD width
+    x, c = (4 * rng.standard_normal((n, 4 * h))).astype(dtype), rng.standard_normal((n, h)).astype(dtype)
+    dh, dc = rng.standard_normal((n, h)).astype(dtype), rng.standard_normal((n, h)).astype(dtype)
+    fresh = lambda *shapes: [np.full(s, np.nan, dtype) for s in shapes]  # noqa: E731
+    serial = K.lstm_unit_into(x, c, 0.5, *fresh(c.shape, c.shape, x.shape))
+    twin = K.lstm_unit_into_parallel(x, c, 0.5, *fresh(c.shape, c.shape, x.shape))
+    for a, b in zip(serial, twin):
+        np.testing.assert_array_equal(a, b)
+    gate, cell = serial[2], serial[0]
+    serial = K.lstm_unit_grad_into(gate, c, cell, dh, dc, *fresh(x.shape, c.shape))
+    twin = K.lstm_unit_grad_into_parallel(gate, c, cell, dh, dc, *fresh(x.shape, c.shape))
+    for a, b in zip(serial, twin):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_float32_lstm_unit_and_grad_near_float64_with_saturated_gates():
     # the float32 kernels use the vectorizing expf_; H = 37 leaves a remainder after the SIMD lanes
     n, h = 5, 37
@@ -412,7 +439,7 @@ def test_state_free_step_ops_run_once_over_the_sequence():
     xs = np.random.default_rng(0).standard_normal((T, 2, 2))
     out, g1, g2 = exe.run(feed={"x": xs}, fetch_list=[hs, gwx, gwh])
     Wx, Wh = fl.fetch_var("wx"), fl.fetch_var("wh")
-    h, want, hs_np = np.zeros((2, 3)), [], []
+    h, hs_np = np.zeros((2, 3)), []
     for t in range(T):  # the same net as a NumPy loop, and its backward
         h = np.tanh(xs[t] @ Wx + h @ Wh)
         hs_np.append(h)

@@ -39,6 +39,11 @@ def parallel_size(n: int) -> bool:
     return n >= parallel_min()
 
 
+def parallel_work(n: int, cost: int) -> bool:
+    """Does a pass over `n` elements, each `cost` times an add's work, take its multi-thread kernel?"""
+    return n * cost >= parallel_min()
+
+
 def is_large(meta) -> bool:
     return parallel_size(numel(meta.shape))
 
