@@ -4,11 +4,13 @@ that stay awake between loops.
 Numba's TBB layer builds a task arena for every parallel loop, and TBB's workers fall asleep within
 about 20 us of idling. An LSTM step runs a hundred two-thread products of about 60 us each, with a
 one-thread cell between them, and each cost about 14 us more on TBB than the same work on one thread
-(a loop with an empty body: 2.6 us back to back, 21 us after a 20 us pause; docs/experiments.md).
+(a loop with an empty body took 2.6 us back to back and 21 us after a 20 us pause; docs/experiments.md).
 
-Here `parallel_for` posts the loop to a control block that the workers watch. The caller runs the
-first share, and each worker runs its own share. A worker spins (`pause`) for about SPIN_CYCLES after
-its last loop, then sleeps on a futex until the next one. The dispatcher is installed as Numba's
+Here `parallel_for` posts the loop to a control block that the workers watch: a loop of n threads is n
+shares, contiguous runs of Numba's chunks. The caller runs share 0, and the first n - 1 workers claim
+the others; the caller then claims whatever no worker took yet, so a worker that is slow to come
+(asleep, descheduled) never stalls a loop. A worker spins (`pause`) for about SPIN_CYCLES after its
+last loop, then sleeps on a futex until the next one. The dispatcher is installed as Numba's
 `numba_parallel_for` and `get_thread_id` symbols, so cached kernels link to it as they load.
 It takes a loop only while a plan has products split over the pool (the C global of
 fluidlite/_blas.py), only when the calling thread is not already running one of its loops, and only
@@ -53,9 +55,10 @@ SPIN = ALIVE + 3
 TBB_FOR = ALIVE + 4
 TBB_TID = ALIVE + 5
 SPLIT = ALIVE + 6  # address of fluidlite/_blas.py's split global
-DONE = 6 * LINE  # DONE + LINE * w: the last generation worker w finished
-NEED = DONE + 1  # NEED + LINE * w: the last generation worker w has a share of (the caller waits for those)
-TID = DONE + MAX_WORKERS * LINE  # TID + LINE * w: pthread_self of worker w
+NEXT = 6 * LINE  # the posted loop's generation << 8 | shares claimed so far (claims of an older loop fail)
+FINISHED = 7 * LINE  # shares of the posted loop finished
+HELD = 8 * LINE  # HELD + LINE * w: 1 keeps worker w out of loops (tests: a worker that never comes)
+TID = HELD + MAX_WORKERS * LINE  # TID + LINE * w: pthread_self of worker w
 SCRATCH = TID + MAX_WORKERS * LINE  # SCRATCH + SCRATCH_SLOTS * t: thread t's shifted pointers and counts
 SCRATCH_SLOTS = 2 * MAX_ARRAYS + 16
 SLOTS = SCRATCH + (MAX_WORKERS + 1) * SCRATCH_SLOTS
@@ -100,6 +103,15 @@ def _cas(typingctx, i, old, new):
         pair = builder.cmpxchg(_slot(builder, args[0]), args[1], args[2], "seq_cst", "seq_cst")
         return builder.extract_value(pair, 1)
     return types.boolean(types.int64, types.int64, types.int64), codegen
+
+
+@intrinsic
+def _add(typingctx, i, v):
+    """Atomically adds v to slot i."""
+    def codegen(context, builder, sig, args):
+        builder.atomic_rmw("add", _slot(builder, args[0]), args[1], "seq_cst")
+        return context.get_dummy_value()
+    return types.void(types.int64, types.int64), codegen
 
 
 @intrinsic
@@ -210,9 +222,31 @@ def _run_share(t, n):
     _call_loop(fn, _addr(base), _addr(base + MAX_ARRAYS), steps, data)
 
 
+@njit(cache=True, inline="always")
+def _claim(gen, n):
+    """The next unclaimed share of loop `gen` (of n), or -1: all taken, or that loop is over."""
+    v = _ld(NEXT)
+    while v >> 8 == gen and v & 0xFF < n:
+        if _cas(NEXT, v, v + 1):
+            return v & 0xFF
+        v = _ld(NEXT)
+    return -1
+
+
+@njit(cache=True, inline="always")
+def _serve(gen, n):
+    """Run shares of loop `gen` while any is unclaimed."""
+    share = _claim(gen, n)
+    while share >= 0:
+        _run_share(share, n)
+        _add(FINISHED, 1)
+        share = _claim(gen, n)
+
+
 @cfunc(types.void(types.int64), cache=True)
 def _worker(w):
-    """Worker w's life: wait for a loop (spinning, then asleep), run its share, report; until the process ends."""
+    """Worker w's life: wait for a loop (spinning, then asleep), claim and run shares of it; until the
+    process ends."""
     _st(TID + LINE * w, _self())
     seen = _ld(GEN)
     while True:
@@ -228,11 +262,12 @@ def _worker(w):
                 _pause()
             gen = _ld(GEN)
         seen = gen
-        # a share only in a loop that counts on this worker: the caller posts no other loop until it is done
-        # (a worker that woke late, for a loop it had no share of, must not take the next loop's job for it)
-        if _ld(NEED + LINE * w) == gen:
-            _run_share(w + 1, _ld(JOB + 7))
-            _st(DONE + LINE * w, gen)
+        n = _ld(JOB + 7)
+        # only the first n - 1 workers: reductions index their partial results by thread id, up to the loop's
+        # thread count. A claim of a later loop fails here (its generation differs), so a worker that woke
+        # late reads no job but the one its claim is for.
+        if w + 1 < n and _ld(HELD + LINE * w) == 0:
+            _serve(gen, n)
 
 
 @cfunc(types.void(*[types.int64] * 8), cache=True)
@@ -254,19 +289,22 @@ def _parallel_for(fn, args, dims, steps, data, inner, arrays, threads):
             if n <= 1 or _peek(dims) <= 1:
                 _call_loop(fn, args, dims, steps, data)
             else:
+                # shares are claimed, not assigned: a worker that is slow to come (descheduled, asleep)
+                # leaves its share to the caller instead of stalling the loop
                 for k, v in enumerate((fn, args, dims, steps, data, inner, arrays, n)):
                     _st(JOB + k, v)
-                gen = _ld(GEN) + 1
-                for w in range(n - 1):
-                    _st(NEED + LINE * w, gen)
+                gen = (_ld(GEN) + 1) & 0xFFFFFFFFFFFF
+                _st(FINISHED, 0)
+                _st(NEXT, gen << 8 | 1)  # share 0 is the caller's: each thread keeps its band's data in cache
                 _st(GEN, gen)
                 if _ld(SLEEPING) == 1:
                     _st(SLEEPING, 0)
                     _futex(_addr(GEN), 129, 1 << 30)
                 _run_share(0, n)
-                for w in range(n - 1):
-                    while _ld(DONE + LINE * w) != gen:
-                        _pause()
+                _add(FINISHED, 1)
+                _serve(gen, n)
+                while _ld(FINISHED) != n:
+                    _pause()
             _st(OWNER, 0)
             _st(BUSY, 0)
             return

@@ -22,9 +22,12 @@ def _sum(x):
 
 
 @njit(parallel=True)
-def _ids(out):
+def _ids(out, x):
     for p in prange(out.size):
-        out[p] = numba.get_thread_id()
+        busy = 0.0
+        for v in x:  # long enough for a worker to come
+            busy += v
+        out[p] = numba.get_thread_id() + 0 * int(busy)
 
 
 @njit(parallel=True)
@@ -53,9 +56,13 @@ def test_loops_of_a_plan_run_on_the_pool_with_thread_ids_for_reductions(in_plan)
     for _ in range(20):
         assert _sum(x) == pytest.approx(np.sum(x), rel=1e-12)
     assert _loops() - before == 20
-    ids = np.full(numba.get_num_threads(), -1, np.int64)
-    _ids(ids)
-    assert sorted(ids) == list(range(numba.get_num_threads()))
+    seen = set()
+    for _ in range(20):  # the worker takes its share when it comes before the caller is done with its own
+        ids = np.full(numba.get_num_threads(), -1, np.int64)
+        _ids(ids, x)
+        assert ids.min() >= 0 and ids.max() < numba.get_num_threads()
+        seen.update(ids.tolist())
+    assert seen == set(range(numba.get_num_threads()))
 
 
 def test_loops_outside_plans_stay_on_tbb():
@@ -172,3 +179,27 @@ def test_three_workers_run_each_share_once_whatever_the_thread_count():
     env = dict(os.environ, NUMBA_NUM_THREADS="4")
     done = subprocess.run([sys.executable, "-c", _MANY_WORKERS], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def test_a_worker_that_never_comes_leaves_its_share_to_the_caller(in_plan):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(90_001)
+    held = [_pool.HELD + _pool.LINE * w for w in range(_pool._ctrl[_pool.WORKERS])]
+    result, ids = [], np.full(numba.get_num_threads(), -1, np.int64)
+
+    def run():
+        result.append(_sum(x))
+        _ids(ids, x)
+
+    for slot in held:
+        _pool._ctrl[slot] = 1
+    try:
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        t.join(60)
+        assert not t.is_alive(), "a loop waited for a worker that never came"
+    finally:
+        for slot in held:
+            _pool._ctrl[slot] = 0
+    assert result[0] == pytest.approx(np.sum(x), rel=1e-12)
+    assert (ids == 0).all()  # every share ran on the caller
