@@ -4,6 +4,8 @@
 
 Per float32 size: each kernel's serial and two-thread (prange) twin called directly: add, relu,
 relu's gradient and gelu (each allocating its output, as in a step), and the optimizer updates in place.
+The direct calls run as inside a plan: their parallel loops on fluidlite's dispatcher (fluidlite/_pool.py),
+which takes loops only while a plan runs.
 For sgd, momentum and adam also the update op run by the Executor on persistable arrays in place
 (what a training step does; the plan picks one or two threads by `PARALLEL_MIN`), and NumPy and torch
 in place (`out=` / `add_`, `addcdiv_`: the arithmetic of torch.optim's single-tensor path). Sizes where
@@ -23,6 +25,7 @@ except ImportError:  # run as a script
 _harness.early_imports(__name__)
 import fluidlite as fl  # noqa: E402
 from fluidlite.kernels import activation, adaptive, elementwise, optim  # noqa: E402
+from fluidlite import _threads  # noqa: E402
 from fluidlite.ops import common  # noqa: E402
 
 LR, MU, B1, B2, EPS = 1e-3, 0.9, 0.9, 0.999, 1e-8
@@ -124,9 +127,21 @@ def run(quick: bool = False) -> list:
         import torch
     except ImportError:
         torch = None
-    sizes = [1 << 16, 1 << 20, 1 << 22] if quick else [1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 23, 1 << 24]
+    sizes = [1 << 16, 1 << 20, 1 << 22] if quick else [1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 23, 1 << 24]
     results = []
     exe = fl.Executor()
+    pinned = _threads.pool_on()
+    if pinned:  # as while a plan runs (held across the plans below): the dispatcher takes the loops
+        _threads._pin.enter(_threads._kernel_blas(), _threads._pool_parts)
+    try:
+        _time_all(sizes, exe, torch, results)
+    finally:
+        if pinned:
+            _threads._pin.exit()
+    return results
+
+
+def _time_all(sizes, exe, torch, results):
     for kind in ("add", "relu", "relu_grad", "gelu", "sgd", "momentum", "adam", "rmsprop", "adagrad"):
         for n in sizes:
             fns = dict(_kernel_calls(kind, n))
@@ -139,7 +154,6 @@ def run(quick: bool = False) -> list:
             ratios = {"two_threads_vs_one": ms["two_threads"] / ms["one_thread"]}
             ratios.update({f"fluidlite_vs_{k}": ms["fluidlite"] / ms[k] for k in ("numpy", "torch") if k in ms})
             results.append({"name": kind, "elements": n, "ms": ms, "ratios": ratios})
-    return results
 
 
 def main():
