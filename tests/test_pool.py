@@ -203,3 +203,21 @@ def test_a_worker_that_never_comes_leaves_its_share_to_the_caller(in_plan):
             _pool._ctrl[slot] = 0
     assert result[0] == pytest.approx(np.sum(x), rel=1e-12)
     assert (ids == 0).all()  # every share ran on the caller
+
+
+def test_fluidlite_pool_tbb_leaves_every_loop_to_tbb():
+    import subprocess
+    import sys
+
+    script = ("import numpy as np, fluidlite as fl\n"
+              "from fluidlite import layers, _pool\n"
+              "x = layers.data('x', [4])\n"
+              "y = layers.reduce_sum(layers.relu(x))\n"
+              "v = np.arange(-8, 8, dtype=np.float32).reshape(4, 4)\n"
+              "out, = fl.Executor().run(feed={'x': v}, fetch_list=[y])\n"
+              "assert np.isclose(out, np.maximum(v, 0).sum()), out\n"
+              "assert _pool._ctrl[_pool.ALIVE] == 0 and not _pool._threads\n"
+              "print('ok')\n")
+    env = dict(os.environ, FLUIDLITE_POOL="tbb")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
