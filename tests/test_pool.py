@@ -172,13 +172,17 @@ print("ok")
 """
 
 
-def test_three_workers_run_each_share_once_whatever_the_thread_count():
+def _child_prints_ok(script, **env):
     import subprocess
     import sys
 
-    env = dict(os.environ, NUMBA_NUM_THREADS="4")
-    done = subprocess.run([sys.executable, "-c", _MANY_WORKERS], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, **env), capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def test_three_workers_run_each_share_once_whatever_the_thread_count():
+    _child_prints_ok(_MANY_WORKERS, NUMBA_NUM_THREADS="4")
 
 
 def test_a_worker_that_never_comes_leaves_its_share_to_the_caller(in_plan):
@@ -206,9 +210,6 @@ def test_a_worker_that_never_comes_leaves_its_share_to_the_caller(in_plan):
 
 
 def test_fluidlite_pool_tbb_leaves_every_loop_to_tbb():
-    import subprocess
-    import sys
-
     script = ("import numpy as np, fluidlite as fl\n"
               "from fluidlite import layers, _pool\n"
               "x = layers.data('x', [4])\n"
@@ -218,6 +219,4 @@ def test_fluidlite_pool_tbb_leaves_every_loop_to_tbb():
               "assert np.isclose(out, np.maximum(v, 0).sum()), out\n"
               "assert _pool._ctrl[_pool.ALIVE] == 0 and not _pool._threads\n"
               "print('ok')\n")
-    env = dict(os.environ, FLUIDLITE_POOL="tbb")
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+    _child_prints_ok(script, FLUIDLITE_POOL="tbb")
