@@ -47,7 +47,8 @@ GEN = 0  # loop generation: the caller bumps it to post a loop (its low 32 bits 
 SLEEPING = 1 * LINE  # a worker may be asleep on GEN
 BUSY = 2 * LINE  # 1 while a caller holds the pool
 OWNER = 3 * LINE  # pthread_self of that caller
-JOB = 4 * LINE  # fn, args, dims, steps, data, inner_ndim, array_count, threads (8 slots)
+JOB = 4 * LINE  # fn, args, dims, steps, data, inner_ndim, array_count
+GEN_MASK = (1 << 46) - 1  # generations wrap here: NEXT holds one shifted by 16 bits
 ALIVE = 5 * LINE  # 1 while the workers run (0 in a forked child)
 LOOPS = ALIVE + 1  # loops the pool ran (tests)
 WORKERS = ALIVE + 2
@@ -55,7 +56,7 @@ SPIN = ALIVE + 3
 TBB_FOR = ALIVE + 4
 TBB_TID = ALIVE + 5
 SPLIT = ALIVE + 6  # address of fluidlite/_blas.py's split global
-NEXT = 6 * LINE  # the posted loop's generation << 8 | shares claimed so far (claims of an older loop fail)
+NEXT = 6 * LINE  # the posted loop: generation << 16 | threads << 8 | shares claimed (claims of another loop fail)
 FINISHED = 7 * LINE  # shares of the posted loop finished
 HELD = 8 * LINE  # HELD + LINE * w: 1 keeps worker w out of loops (tests: a worker that never comes)
 TID = HELD + MAX_WORKERS * LINE  # TID + LINE * w: pthread_self of worker w
@@ -223,24 +224,15 @@ def _run_share(t, n):
 
 
 @njit(cache=True, inline="always")
-def _claim(gen, n):
-    """The next unclaimed share of loop `gen` (of n), or -1: all taken, or that loop is over."""
+def _serve(gen):
+    """Claim and run shares of loop `gen` while any is unclaimed. The loop's thread count comes from the
+    same word as the claim: the job slots may already hold the next loop's when a claim fails."""
     v = _ld(NEXT)
-    while v >> 8 == gen and v & 0xFF < n:
+    while v >> 16 == gen and v & 0xFF < (v >> 8) & 0xFF:
         if _cas(NEXT, v, v + 1):
-            return v & 0xFF
+            _run_share(v & 0xFF, (v >> 8) & 0xFF)
+            _add(FINISHED, 1)
         v = _ld(NEXT)
-    return -1
-
-
-@njit(cache=True, inline="always")
-def _serve(gen, n):
-    """Run shares of loop `gen` while any is unclaimed."""
-    share = _claim(gen, n)
-    while share >= 0:
-        _run_share(share, n)
-        _add(FINISHED, 1)
-        share = _claim(gen, n)
 
 
 @cfunc(types.void(types.int64), cache=True)
@@ -262,12 +254,11 @@ def _worker(w):
                 _pause()
             gen = _ld(GEN)
         seen = gen
-        n = _ld(JOB + 7)
-        # only the first n - 1 workers: reductions index their partial results by thread id, up to the loop's
-        # thread count. A claim of a later loop fails here (its generation differs), so a worker that woke
-        # late reads no job but the one its claim is for.
-        if w + 1 < n and _ld(HELD + LINE * w) == 0:
-            _serve(gen, n)
+        # only the first n - 1 workers of a loop of n threads: reductions index their partial results by
+        # thread id, up to the loop's thread count. A worker that woke late, after its loop, claims nothing.
+        posted = _ld(NEXT)
+        if posted >> 16 == gen and w + 1 < (posted >> 8) & 0xFF and _ld(HELD + LINE * w) == 0:
+            _serve(gen)
 
 
 @cfunc(types.void(*[types.int64] * 8), cache=True)
@@ -291,18 +282,18 @@ def _parallel_for(fn, args, dims, steps, data, inner, arrays, threads):
             else:
                 # shares are claimed, not assigned: a worker that is slow to come (descheduled, asleep)
                 # leaves its share to the caller instead of stalling the loop
-                for k, v in enumerate((fn, args, dims, steps, data, inner, arrays, n)):
+                for k, v in enumerate((fn, args, dims, steps, data, inner, arrays)):
                     _st(JOB + k, v)
-                gen = (_ld(GEN) + 1) & 0xFFFFFFFFFFFF
+                gen = (_ld(GEN) + 1) & GEN_MASK
                 _st(FINISHED, 0)
-                _st(NEXT, gen << 8 | 1)  # share 0 is the caller's: each thread keeps its band's data in cache
+                _st(NEXT, gen << 16 | n << 8 | 1)  # share 0 is the caller's: each thread keeps its band's data in cache
                 _st(GEN, gen)
                 if _ld(SLEEPING) == 1:
                     _st(SLEEPING, 0)
                     _futex(_addr(GEN), 129, 1 << 30)
                 _run_share(0, n)
                 _add(FINISHED, 1)
-                _serve(gen, n)
+                _serve(gen)
                 while _ld(FINISHED) != n:
                     _pause()
             _st(OWNER, 0)

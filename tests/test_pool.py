@@ -23,11 +23,12 @@ def _sum(x):
 
 @njit(parallel=True)
 def _ids(out, x):
+    sums = np.zeros(out.size)
     for p in prange(out.size):
-        busy = 0.0
-        for v in x:  # long enough for a worker to come
-            busy += v
-        out[p] = numba.get_thread_id() + 0 * int(busy)
+        for v in x:  # long enough for a worker to come (kept: the sums are returned)
+            sums[p] += v
+        out[p] = numba.get_thread_id()
+    return sums
 
 
 @njit(parallel=True)
