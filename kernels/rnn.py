@@ -100,14 +100,9 @@ def _lstm_row(x, c_prev, forget_bias, c, h, gate, b):
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
-def lstm_unit_grad(gate, c_prev, c, dh, dc):
-    """Gradients of (c, h) = lstm_unit(x, c_prev) -> (dx, dc_prev), from the saved activated gates."""
-    return lstm_unit_grad_into(gate, c_prev, c, dh, dc, np.empty_like(gate), np.empty_like(c_prev))
-
-
-@njit(cache=True, error_model="numpy", fastmath={"contract"})
 def lstm_unit_grad_into(gate, c_prev, c, dh, dc, dx, dcp):
-    """lstm_unit_grad writing into the given dx and dcp (neither an input); returns them."""
+    """Gradients of (c, h) = lstm_unit(x, c_prev) from the saved activated gates -> (dx, dc_prev),
+    written into the given dx and dcp (neither an input)."""
     for b in range(c_prev.shape[0]):
         _lstm_grad_row(gate, c_prev, c, dh, dc, dx, dcp, b)
     return dx, dcp

@@ -145,7 +145,8 @@ def test_float32_lstm_unit_and_grad_near_float64_with_saturated_gates():
     want_dx = np.concatenate([g * j * i * (1 - i), g * c.astype(f32) * f * (1 - f), dh * tc * o * (1 - o),
                               g * i * (1 - j ** 2)], axis=1)
     gates = {s: v.astype(f32) for s, v in got.items()}
-    dx, dcp = K.lstm_unit_grad(gates["Gate"], c.astype(f32), gates["C"], dh.astype(f32), dc.astype(f32))
+    dx, dcp = K.lstm_unit_grad_into(gates["Gate"], c.astype(f32), gates["C"], dh.astype(f32), dc.astype(f32),
+                                    np.empty((n, 4 * h), f32), np.empty((n, h), f32))
     assert dx.dtype == dcp.dtype == np.float32
     np.testing.assert_allclose(dx, want_dx, rtol=1e-5, atol=2e-6)
     np.testing.assert_allclose(dcp, g * f, rtol=1e-5, atol=2e-6)
