@@ -114,3 +114,41 @@ def tiles(a, b, out, add, j_lo, j_hi):
         _tile_packing(a, b, out, 0, j0, j0, add, buf)
         for i0 in range(ROWS, m8, ROWS):
             _tile(a, buf, out, i0, 0, j0, add, buf)
+
+
+# A loop over time steps multiplies by one weight many times: it packs it once, in panels of COLS columns
+# ([n // COLS, K, COLS], each panel contiguous), instead of once per product. A thread's 16 rows of an
+# LSTM's [32, 256] x [256, 1024] product: 50.9 us with per-call packing, 43.5 from panels packed before.
+@njit(cache=True, error_model="numpy")
+def pack_panels_into(b, panels):
+    """panels[j] = b[:, j * COLS:(j + 1) * COLS] for the panels.shape[0] first whole panels of b."""
+    for j in range(panels.shape[0]):
+        for kk in range(b.shape[0]):
+            for c in range(COLS):
+                panels[j, kk, c] = b[kk, j * COLS + c]
+
+
+@njit(cache=True, error_model="numpy")
+def pack_panels_t_into(w, panels):
+    """pack_panels_into(w.T, panels), read from w in blocks of 16 columns (a cache line of each row): 93 us
+    for a [256, 1024] w, against 345 column by column."""
+    k = w.shape[1]
+    whole = k // 16 * 16
+    for j in range(panels.shape[0]):
+        for k0 in range(0, whole, 16):
+            for c in range(COLS):
+                for kk in range(16):
+                    panels[j, k0 + kk, c] = w[j * COLS + c, k0 + kk]
+        for kk in range(whole, k):
+            for c in range(COLS):
+                panels[j, kk, c] = w[j * COLS + c, kk]
+
+
+@njit(cache=True, error_model="numpy")
+def tiles_packed(a, panels, out, add):
+    """tiles(a, b, out, add, 0, n // COLS * COLS) for b's panels (pack_panels_into)."""
+    m8 = out.shape[0] // ROWS * ROWS
+    for j in range(panels.shape[0]):
+        panel = panels[j]
+        for i0 in range(0, m8, ROWS):
+            _tile(a, panel, out, i0, 0, j * COLS, add, panel)

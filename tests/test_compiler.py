@@ -38,8 +38,8 @@ def _sig(feed):
 
 
 def test_pass_order_is_named():
-    assert [name for name, _ in PASSES] == ["prune", "infer", "batch_grad", "mul_acc", "stack_into", "alias", "inplace",
-                                              "lower", "fold", "fuse", "codegen"]
+    assert [name for name, _ in PASSES] == ["prune", "infer", "batch_grad", "mul_acc", "lstm_seq", "stack_into", "alias",
+                                              "inplace", "lower", "fold", "fuse", "codegen"]
 
 
 def test_prune_alone_keeps_what_fetches_and_persistable_writes_need():

@@ -1,11 +1,11 @@
 """The plan compiler: named passes over a typed step list (see docs/design.md, "The executor plan").
 
-    prune -> infer -> batch_grad -> mul_acc -> stack_into -> alias -> inplace -> lower -> fold -> fuse -> codegen
+    prune -> infer -> batch_grad -> mul_acc -> lstm_seq -> stack_into -> alias -> inplace -> lower -> fold -> fuse -> codegen
 
 Each pass is a function `pass_(ir: PlanIR, options: CompileOptions) -> PlanIR` in its own module and
 can be run alone on a hand-made `PlanIR`. `compile_plan` runs them in order; with `options.debug` the
 IR verifier (`ir.check`) runs after every pass (the feed counts as defining values, unlike `fl.verify`).
-Passes that only optimise (`batch_grad`, `mul_acc`, `stack_into`, `alias`, `inplace`, `fold`, `fuse`) and
+Passes that only optimise (`batch_grad`, `mul_acc`, `lstm_seq`, `stack_into`, `alias`, `inplace`, `fold`, `fuse`) and
 `prune` can be switched off for debugging:
 
     fl.Executor(compile_options=CompileOptions(disabled={"fold", "alias"}, debug=True))
@@ -31,14 +31,15 @@ from .infer import infer
 from .inplace import inplace
 from .ir import FusedStep, IRError, PlanIR, Step, check
 from .lower import lower
+from .lstm_seq import lstm_seq
 from .mul_acc import mul_acc
 from .prune import prune
 from .stack_into import stack_into
 
 PASSES = (("prune", prune), ("infer", infer), ("batch_grad", batch_grad), ("mul_acc", mul_acc),
-          ("stack_into", stack_into), ("alias", alias), ("inplace", inplace),
+          ("lstm_seq", lstm_seq), ("stack_into", stack_into), ("alias", alias), ("inplace", inplace),
           ("lower", lower), ("fold", fold), ("fuse", fuse), ("codegen", codegen))
-SWITCHABLE = frozenset({"prune", "batch_grad", "mul_acc", "stack_into", "alias", "inplace", "fold", "fuse"})
+SWITCHABLE = frozenset({"prune", "batch_grad", "mul_acc", "lstm_seq", "stack_into", "alias", "inplace", "fold", "fuse"})
 
 
 @dataclass(frozen=True)
@@ -86,4 +87,4 @@ def compile_plan(block, feed_sig: tuple, fetch_names: tuple, options: CompileOpt
 
 
 __all__ = ["CompileOptions", "FusedStep", "IRError", "PASSES", "PlanIR", "Step", "check", "compile_plan",
-           "alias", "batch_grad", "codegen", "fold", "fuse", "infer", "inplace", "lower", "mul_acc", "prune"]
+           "alias", "batch_grad", "codegen", "fold", "fuse", "infer", "inplace", "lower", "lstm_seq", "mul_acc", "prune"]
