@@ -349,13 +349,16 @@ def test_an_lstm_trains_as_one_op_each_way_with_the_bits_of_its_steps():
 
 
 @pytest.mark.skipif(not APPLIES, reason=NOT_HERE)
-def test_without_batch_grad_only_the_forward_is_one_op():
-    loss = _net("float32", 4, 64)
-    feeds = _feeds("float32", 4, 16)
+def test_without_batch_grad_each_step_keeps_its_weight_gradient_product():
+    loss = _net("float32", 4, 128)
+    feeds = _feeds("float32", 4, 32)
     on, off = _train(loss, feeds, batch_grad=False), _train(loss, feeds, batch_grad=False, off={"lstm_seq"})
     types = _types(on[2])
-    assert types.count("lstm_sequence") == 1 and types.count("lstm_unit_grad") == 4  # each product makes dW too
-    _same(on, off, bits=False)
+    assert types.count("lstm_sequence") == 1 and types.count("lstm_sequence_backward") == 1
+    assert "lstm_unit_grad" not in types
+    w_grads = [s for s in on[2].steps if s.op.type == "mul_grad" and s.op.inputs["Y"] == ["w_hh"]]
+    assert len(w_grads) == 4 and all(list(s.op.outputs) == ["Y@GRAD"] for s in w_grads)
+    _same(on, off, bits=False)  # step by step, dX_t W^T goes to BLAS through W's transposed view
 
 
 @pytest.mark.skipif(not APPLIES, reason=NOT_HERE)

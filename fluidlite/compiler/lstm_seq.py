@@ -10,11 +10,13 @@ packed once (kernels/lstm_seq.py): the same bits, in float32, as the steps they 
 
 A forward chain: lstm_unit steps L_1..L_T (T >= 2) where L_t reads X from a mul_acc M_t that nothing else
 reads, M_t multiplies L_{t-1}'s H (H0 for t = 1) by one W [H, 4H] and adds output k + t of one unstack
-of P along axis 0 (read by M_t only), and L_t's C_prev is L_{t-1}'s C. A backward chain: lstm_unit_grad
-steps G_T..G_1 where G_{t-1}'s H@GRAD is made, and read, only by a mul_grad of W alone (no weight
-gradient) whose dOut is G_t's X@GRAD (or a sum_grad's view of it), and G_{t-1}'s C@GRAD is G_t's
-C_prev@GRAD, read by G_{t-1} alone; a like mul_grad of G_1's X@GRAD gives H0@GRAD. Neither W nor any
-input the chain reads may be written inside the chain's span; no output may be persistable.
+of P along axis 0 (read by M_t only), and L_t's C_prev is L_{t-1}'s C. A backward chain (of a fused
+forward chain's steps): lstm_unit_grad steps G_T..G_1 where G_{t-1}'s H@GRAD is made, and read, only by
+the product dX_t W^T of G_t's X@GRAD (or a sum_grad's view of it): a mul_grad by W, or batch_grad's
+`mul` by its copy of W^T; and G_{t-1}'s C@GRAD is G_t's C_prev@GRAD, read by G_{t-1} alone. A like
+product of G_1's X@GRAD gives H0@GRAD. A mul_grad that also makes W's gradient for its step (no
+batch_grad) keeps that part. Neither W nor any input the chain reads may be written inside the chain's
+span; no output may be persistable.
 
 Applied for float32 on an AVX-512 CPU (skinny's tiles; elsewhere BLAS per band, not measured to win)
 while fluidlite's pool runs the products (`_threads.pool_on()`: with FLUIDLITE_BLAS=onednn or mkl the
@@ -138,8 +140,8 @@ def _forward(ir: PlanIR, g: _Graph, drop: set, replace: dict):
 
 
 def _dx_product(g: _Graph, dx, w):
-    """The index of the step making only dx W^T from dx (or a sum_grad's view of it), or None: a mul_grad
-    of W alone, or a `mul` by batch_grad's transposed copy of W."""
+    """The index of the step making dx W^T from dx (or a sum_grad's view of it), or None: a mul_grad by W
+    (which may make W's gradient for this step too), or a `mul` by batch_grad's transposed copy of W."""
     ir = g.ir
     views = [dx] + [o for r in g.readers.get(dx, ()) if ir.steps[r].op.type == "sum_grad"
                     for o in ir.steps[r].out_names]
@@ -149,7 +151,7 @@ def _dx_product(g: _Graph, dx, w):
             if op.attrs.get("x_num_col_dims") != 1 or op.attrs.get("y_num_col_dims") != 1:
                 continue
             if (op.type == "mul_grad" and op.inputs["Y"] == [w] and op.inputs["Out@GRAD"] == [v]
-                    and list(op.outputs) == ["X@GRAD"] and len(op.outputs["X@GRAD"]) == 1):
+                    and len(op.outputs.get("X@GRAD", ())) == 1):
                 return r
             if op.type == "mul" and op.inputs["X"] == [v] and _transposed(g, op.inputs["Y"][0]) == w:
                 return r
@@ -221,7 +223,16 @@ def _backward(ir: PlanIR, g: _Graph, w_of: dict, drop: set, replace: dict):
             continue
         replace[chain[0]["j"]] = _step(ir, "lstm_sequence_backward", inputs, outputs, {}, top)
         drop.update(s["j"] for s in chain[1:])
-        drop.update(s["r"] for s in chain if s["r"] is not None)
+        for r in (s["r"] for s in chain if s["r"] is not None):
+            if "Y@GRAD" in ir.steps[r].op.outputs:  # without batch_grad: W's gradient of the step stays a product
+                replace[r] = _weight_grad_only(ir.steps[r])
+            drop.add(r)
+
+
+def _weight_grad_only(step) -> Step:
+    op = copy.copy(step.op)
+    op.outputs = {"Y@GRAD": step.op.outputs["Y@GRAD"]}
+    return Step(op, step.opdef, step.inputs)
 
 
 def lstm_seq(ir: PlanIR, options) -> PlanIR:
