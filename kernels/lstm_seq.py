@@ -78,8 +78,9 @@ def lstm_sequence(pre, h0, c0, w, forget_bias, hs, cs, gates, parts):
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"}, parallel=True)
-def lstm_sequence_backward(gates, c0, cs, w, dh_last, dc_last, dxs, dc0, dh0, parts):
-    """Gradients of lstm_sequence from those of h_{T-1} (dh_last) and c_{T-1} (dc_last).
+def lstm_sequence_backward(gates, c0, cs, w, dh_last, dc_last, dh_steps, dxs, dc0, dh0, parts):
+    """Gradients of lstm_sequence from those of h_{T-1} (dh_last) and c_{T-1} (dc_last), and unless it is
+    empty, dh_steps [T - 1, B, H]: what else h_0..h_{T-2} feed sends back to them.
 
     gates [T, B, 4H] and cs [T, B, H] as lstm_sequence made them, c0 [B, H], w [H, 4H] -> dxs [T, B, 4H]
     (the pre-activations' gradients), dc0 and, unless it is empty, dh0 ([B, H]: the gradients of c0 and
@@ -107,5 +108,9 @@ def lstm_sequence_backward(gates, c0, cs, w, dh_last, dc_last, dxs, dc0, dh0, pa
                     _lstm_grad_row(gates[t], c_prev, cs[t], dh[now], dc[now], dxs[t], dc_prev, b)
                 if t > 0:
                     _rows_product(dxs[t], wt, panels_t, dh[1 - now], lo, hi, False)
+                    if dh_steps.shape[0] > 0:  # the product first, then the rest: a `sum` of the two rounds so
+                        for b in range(lo, hi):
+                            for k in range(hid):
+                                dh[1 - now, b, k] += dh_steps[t - 1, b, k]
                 elif dh0.size:
                     _rows_product(dxs[0], wt, panels_t, dh0, lo, hi, False)

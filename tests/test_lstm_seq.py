@@ -34,12 +34,15 @@ def _reference(pre, h0, c0, w, fb=0.0):
     return np.array(hs), np.array(cs), np.array(gates)
 
 
-def _reference_grad(gates, c0, cs, w, dh, dc):
-    """Back through the steps in float64 NumPy from the last h's and c's gradients: (dxs, dc0, dh0)."""
+def _reference_grad(gates, c0, cs, w, dh, dc, dh_steps=None):
+    """Back through the steps in float64 NumPy from the last h's and c's gradients, and dh_steps[t] added to
+    h_t's (t < T - 1): (dxs, dc0, dh0)."""
     hid = c0.shape[1]
     gates, cs, w, dh, dc = (a.astype(np.float64) for a in (gates, cs, w, dh, dc))
     dxs = np.empty_like(gates)
     for t in reversed(range(len(gates))):
+        if dh_steps is not None and t < len(gates) - 1:
+            dh = dh + dh_steps[t]
         i, f, o, j = (gates[t][:, k * hid:(k + 1) * hid] for k in range(4))
         c_prev, tc = cs[t - 1] if t else c0.astype(np.float64), np.tanh(cs[t])
         g = dc + dh * o * (1 - tc * tc)
@@ -63,10 +66,11 @@ def _forward(pre, h0, c0, w, fb=0.0, parts=2):
     return hs, cs, gates
 
 
-def _backward(gates, c0, cs, w, dh, dc, parts=2, want_h0=True):
+def _backward(gates, c0, cs, w, dh, dc, parts=2, want_h0=True, dh_steps=None):
     dxs, dc0 = np.empty_like(gates), np.empty_like(c0)
     dh0 = np.empty_like(c0) if want_h0 else np.empty((0, 0), c0.dtype)
-    K.lstm_sequence_backward(gates, c0, cs, w, dh, dc, dxs, dc0, dh0, parts)
+    dh_steps = np.empty((0,) + c0.shape, c0.dtype) if dh_steps is None else dh_steps
+    K.lstm_sequence_backward(gates, c0, cs, w, dh, dc, dh_steps, dxs, dc0, dh0, parts)
     return dxs, dc0, dh0
 
 
@@ -108,6 +112,10 @@ def test_the_backward_kernel_matches_numpy_on_any_thread_count(dtype, steps, row
     without_h0 = _backward(gates, c0, cs, w, dh, dc, want_h0=False)
     np.testing.assert_array_equal(without_h0[0], runs[1][0])
     assert without_h0[2].size == 0
+    dh_steps = rng.standard_normal((steps - 1, rows, hid)).astype(dtype)  # h_0..h_{T-2} read elsewhere too
+    want = _reference_grad(gates, c0, cs, w, dh, dc, dh_steps)
+    for got, ref in zip(_backward(gates, c0, cs, w, dh, dc, dh_steps=dh_steps), want):
+        np.testing.assert_allclose(got, ref, rtol=TOL[dtype], atol=TOL[dtype])
 
 
 @pytest.mark.parametrize("steps, rows, hid", SHAPES)
@@ -212,11 +220,14 @@ def test_lstm_sequence_backward_op_against_numpy(dtype):
     v = {n: make(n, a) for n, a in feed.items()}
     ins = {"Gate": [v[f"g{t}"] for t in range(steps)], "C": [v[f"cs{t}"] for t in range(steps)], "C0": v["c0"],
            "W": v["w"], "LastH@GRAD": v["dh"], "LastC@GRAD": v["dc"]}
+    dh_steps = np.random.default_rng(8).standard_normal((steps - 1, rows, hid)).astype(dtype)
+    feed |= {f"e{t}": dh_steps[t] for t in range(steps - 1)}
+    ins["StepH@GRAD"] = [make(f"e{t}", dh_steps[t]) for t in range(steps - 1)]
     outs = {"X@GRAD": [f"dx{t}" for t in range(steps)], "C0@GRAD": ["dc0"], "H0@GRAD": ["dh0"]}
     block.append_op("lstm_sequence_backward", ins, outs, {})
     assert block.var("dx0").shape == (rows, 4 * hid) and block.var("dh0").shape == (rows, hid)
     got = fl.Executor().run(feed=feed, fetch_list=outs["X@GRAD"] + ["dc0", "dh0"])
-    dxs, dc0, dh0 = _reference_grad(gates, c0, cs, w, dh, dc)
+    dxs, dc0, dh0 = _reference_grad(gates, c0, cs, w, dh, dc, dh_steps)
     for have, want in zip(got, list(dxs) + [dc0, dh0]):
         assert have.dtype == np.dtype(dtype)
         np.testing.assert_allclose(have, want, rtol=TOL[dtype], atol=TOL[dtype])
@@ -240,6 +251,9 @@ def test_the_ops_refuse_bad_shapes_and_dtypes_and_add_nothing():
            "LastH@GRAD": make("dh2", (8, 5)), "LastC@GRAD": make("dc2", (8, 4))}
     with pytest.raises(ValueError, match=r"lstm_sequence_backward.*LastH@GRAD='dh2' shape=\[8, 5\]"):
         block.append_op("lstm_sequence_backward", bad, {"X@GRAD": ["dxa", "dxb"]}, {})
+    two = dict(bad, **{"LastH@GRAD": make("dh3", (8, 4)), "StepH@GRAD": [make(f"ee{t}", (8, 4)) for t in range(2)]})
+    with pytest.raises(ValueError, match=r"lstm_sequence_backward.*T - 1 of them"):
+        block.append_op("lstm_sequence_backward", two, {"X@GRAD": ["dxa", "dxb"]}, {})
     assert not {"C0", "dxa"} & set(block.vars)
 
 
@@ -275,13 +289,14 @@ def test_lstm_sequence_writes_into_given_arrays_and_overwrites_pre_only_when_all
 
 # ---- the pass ----------------------------------------------------------------------------------------
 
-def _net(dtype, steps, hid, every_output=False):
+def _net(dtype, steps, hid, every_output=False, learned_h0=False, h0_read_twice=False):
     x = layers.data("x", [steps, -1, 8], dtype=dtype, append_batch_size=False)
     label = layers.data("label", [1], dtype="int64")
+    h0 = layers.fc(layers.reduce_mean(x, dim=0), hid, name="h0") if learned_h0 else None
     rnn = layers.StaticRNN()
     with rnn.step():
         x_t = rnn.step_input(x)
-        h_prev = rnn.memory(shape=[-1, hid], batch_ref=x_t)
+        h_prev = rnn.memory(init=h0) if learned_h0 else rnn.memory(shape=[-1, hid], batch_ref=x_t)
         c_prev = rnn.memory(shape=[-1, hid], batch_ref=x_t)
         h, c = layers.lstm_unit(x_t, h_prev, c_prev, param_attr=[fl.ParamAttr(name="w_ih"), fl.ParamAttr(name="w_hh")],
                                 bias_attr=fl.ParamAttr(name="b"))
@@ -290,19 +305,21 @@ def _net(dtype, steps, hid, every_output=False):
         if every_output:
             rnn.step_output(h)
     feature = layers.reduce_mean(rnn(), dim=0) if every_output else rnn.step_var(h)
+    if h0_read_twice:
+        feature = layers.elementwise_add(feature, h0)
     loss = layers.mean(layers.softmax_with_cross_entropy(layers.fc(feature, 3), label))
     fl.optimizer.SGD(0.5).minimize(loss)
     return loss
 
 
 def _train(loss, feeds, batch_grad=True, off=frozenset()):
-    """(losses, parameters after the steps, the plan of the first feed) with the pass on or off."""
+    """(losses, parameters after the steps, the plan of the first feed, the scope), the pass on or off."""
     exe = fl.Executor(compile_options=CompileOptions(disabled=frozenset(off), debug=True, batch_grad=batch_grad))
     scope = fl.Scope()
     exe.run(fl.default_startup_program(), scope=scope)
     losses = [exe.run(feed=f, fetch_list=[loss], scope=scope)[0] for f in feeds]
     params = {n: np.array(scope.find_var(n).get_tensor()) for n in ("w_ih", "w_hh", "b")}
-    return losses, params, exe.compile(feed=feeds[0], fetch_list=[loss])
+    return losses, params, exe.compile(feed=feeds[0], fetch_list=[loss]), scope
 
 
 def _feeds(dtype, steps, batch, n=3):
@@ -362,16 +379,21 @@ def test_without_batch_grad_each_step_keeps_its_weight_gradient_product():
 
 
 @pytest.mark.skipif(not APPLIES, reason=NOT_HERE)
-def test_every_step_read_outside_keeps_its_own_backward_and_the_outputs_are_stacked_in_place():
-    loss = _net("float32", 4, 64, every_output=True)
-    feeds = _feeds("float32", 4, 16)
+@pytest.mark.parametrize("hid, batch", [(64, 16), (128, 32)])
+def test_every_step_read_outside_adds_its_gradient_and_the_outputs_are_stacked_in_place(hid, batch):
+    loss = _net("float32", 4, hid, every_output=True)
+    feeds = _feeds("float32", 4, batch)
     on, off = _train(loss, feeds), _train(loss, feeds, off={"lstm_seq"})
     types = _types(on[2])
-    # dh_t also comes from the stacked output: a sum breaks the backward's chain
-    assert types.count("lstm_sequence") == 1 and "lstm_sequence_backward" not in types
+    assert types.count("lstm_sequence") == 1 and types.count("lstm_sequence_backward") == 1
+    # the products dX_t W^T and their sums with the stack's gradient (one mul_acc each at K = 256) are gone
+    assert "lstm_unit_grad" not in types and "transpose" not in types
+    assert not [s for s in on[2].steps if s.op.type in ("sum", "mul", "mul_acc") and "w_hh@TRANSPOSED" in s.in_names]
     forward, = [s for s in on[2].steps if s.op.type == "lstm_sequence"]
+    backward, = [s for s in on[2].steps if s.op.type == "lstm_sequence_backward"]
     assert [bool(e) for e in forward.into] == [False] * 4 + [True] * 4 + [False] * 4  # H written into the stack
-    _same(on, off, bits=False)
+    assert len(backward.op.inputs["StepH@GRAD"]) == 3  # dh_t from the stacked output, for t < T
+    _same(on, off, bits=hid == 128)  # [16, 256] x [256, 64] products: BLAS step by step
 
 
 @pytest.mark.skipif(not APPLIES, reason=NOT_HERE)
@@ -418,3 +440,24 @@ def test_a_fetched_step_input_splits_the_chain_and_stays_fetchable():
     assert "unstack" in _types(plan) and not any("Pre" in s.overwritable for s in chains)
     for a, b in zip(on, off):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # these small products: BLAS step by step
+
+
+@pytest.mark.skipif(not APPLIES, reason=NOT_HERE)
+@pytest.mark.parametrize("hid, batch, twice", [(64, 16, False), (64, 16, True), (128, 32, True)])
+def test_a_learned_initial_state_gets_its_gradient(hid, batch, twice):
+    loss = _net("float32", 4, hid, every_output=True, learned_h0=True, h0_read_twice=twice)
+    feeds = _feeds("float32", 4, batch)
+    on, off = _train(loss, feeds), _train(loss, feeds, off={"lstm_seq"})
+    backward, = [s for s in on[2].steps if s.op.type == "lstm_sequence_backward"]
+    # h_0 read elsewhere too, at K = 4H = 256: the mul_acc pass added dX_1 W^T to its other gradient, and
+    # that step stays, after the loop; otherwise the loop makes dX_1 W^T (and a sum, if any, adds the rest)
+    mul_acc_last = twice and hid == 64
+    assert ("H0@GRAD" in backward.op.outputs) != mul_acc_last
+    assert "lstm_unit_grad" not in _types(on[2])
+    _same(on, off, bits=hid == 128)
+    for name in ("h0.w_0", "h0.b_0"):  # the initial state's own parameters trained alike
+        a, b = (np.array(r[3].find_var(name).get_tensor()) for r in (on, off))
+        if hid == 128:
+            np.testing.assert_array_equal(a, b)
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

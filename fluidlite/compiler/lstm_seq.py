@@ -13,10 +13,11 @@ reads, M_t multiplies L_{t-1}'s H (H0 for t = 1) by one W [H, 4H] and adds outpu
 of P along axis 0 (read by M_t only), and L_t's C_prev is L_{t-1}'s C. A backward chain (of a fused
 forward chain's steps): lstm_unit_grad steps G_T..G_1 where G_{t-1}'s H@GRAD is made, and read, only by
 the product dX_t W^T of G_t's X@GRAD (or a sum_grad's view of it): a mul_grad by W, or batch_grad's
-`mul` by its copy of W^T; and G_{t-1}'s C@GRAD is G_t's C_prev@GRAD, read by G_{t-1} alone. A like
-product of G_1's X@GRAD gives H0@GRAD. A mul_grad that also makes W's gradient for its step (no
-batch_grad) keeps that part. Neither W nor any input the chain reads may be written inside the chain's
-span; no output may be persistable.
+`mul` by its copy of W^T; and G_{t-1}'s C@GRAD is G_t's C_prev@GRAD, read by G_{t-1} alone. dH_{t-1}
+may instead be the `sum` of that product and one other value made before G_T (h_{t-1} read elsewhere
+too: StaticRNN's stacked outputs), at every link or at none. A like product of G_1's X@GRAD gives
+H0@GRAD. A mul_grad that also makes W's gradient for its step (no batch_grad) keeps that part. Neither
+W nor any input the chain reads may be written inside the chain's span; no output may be persistable.
 
 Applied for float32 on an AVX-512 CPU (skinny's tiles; elsewhere BLAS per band, not measured to win)
 while fluidlite's pool runs the products (`_threads.pool_on()`: with FLUIDLITE_BLAS=onednn or mkl the
@@ -141,7 +142,8 @@ def _forward(ir: PlanIR, g: _Graph, drop: set, replace: dict):
 
 def _dx_product(g: _Graph, dx, w):
     """The index of the step making dx W^T from dx (or a sum_grad's view of it), or None: a mul_grad by W
-    (which may make W's gradient for this step too), or a `mul` by batch_grad's transposed copy of W."""
+    (which may make W's gradient for this step too), or a `mul` by batch_grad's transposed copy of W (a
+    `mul_acc` when the mul_acc pass added it to another value)."""
     ir = g.ir
     views = [dx] + [o for r in g.readers.get(dx, ()) if ir.steps[r].op.type == "sum_grad"
                     for o in ir.steps[r].out_names]
@@ -153,7 +155,7 @@ def _dx_product(g: _Graph, dx, w):
             if (op.type == "mul_grad" and op.inputs["Y"] == [w] and op.inputs["Out@GRAD"] == [v]
                     and len(op.outputs.get("X@GRAD", ())) == 1):
                 return r
-            if op.type == "mul" and op.inputs["X"] == [v] and _transposed(g, op.inputs["Y"][0]) == w:
+            if op.type in ("mul", "mul_acc") and op.inputs["X"] == [v] and _transposed(g, op.inputs["Y"][0]) == w:
                 return r
     return None
 
@@ -165,10 +167,6 @@ def _transposed(g: _Graph, name):
         return None
     op = g.ir.steps[t].op
     return op.inputs["X"][0] if op.type == "transpose" and list(op.attrs["axis"]) == [1, 0] else None
-
-
-def _product_y(op) -> str:
-    return op.inputs["Y"][0]
 
 
 def _product_out(op) -> str:
@@ -193,40 +191,75 @@ def _backward(ir: PlanIR, g: _Graph, w_of: dict, drop: set, replace: dict):
             chains.append(chain)
         dx = op.outputs["X@GRAD"][0]
         r = _dx_product(g, dx, w)
-        chain.append({"j": j, "w": w, "c_prev": op.inputs["C_prev"][0], "r": r})
+        chain.append({"j": j, "w": w, "c_prev": op.inputs["C_prev"][0], "r": r, "sum": None, "extra": None})
         dcp = op.outputs.get("C_prev@GRAD", [None])[0]
-        if r is not None and dcp is not None:
-            dh = _product_out(ir.steps[r].op)
-            if g.made_once_for(dh, g.readers.get(dh, [None])[0]) and g.made_once_for(dcp, g.readers.get(dcp, [None])[0]):
-                next_of[(dh, dcp)] = chain
+        if r is None or dcp is None or not g.made_once_for(dcp, _only_reader(g, dcp)):
+            continue
+        dh = _product_out(ir.steps[r].op)
+        if not g.made_once_for(dh, _only_reader(g, dh)):
+            continue
+        # dH_{t-1} = dX_t W^T + what else h_{t-1} feeds sends back: a sum, or the product added into it
+        added = (None, ir.steps[r].op.inputs["Acc"][0]) if ir.steps[r].op.type == "mul_acc" else _added(g, dh)
+        if added is not None:
+            chain[-1]["sum"], chain[-1]["extra"] = added
+            if added[0] is not None:
+                dh = ir.steps[added[0]].out_names[0]
+                if not g.made_once_for(dh, _only_reader(g, dh)):
+                    continue
+        if len(chain) == 1 or (chain[-2]["extra"] is None) == (added is None):  # the same form at every link
+            next_of[(dh, dcp)] = chain
     for chain in chains:
         if len(chain) < 2:
             continue
         steps = [ir.steps[s["j"]] for s in chain]
         last = chain[-1]  # time step 1 (the plan runs the backward from step T)
         span_end = max(last["j"], last["r"] if last["r"] is not None else -1)
+        extra = [s["extra"] for s in chain[:-1] if s["extra"] is not None][::-1]  # for h_1..h_{T-1}, in time order
         reads = [n for s in steps for n in (s.op.inputs["Gate"][0], s.op.inputs["C"][0])] + [last["c_prev"], last["w"]]
-        if not g.untouched(reads, chain[0]["j"], span_end):
+        if not g.untouched(reads + extra, chain[0]["j"], span_end) or any(
+                g.producer.get(n, -1) >= chain[0]["j"] for n in extra):  # made after the loop would start
             continue
         order = steps[::-1]  # time order, step 1 first
         top = steps[0].op
         inputs = {"Gate": [s.op.inputs["Gate"][0] for s in order], "C": [s.op.inputs["C"][0] for s in order],
                   "C0": [last["c_prev"]], "W": [last["w"]], "LastH@GRAD": top.inputs["H@GRAD"],
                   "LastC@GRAD": top.inputs["C@GRAD"]}
+        if extra:
+            inputs["StepH@GRAD"] = extra
         outputs = {"X@GRAD": [s.op.outputs["X@GRAD"][0] for s in order]}
         first_dcp = steps[-1].op.outputs.get("C_prev@GRAD")
         if first_dcp:
             outputs["C0@GRAD"] = list(first_dcp)
+        if last["r"] is not None and ir.steps[last["r"]].op.type == "mul_acc":
+            last["r"] = None  # dH_0 = its addend + dX_1 W^T: left to that step, which reads dX_1 after the loop
         if last["r"] is not None:
             outputs["H0@GRAD"] = [_product_out(ir.steps[last["r"]].op)]
         if not g.owned([n for names in outputs.values() for n in names]):
             continue
         replace[chain[0]["j"]] = _step(ir, "lstm_sequence_backward", inputs, outputs, {}, top)
         drop.update(s["j"] for s in chain[1:])
+        drop.update(s["sum"] for s in chain[:-1] if s["sum"] is not None)
         for r in (s["r"] for s in chain if s["r"] is not None):
             if "Y@GRAD" in ir.steps[r].op.outputs:  # without batch_grad: W's gradient of the step stays a product
                 replace[r] = _weight_grad_only(ir.steps[r])
             drop.add(r)
+
+
+def _only_reader(g: _Graph, name):
+    readers = g.readers.get(name, ())
+    return readers[0] if len(readers) == 1 else None
+
+
+def _added(g: _Graph, dh):
+    """(index, other input) of the `sum` of two that alone reads `dh`, or None."""
+    r = _only_reader(g, dh)
+    if r is None:
+        return None
+    op = g.ir.steps[r].op
+    names = op.inputs.get("X", ())
+    if op.type != "sum" or len(names) != 2 or names.count(dh) != 1:
+        return None
+    return r, names[1 - names.index(dh)]
 
 
 def _weight_grad_only(step) -> Step:
@@ -243,9 +276,8 @@ def lstm_seq(ir: PlanIR, options) -> PlanIR:
     _forward(ir, g, drop, replace)
     w_of = {gate: s.op.inputs["W"][0] for s in replace.values() for gate in s.op.outputs["Gate"]}
     _backward(ir, g, w_of, drop, replace)
-    for name in {_product_y(ir.steps[r].op) for r in drop if ir.steps[r].op.type == "mul"}:
-        t = g.producer[name]  # batch_grad's copy of W^T: gone with the products that read it
-        if set(g.readers[name]) <= drop and name not in ir.fetch_names:
-            drop.add(t)
+    for name in {ir.steps[r].op.inputs["Y"][0] for r in drop if ir.steps[r].op.type in ("mul", "mul_acc")}:
+        if _transposed(g, name) is not None and set(g.readers[name]) <= drop and name not in ir.fetch_names:
+            drop.add(g.producer[name])  # batch_grad's copy of W^T: gone with the products that read it
     ir.steps = [replace.get(i, s) for i, s in enumerate(ir.steps) if i not in drop or i in replace]
     return ir

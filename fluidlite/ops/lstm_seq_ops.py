@@ -26,6 +26,12 @@ def _consecutive(arrays):
     return base[start:start + len(arrays)]
 
 
+def _stacked(arrays):
+    """The arrays as one [T, ...] array: their own buffer when they are its slices in order, else a copy."""
+    whole = _consecutive(arrays)
+    return np.stack(arrays) if whole is None else whole
+
+
 def _into(out, shape, dtype):
     """(a [T, ...] buffer for the T given arrays, whether the results must be copied into them after)."""
     if out is None or all(a is None for a in out):
@@ -82,13 +88,15 @@ defop("lstm_sequence", inputs=("Pre", "H0", "C0", "W"), outputs=("C", "H", "Gate
 
 
 def _backward_infer(ctx):
-    dtype = ctx.expect_dtype("Gate", "C", "C0", "W", "LastH@GRAD", "LastC@GRAD")
-    steps, c0, w = len(ctx.metas("Gate")), ctx.shape("C0"), ctx.shape("W")
+    dtype = ctx.expect_dtype("Gate", "C", "C0", "W", "LastH@GRAD", "LastC@GRAD", "StepH@GRAD")
+    steps, c0, w, extra = len(ctx.metas("Gate")), ctx.shape("C0"), ctx.shape("W"), ctx.metas("StepH@GRAD")
     ok = (len(c0) == 2 and w == (c0[1], 4 * c0[1]) and len(ctx.metas("C")) == steps >= 1
-          and all(m.shape == c0 for m in ctx.metas("C")) and all(m.shape == (c0[0], w[1]) for m in ctx.metas("Gate"))
+          and all(m.shape == c0 for m in ctx.metas("C") + extra) and len(extra) in (0, steps - 1)
+          and all(m.shape == (c0[0], w[1]) for m in ctx.metas("Gate"))
           and ctx.shape("LastH@GRAD") == c0 == ctx.shape("LastC@GRAD"))
     if not ok:
-        raise ctx.error("needs T Gate [B, 4H] and T C [B, H], C0, LastH@GRAD and LastC@GRAD [B, H], W [H, 4H]")
+        raise ctx.error("needs T Gate [B, 4H] and T C [B, H], C0, LastH@GRAD and LastC@GRAD [B, H], W [H, 4H], "
+                        "and no StepH@GRAD or T - 1 of them [B, H]")
     return {"X@GRAD": [((c0[0], w[1]), dtype)] * steps, "C0@GRAD": (c0, dtype), "H0@GRAD": (c0, dtype)}
 
 
@@ -97,10 +105,10 @@ def _lower_backward(ctx):
     want_c0, want_h0 = ctx.has_output("C0@GRAD"), ctx.has_output("H0@GRAD")
 
     def run(*args, out=None):
-        gates, cs, (c0, w, dh, dc) = args[:steps], args[steps:2 * steps], args[2 * steps:]
-        g3, c3 = _consecutive(gates), _consecutive(cs)
-        g3 = np.stack(gates) if g3 is None else g3
-        c3 = np.stack(cs) if c3 is None else c3
+        gates, cs, (c0, w, dh, dc), extra = args[:steps], args[steps:2 * steps], args[2 * steps:2 * steps + 4], \
+            args[2 * steps + 4:]
+        g3, c3 = _stacked(gates), _stacked(cs)
+        dh_steps = _stacked(extra) if extra else np.empty((0,) + c0.shape, c0.dtype)
         given = [None] * steps if out is None else out[:steps]
         dxs, copy = _into(given, g3.shape, g3.dtype)
         extra = [] if out is None else list(out[steps:])
@@ -109,7 +117,7 @@ def _lower_backward(ctx):
         dc0 = np.empty_like(c0) if dc0 is None else dc0
         dh0 = (np.empty_like(c0) if dh0 is None else dh0) if want_h0 else np.empty((0, 0), c0.dtype)
         K.lstm_sequence_backward(g3, np.ascontiguousarray(c0), c3, w, np.ascontiguousarray(dh),
-                             np.ascontiguousarray(dc), dxs, dc0, dh0, _parts())
+                                 np.ascontiguousarray(dc), dh_steps, dxs, dc0, dh0, _parts())
         results = []
         for t in range(steps):
             if copy and given[t] is not None:
@@ -120,9 +128,10 @@ def _lower_backward(ctx):
     return run
 
 
-defop("lstm_sequence_backward", inputs=("Gate", "C", "C0", "W", "LastH@GRAD", "LastC@GRAD"),
-      outputs=("X@GRAD", "C0@GRAD", "H0@GRAD"), duplicable=("Gate", "C", "X@GRAD"), optional=("C0@GRAD", "H0@GRAD"),
+defop("lstm_sequence_backward", inputs=("Gate", "C", "C0", "W", "LastH@GRAD", "LastC@GRAD", "StepH@GRAD"),
+      outputs=("X@GRAD", "C0@GRAD", "H0@GRAD"), duplicable=("Gate", "C", "StepH@GRAD", "X@GRAD"),
+      optional=("StepH@GRAD", "C0@GRAD", "H0@GRAD"),
       infer=_backward_infer, lower=_lower_backward, grad=NO_GRAD, writes_out=True,
-      doc="The gradients of `steps` LSTM steps (lstm_sequence) back from those of the last H and C: X@GRAD[t] "
-          "the step-t pre-activations' (lstm_unit_grad's X@GRAD); C0@GRAD and H0@GRAD those of the initial "
-          "state, H0's through the first step's product with W.")
+      doc="The gradients of T LSTM steps (lstm_sequence) back from those of the last H and C, and StepH@GRAD[t] "
+          "(t < T - 1) added to H[t]'s: X@GRAD[t] the step-t pre-activations' (lstm_unit_grad's X@GRAD); "
+          "C0@GRAD and H0@GRAD those of the initial state, H0's through the first step's product with W.")
