@@ -287,6 +287,23 @@ def test_lstm_sequence_writes_into_given_arrays_and_overwrites_pre_only_when_all
     np.testing.assert_allclose(mine, pre + np.concatenate([h0[None], hs[:2]]) @ w, rtol=1e-5, atol=1e-5)
 
 
+def test_lstm_sequence_backward_takes_strided_states_and_stacks_scattered_steps():
+    steps, rows, hid = 3, 16, 32
+    pre, h0, c0, w = _inputs("float32", steps, rows, hid, seed=9)
+    hs, cs, gates = _forward(pre, h0, c0, w)
+    dh, dc = np.random.default_rng(10).standard_normal((2, rows, hid)).astype(np.float32)
+    metas = {"Gate": [Meta(f"g{t}", gates[t].shape, gates.dtype) for t in range(steps)],
+             "C": [Meta(f"c{t}", cs[t].shape, cs.dtype) for t in range(steps)]}
+    metas |= {s: [Meta(s, a.shape, a.dtype)] for s, a in (("C0", c0), ("W", w), ("LastH@GRAD", dh), ("LastC@GRAD", dc))}
+    outputs = {"X@GRAD": [f"dx{t}" for t in range(steps)], "C0@GRAD": ["dc0"], "H0@GRAD": ["dh0"]}
+    run = _lowered("lstm_sequence_backward", metas, {}, outputs)
+    scattered = [g.copy() for g in gates]  # not slices of one buffer: stacked by a copy
+    got = run(*scattered, *cs, np.asfortranarray(c0), w, dh, np.asfortranarray(dc))
+    want = _reference_grad(gates, c0, cs, w, dh, dc)
+    for have, ref in zip(got, list(want[0]) + [want[1], want[2]]):
+        np.testing.assert_allclose(have, ref, rtol=TOL["float32"], atol=TOL["float32"])
+
+
 # ---- the pass ----------------------------------------------------------------------------------------
 
 def _net(dtype, steps, hid, every_output=False, learned_h0=False, h0_read_twice=False):

@@ -111,11 +111,11 @@ def _lower_backward(ctx):
         dh_steps = _stacked(extra) if extra else np.empty((0,) + c0.shape, c0.dtype)
         given = [None] * steps if out is None else out[:steps]
         dxs, copy = _into(given, g3.shape, g3.dtype)
-        extra = [] if out is None else list(out[steps:])
-        dc0 = (extra.pop(0) if extra else None) if want_c0 else None
-        dh0 = (extra.pop(0) if extra else None) if want_h0 else None
-        dc0 = np.empty_like(c0) if dc0 is None else dc0
-        dh0 = (np.empty_like(c0) if dh0 is None else dh0) if want_h0 else np.empty((0, 0), c0.dtype)
+        state = [] if out is None else list(out[steps:])  # C0@GRAD's and H0@GRAD's arrays, those present
+        dc0 = (state.pop(0) if state else None) if want_c0 else None
+        dh0 = (state.pop(0) if state else None) if want_h0 else None
+        dc0 = np.empty(c0.shape, c0.dtype) if dc0 is None else dc0
+        dh0 = (np.empty(c0.shape, c0.dtype) if dh0 is None else dh0) if want_h0 else np.empty((0, 0), c0.dtype)
         K.lstm_sequence_backward(g3, np.ascontiguousarray(c0), c3, w, np.ascontiguousarray(dh),
                                  np.ascontiguousarray(dc), dh_steps, dxs, dc0, dh0, _parts())
         results = []
