@@ -306,7 +306,7 @@ def test_lstm_sequence_backward_takes_strided_states_and_stacks_scattered_steps(
 
 # ---- the pass ----------------------------------------------------------------------------------------
 
-def _net(dtype, steps, hid, every_output=False, learned_h0=False, h0_read_twice=False):
+def _net(dtype, steps, hid, every_output=False, learned_h0=False, h0_read_twice=False, error_clip=None):
     x = layers.data("x", [steps, -1, 8], dtype=dtype, append_batch_size=False)
     label = layers.data("label", [1], dtype="int64")
     h0 = layers.fc(layers.reduce_mean(x, dim=0), hid, name="h0") if learned_h0 else None
@@ -317,6 +317,7 @@ def _net(dtype, steps, hid, every_output=False, learned_h0=False, h0_read_twice=
         c_prev = rnn.memory(shape=[-1, hid], batch_ref=x_t)
         h, c = layers.lstm_unit(x_t, h_prev, c_prev, param_attr=[fl.ParamAttr(name="w_ih"), fl.ParamAttr(name="w_hh")],
                                 bias_attr=fl.ParamAttr(name="b"))
+        h.error_clip = error_clip
         rnn.update_memory(h_prev, h)
         rnn.update_memory(c_prev, c)
         if every_output:
@@ -325,7 +326,7 @@ def _net(dtype, steps, hid, every_output=False, learned_h0=False, h0_read_twice=
     if h0_read_twice:
         feature = layers.elementwise_add(feature, h0)
     loss = layers.mean(layers.softmax_with_cross_entropy(layers.fc(feature, 3), label))
-    fl.optimizer.SGD(0.5).minimize(loss)
+    fl.optimizer.SGD(0.5).minimize(loss, callback=fl.clip.error_clip_callback if error_clip else None)
     return loss
 
 
@@ -478,3 +479,15 @@ def test_a_learned_initial_state_gets_its_gradient(hid, batch, twice):
             np.testing.assert_array_equal(a, b)
         else:
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not APPLIES, reason=NOT_HERE)
+def test_an_error_clip_on_each_hidden_state_keeps_the_backward_step_by_step():
+    loss = _net("float32", 4, 128, error_clip=fl.clip.ErrorClipByValue(1e-4))
+    feeds = _feeds("float32", 4, 32)
+    on, off = _train(loss, feeds), _train(loss, feeds, off={"lstm_seq"})
+    types = _types(on[2])
+    # each dL/dh_t is clipped between the steps: the forward is one op, the backward stays per step
+    assert types.count("lstm_sequence") == 1 and "lstm_sequence_backward" not in types
+    assert types.count("lstm_unit_grad") == 4 and types.count("clip") >= 3
+    _same(on, off, bits=True)
