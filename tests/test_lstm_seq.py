@@ -85,8 +85,7 @@ def test_the_forward_kernel_matches_numpy_on_any_thread_count(dtype, steps, rows
     pre, h0, c0, w = _inputs(dtype, steps, rows, hid)
     want = _reference(pre, h0, c0, w, fb=0.5)
     runs = [_forward(pre, h0, c0, w, 0.5, parts) for parts in (1, 2, 3)]
-    for got, name in zip(runs[1], ("hs", "cs", "gates")):
-        assert got.dtype == np.dtype(dtype)
+    assert all(got.dtype == np.dtype(dtype) for got in runs[1])
     for run in runs:
         for got, ref in zip(run, want):
             np.testing.assert_allclose(got, ref, rtol=TOL[dtype], atol=TOL[dtype])
